@@ -1,0 +1,135 @@
+"""The shard format: what one sample is, on disk and in memory.
+
+A corpus directory holds ``{split}-%06d.tar`` WebDataset shards, one ``{split}-%06d.json`` sidecar
+per finished shard, and ``index.json``. A sample's key has no dots (``train_00000012``); its
+members are (``S`` sources, ``M`` microphones, ``T`` samples)::
+
+    {key}.json                 metadata: every sampled parameter (see hubbub.simulate.sample)
+    {key}.mix.flac             (T, M) mixture, 24-bit
+    {key}.noise.flac           (T, M) noise image                       [target "noise"]
+    {key}.s0.dry.flac          (T,)   dry source 0, aligned with its direct path at mic 0
+    {key}.s0.direct.flac       (T, M) direct-path image of source 0     [target "direct"]
+    {key}.s0.early.flac        (T, M) direct path + 50 ms               [target "early"]
+    {key}.s0.reverberant.flac  (T, M) full reverberant image            [target "reverberant"]
+    {key}.s0.rir.npy           (M, L) float32 room impulse responses    [target "rir"]
+    ... s1.*, s2.* for further sources. Later stages add s{i}.lips.npy and *.codec.npy.
+
+Audio is stored as 24-bit integers ``q`` with ``x = q / 2**23``. The mixture is written as the
+integer sum of the quantised reverberant images and noise, so ``mix == sum(reverberant) + noise``
+holds exactly after decoding, not only up to rounding.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Mapping
+
+import numpy as np
+import soundfile as sf
+
+FULL_SCALE = 2**23
+SOURCE_TARGETS = ("dry", "direct", "early", "reverberant", "rir")
+ALL_TARGETS = SOURCE_TARGETS + ("noise",)
+_SOURCE_MEMBER = re.compile(r"^s(\d+)\.(\w+)\.(flac|npy)$")
+
+
+def sample_key(split: str, index: int) -> str:
+    """The sample's key: no dots, sortable, unique across splits."""
+    if not re.fullmatch(r"[A-Za-z0-9]+", split):
+        raise ValueError(f"split name must be alphanumeric, got {split!r}")
+    return f"{split}_{index:08d}"
+
+
+def shard_name(split: str, shard_index: int) -> str:
+    return f"{split}-{shard_index:06d}.tar"
+
+
+def quantize(x: np.ndarray) -> np.ndarray:
+    """Float audio in [-1, 1) -> int32 24-bit codes (clipped, counted by the caller if it matters)."""
+    q = np.rint(np.asarray(x, dtype=np.float64) * FULL_SCALE)
+    return np.clip(q, -FULL_SCALE, FULL_SCALE - 1).astype(np.int32)
+
+
+def dequantize(q: np.ndarray) -> np.ndarray:
+    return (np.asarray(q, dtype=np.float32) / np.float32(FULL_SCALE)).astype(np.float32)
+
+
+def encode_flac(q: np.ndarray, sample_rate_hz: int) -> bytes:
+    """24-bit codes, shape (T,) or (C, T) -> FLAC bytes (channels last on disk)."""
+    q = np.asarray(q, dtype=np.int32)
+    data = q.T if q.ndim == 2 else q
+    buf = io.BytesIO()
+    # soundfile writes int32 to PCM_24 by dropping the low byte, hence the shift.
+    sf.write(buf, np.ascontiguousarray(data) << 8, sample_rate_hz, format="FLAC", subtype="PCM_24")
+    return buf.getvalue()
+
+
+def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
+    """FLAC bytes -> (float32 audio (T,) or (C, T), sample rate)."""
+    q, sr = sf.read(io.BytesIO(data), dtype="int32", always_2d=False)
+    x = (q >> 8).astype(np.float32) / np.float32(FULL_SCALE)
+    return (x.T if x.ndim == 2 else x), sr
+
+
+def encode_npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_json(meta: Mapping) -> bytes:
+    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_member(name: str, data: bytes):
+    """Decode one member by its extension (``s0.reverberant.flac`` -> float32 array)."""
+    if name.endswith(".flac"):
+        return decode_flac(data)[0]
+    if name.endswith(".npy"):
+        return decode_npy(data)
+    if name == "json" or name.endswith(".json"):
+        return json.loads(data)
+    return data
+
+
+def parse_source_member(name: str) -> tuple[int, str] | None:
+    """``"s1.early.flac"`` -> (1, "early"); None for members that are not per-source."""
+    m = _SOURCE_MEMBER.match(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def decode_sample(raw: Mapping[str, bytes]) -> dict:
+    """A raw WebDataset sample (member name -> bytes) -> structured arrays.
+
+    Returns ``{"key", "meta", "mix": (M, T), "noise": (M, T) | None, "sources": {target: [per
+    source arrays]}}`` where per-source lists are ordered by source index.
+    """
+    out: dict = {"key": raw.get("__key__"), "meta": None, "mix": None, "noise": None, "sources": {}}
+    per_source: dict[str, dict[int, np.ndarray]] = {}
+    for name, data in raw.items():
+        if name.startswith("__"):
+            continue
+        if name == "json":
+            out["meta"] = json.loads(data)
+        elif name == "mix.flac":
+            out["mix"] = np.atleast_2d(decode_flac(data)[0])
+        elif name == "noise.flac":
+            out["noise"] = np.atleast_2d(decode_flac(data)[0])
+        else:
+            parsed = parse_source_member(name)
+            if parsed is None:
+                out[name] = decode_member(name, data)
+                continue
+            idx, target = parsed
+            value = decode_member(name, data)
+            if target in ("direct", "early", "reverberant"):
+                value = np.atleast_2d(value)
+            per_source.setdefault(target, {})[idx] = value
+    for target, by_idx in per_source.items():
+        out["sources"][target] = [by_idx[i] for i in sorted(by_idx)]
+    return out

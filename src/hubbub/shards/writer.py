@@ -1,0 +1,172 @@
+"""Atomic shard writing, shard sidecars and the corpus index.
+
+A shard is written to ``{name}.tmp`` and renamed when complete; then its sidecar
+``{split}-%06d.json`` is written the same way. A shard counts as complete only when its sidecar
+exists and the tar's size and sha256 match it, so a rerun skips complete shards and rewrites
+anything partial. ``index.json`` is assembled from the sidecars at the end of a run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+INDEX_NAME = "index.json"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def sidecar_path(tar_path: str | Path) -> Path:
+    tar_path = Path(tar_path)
+    return tar_path.with_suffix(".json")
+
+
+@dataclass
+class ShardRecord:
+    """What a sidecar says about one finished shard."""
+
+    name: str
+    split: str
+    shard_index: int
+    first_sample: int
+    num_planned: int
+    keys: list[str] = field(default_factory=list)
+    durations_s: list[float] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)  # {"index", "key", "error"}: samples skipped
+    size_bytes: int = 0
+    sha256: str = ""
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.keys)
+
+
+class ShardWriter:
+    """Write one shard atomically: ``with ShardWriter(path) as w: w.write(members)``.
+
+    ``members`` maps member names (``"mix.flac"``, ``"json"``) to bytes and carries ``__key__``.
+    Nothing appears under the final name unless the context exits cleanly.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self._tar: tarfile.TarFile | None = None
+        self._mtime = 0.0  # fixed mtime: identical samples give identical shard bytes
+
+    def __enter__(self) -> "ShardWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        return self
+
+    def write(self, members: Mapping[str, bytes]) -> None:
+        import io
+
+        key = members["__key__"]
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key must not contain dots or slashes: {key!r}")
+        for name in sorted(k for k in members if not k.startswith("__")):
+            data = members[name]
+            info = tarfile.TarInfo(f"{key}.{name}")
+            info.size = len(data)
+            info.mtime = self._mtime
+            info.mode = 0o444
+            info.uname = info.gname = "hubbub"
+            self._tar.addfile(info, io.BytesIO(data))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_sidecar(record: ShardRecord, out_dir: str | Path) -> Path:
+    tar_path = Path(out_dir) / record.name
+    record.size_bytes = tar_path.stat().st_size
+    record.sha256 = sha256_file(tar_path)
+    path = sidecar_path(tar_path)
+    atomic_write_json(path, record.__dict__)
+    return path
+
+
+def read_sidecar(path: str | Path) -> ShardRecord:
+    with open(path) as f:
+        return ShardRecord(**json.load(f))
+
+
+def shard_is_complete(out_dir: str | Path, name: str, num_planned: int | None = None) -> bool:
+    """A shard is complete when its sidecar exists and the tar matches its size and sha256."""
+    tar_path = Path(out_dir) / name
+    side = sidecar_path(tar_path)
+    if not (tar_path.exists() and side.exists()):
+        return False
+    try:
+        rec = read_sidecar(side)
+    except (OSError, ValueError, TypeError):
+        return False
+    if num_planned is not None and rec.num_planned != num_planned:
+        return False
+    return rec.size_bytes == tar_path.stat().st_size and rec.sha256 == sha256_file(tar_path)
+
+
+def build_index(out_dir: str | Path, records: Iterable[ShardRecord], *, recipe: Mapping,
+                extra: Mapping | None = None) -> dict:
+    """Assemble ``index.json`` from shard records: recipe, counts, durations, sha256 per shard."""
+    splits: dict[str, dict] = {}
+    shards = []
+    for rec in sorted(records, key=lambda r: (r.split, r.shard_index)):
+        s = splits.setdefault(rec.split, {"num_samples": 0, "num_failed": 0, "duration_s": 0.0, "shards": 0})
+        s["num_samples"] += rec.num_samples
+        s["num_failed"] += len(rec.failed)
+        s["duration_s"] += float(sum(rec.durations_s))
+        s["shards"] += 1
+        shards.append({"name": rec.name, "split": rec.split, "num_samples": rec.num_samples,
+                       "duration_s": round(float(sum(rec.durations_s)), 3),
+                       "size_bytes": rec.size_bytes, "sha256": rec.sha256})
+    for s in splits.values():
+        s["duration_s"] = round(s["duration_s"], 3)
+        s["hours"] = round(s["duration_s"] / 3600.0, 4)
+    index = {"format_version": FORMAT_VERSION, "recipe": dict(recipe), "splits": splits, "shards": shards}
+    if extra:
+        index.update(extra)
+    atomic_write_json(Path(out_dir) / INDEX_NAME, index)
+    return index
+
+
+def load_index(corpus_dir: str | Path) -> dict:
+    path = Path(corpus_dir) / INDEX_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {corpus_dir} a hubbub corpus (made by hubbub simulate)?")
+    with open(path) as f:
+        return json.load(f)
