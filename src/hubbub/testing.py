@@ -118,3 +118,28 @@ def make_speech_folder(out_dir: str | Path, *, layout: str = "librispeech", num_
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, x, sample_rate_hz)
     return out_dir
+
+
+def make_bad_files(out_dir: str | Path, sample_rate_hz: int = 16000) -> dict[str, str]:
+    """Files a real corpus may hold, placed in a LibriSpeech-style tree; returns {path: expected
+    reason} for those that must be skipped. Also writes a 44.1 kHz stereo file that must be kept."""
+    out_dir = Path(out_dir)
+    d = out_dir / "999" / "1"
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    bad = {}
+    nan = dummy_speech(rng, 2.0, sample_rate_hz)
+    nan[100:200] = np.nan
+    sf.write(d / "999-1-0000.wav", nan, sample_rate_hz, subtype="FLOAT")
+    bad[str(d / "999-1-0000.wav")] = "non-finite"
+    sf.write(d / "999-1-0001.wav", np.zeros(0, np.float32), sample_rate_hz)
+    bad[str(d / "999-1-0001.wav")] = "empty"
+    (d / "999-1-0002.wav").write_text("this is not audio\n")
+    bad[str(d / "999-1-0002.wav")] = "unreadable"
+    sf.write(d / "999-1-0003.flac", dummy_speech(rng, 0.1, sample_rate_hz), sample_rate_hz)
+    bad[str(d / "999-1-0003.flac")] = "too-short"
+    sf.write(d / "999-1-0004.wav", np.zeros(sample_rate_hz, np.float32), sample_rate_hz)
+    bad[str(d / "999-1-0004.wav")] = "silent"
+    stereo = np.stack([dummy_speech(rng, 2.0, 44100), dummy_speech(rng, 2.0, 44100)], axis=1)
+    sf.write(d / "999-1-0005.wav", stereo, 44100)
+    return bad

@@ -1,0 +1,146 @@
+"""The ``hubbub`` command: thin subcommands over library functions.
+
+``main(argv)`` is callable from tests; each ``_cmd_*`` parses nothing itself and calls one library
+function.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _cmd_voices(args) -> int:
+    from hubbub.voices import make_voices
+
+    manifest = make_voices(args.out, num_speakers=args.speakers, utterances_per_speaker=args.utterances,
+                           seed=args.seed, sample_rate_hz=args.sample_rate_hz, progress=not args.quiet)
+    print(f"built-in voices: {manifest}")
+    return 0
+
+
+def _cmd_recipes(args) -> int:
+    from hubbub.config import to_dict
+    from hubbub.simulate.recipe import load_recipe, preset_names
+
+    if args.name:
+        import yaml
+
+        print(yaml.safe_dump(to_dict(load_recipe(args.name, args.set)), sort_keys=False), end="")
+    else:
+        for name in preset_names():
+            print(f"{name:16s} {load_recipe(name).description}")
+    return 0
+
+
+def _cmd_simulate(args) -> int:
+    from hubbub.simulate import load_recipe, simulate
+
+    recipe = load_recipe(args.recipe, args.set)
+    res = simulate(recipe, num=args.num, out_dir=args.out, seed=args.seed, workers=args.workers,
+                   address=args.address, splits=args.splits, progress=not args.quiet)
+    splits = ", ".join(f"{k}: {v['num_samples']}" for k, v in res.index["splits"].items())
+    print(f"{res.out_dir}: {splits} samples; {res.written} shards written, {res.skipped_complete} already "
+          f"complete; {len(res.skipped_files)} source files skipped, {len(res.failed_samples)} samples failed "
+          f"(see report.json)")
+    return 0
+
+
+def _cmd_shards_verify(args) -> int:
+    from hubbub.shards.verify import verify_corpus
+
+    report = verify_corpus(args.dir, check_audio=not args.quick)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _cmd_shards_stats(args) -> int:
+    from hubbub.shards.stats import corpus_stats, format_stats, plot_stats
+
+    stats = corpus_stats(args.dir)
+    png = Path(args.png) if args.png else Path(args.dir) / "stats.png"
+    plot_stats(stats, png)
+    if args.json:
+        print(json.dumps(stats, indent=1))
+    else:
+        print(format_stats(stats))
+        print(f"plot: {png}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from hubbub.demo import run_demo
+
+    return run_demo(args.out, num=args.num, workers=args.workers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hubbub", description="speech-separation data generation and pretraining")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("voices", help="make the built-in speech corpus (espeak-ng + flite, no download)")
+    v.add_argument("--out", required=True)
+    v.add_argument("--speakers", type=int, default=24)
+    v.add_argument("--utterances", type=int, default=8, help="utterances per speaker")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--sample-rate-hz", type=int, default=16000)
+    v.add_argument("--quiet", action="store_true")
+    v.set_defaults(func=_cmd_voices)
+
+    r = sub.add_parser("recipes", help="list the preset recipes, or print one resolved")
+    r.add_argument("name", nargs="?")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    r.set_defaults(func=_cmd_recipes)
+
+    s = sub.add_parser("simulate", help="simulate mixtures into WebDataset shards (Ray)")
+    s.add_argument("--recipe", required=True, help="preset name (hubbub recipes) or YAML file")
+    s.add_argument("--num", type=int, required=True, help="samples in all splits together")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=None, help="tasks at once (0: no Ray, in this process)")
+    s.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
+    s.add_argument("--splits", nargs="+", default=None, help="only these splits")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_simulate)
+
+    sh = sub.add_parser("shards", help="check and describe a corpus").add_subparsers(dest="shards_cmd", required=True)
+    sv = sh.add_parser("verify", help="checksums, decoding, schema; non-zero exit on any fault")
+    sv.add_argument("dir")
+    sv.add_argument("--quick", action="store_true", help="checksums and schema only, no audio decoding")
+    sv.set_defaults(func=_cmd_shards_verify)
+    st = sh.add_parser("stats", help="distributions of RT60, SNR, SIR, overlap, duration, speakers (+ PNG)")
+    st.add_argument("dir")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--png", default=None, help="plot path (default DIR/stats.png)")
+    st.set_defaults(func=_cmd_shards_stats)
+
+    d = sub.add_parser("demo", help="the main job on the built-in default: voices, simulate, verify, stats")
+    d.add_argument("--out", default="demo")
+    d.add_argument("--num", type=int, default=200)
+    d.add_argument("--workers", type=int, default=None)
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from hubbub.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"hubbub: bad recipe/config: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"hubbub: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

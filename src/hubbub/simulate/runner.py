@@ -1,0 +1,254 @@
+"""Distributed corpus generation: one Ray task per shard, resumable, identical for any worker count.
+
+The driver indexes the sources once, fixes the shard plan (which sample indices go to which
+shard: it depends on the recipe's ``samples_per_shard`` and ``--num`` only), and submits one task
+per shard that is not already complete. A sample's content depends only on (recipe, seed, split,
+index) (:func:`hubbub.simulate.sample.sample_seed`), so 1 worker or 100 give the same bytes.
+Shards are written under a temporary name and renamed when complete; their sidecars say they
+are complete; a rerun of the same command skips them and rewrites the rest.
+
+Files next to the shards: ``recipe.json`` (the resolved recipe, seed and hash: a rerun with a
+different recipe into the same folder is refused), ``report.json`` (skipped source files and
+failed samples, each with its reason) and ``index.json`` (see :mod:`hubbub.shards.writer`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from hubbub.config import to_dict
+from hubbub.shards.format import shard_name
+from hubbub.shards.writer import (ShardRecord, ShardWriter, atomic_write_json, build_index, read_sidecar,
+                                  shard_is_complete, sidecar_path, write_sidecar)
+from hubbub.simulate.recipe import Recipe
+from hubbub.simulate.sample import Simulator, SplitPool, render, to_members
+from hubbub.sources.noise import index_noise, split_noise_files
+from hubbub.sources.speech import assign_splits, default_cache_dir, index_speech
+
+log = logging.getLogger(__name__)
+
+# One thread per task: parallelism comes from Ray's processes; BLAS/OpenMP threads on top of
+# them oversubscribe the cores and make every task slower.
+SINGLE_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                            "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")}
+
+
+@dataclass
+class ShardPlan:
+    split: str
+    shard_index: int
+    first_sample: int
+    num_samples: int
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.shard_index)
+
+
+@dataclass
+class SimulateResult:
+    out_dir: Path
+    index: dict
+    written: int          # shards written by this run
+    skipped_complete: int  # shards found complete and kept
+    failed_samples: list[dict]
+    skipped_files: list[dict]
+
+
+def split_counts(num: int, fractions: dict[str, float]) -> dict[str, int]:
+    """``num`` samples divided by the split fractions (largest-remainder rounding)."""
+    names = [n for n, f in fractions.items() if f > 0]
+    total = sum(fractions[n] for n in names)
+    exact = {n: num * fractions[n] / total for n in names}
+    counts = {n: int(exact[n]) for n in names}
+    for n in sorted(names, key=lambda n: exact[n] - counts[n], reverse=True)[: num - sum(counts.values())]:
+        counts[n] += 1
+    return counts
+
+
+def plan_shards(recipe: Recipe, num: int, splits: list[str] | None = None) -> list[ShardPlan]:
+    counts = split_counts(num, recipe.splits)
+    plans = []
+    for split, n in counts.items():
+        if splits and split not in splits:
+            continue
+        per = recipe.samples_per_shard
+        for i, first in enumerate(range(0, n, per)):
+            plans.append(ShardPlan(split, i, first, min(per, n - first)))
+    return plans
+
+
+def builtin_voices_dir() -> Path:
+    """The built-in voices corpus, made on first use (``hubbub voices`` makes one anywhere)."""
+    from hubbub.voices import make_voices
+
+    out = default_cache_dir() / "voices" / "default"
+    make_voices(out)
+    return out
+
+
+def prepare_sources(recipe: Recipe, seed: int) -> tuple[dict[str, SplitPool], list[dict], dict]:
+    """Index speech and noise once and split them (disjoint speakers per split).
+
+    Returns the pools, the skipped files (with reasons) and a data card of the sources.
+    """
+    sc = recipe.speech
+    corpus = builtin_voices_dir() if sc.corpus == "builtin" else Path(sc.corpus)
+    idx = index_speech(corpus, layout=sc.layout, regex=sc.regex, min_duration_s=sc.min_duration_s)
+    skipped = [dict(s, kind="speech") for s in idx.skipped]
+    if not idx.utterances:
+        raise ValueError(f"no usable speech in {corpus} ({len(idx.skipped)} files skipped: see report.json)")
+    by_speaker = idx.by_speaker()
+    need = recipe.speakers.max_count
+    split_speakers = assign_splits(by_speaker, recipe.splits, seed=seed, min_per_split=need)
+    noise_by_split: dict[str, list] = {s: [] for s in split_speakers}
+    if recipe.noise.kind == "folder":
+        files, bad = index_noise(recipe.noise.folder)
+        skipped += [dict(s, kind="noise") for s in bad]
+        if not files:
+            raise ValueError(f"no usable noise files in {recipe.noise.folder}")
+        noise_by_split = split_noise_files(files, recipe.splits)
+    pools = {split: SplitPool({s: by_speaker[s] for s in spk}, noise_by_split.get(split, []))
+             for split, spk in split_speakers.items()}
+    card = {
+        "speech_corpus": str(corpus), "speech_corpus_name": idx.corpus,
+        "speakers_per_split": {s: len(v) for s, v in split_speakers.items()},
+        "utterances": len(idx.utterances),
+        "speech_hours": round(sum(u.duration_s for u in idx.utterances) / 3600, 4),
+        "licences": sorted({u.licence or "unknown" for u in idx.utterances}),
+        "noise": recipe.noise.kind if recipe.noise.kind != "folder" else str(recipe.noise.folder),
+        "skipped_files": len(skipped),
+    }
+    return pools, skipped, card
+
+
+def write_shard(simulator: Simulator, plan: ShardPlan, out_dir: str) -> dict:
+    """Render and write one shard; a sample that fails is recorded with its error and skipped."""
+    import pyroomacoustics as pra
+
+    pra.constants.set("num_threads", 1)
+    rec = ShardRecord(name=plan.name, split=plan.split, shard_index=plan.shard_index,
+                      first_sample=plan.first_sample, num_planned=plan.num_samples)
+    with ShardWriter(Path(out_dir) / plan.name) as writer:
+        for index in range(plan.first_sample, plan.first_sample + plan.num_samples):
+            try:
+                rendered = render(simulator.draw(plan.split, index))
+                writer.write(to_members(rendered))
+            except Exception as exc:  # a bad sample is reported, never fatal to the shard
+                rec.failed.append({"index": index, "split": plan.split, "error": f"{type(exc).__name__}: {exc}",
+                                   "traceback": traceback.format_exc(limit=3)})
+                continue
+            rec.keys.append(rendered.meta["key"])
+            rec.durations_s.append(rendered.meta["duration_s"])
+    write_sidecar(rec, out_dir)
+    return rec.__dict__
+
+
+def _check_same_corpus(out_dir: Path, identity: dict) -> None:
+    path = out_dir / "recipe.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    for key in ("recipe_hash", "seed", "samples_per_shard", "splits"):
+        if old.get(key) != identity.get(key):
+            raise ValueError(f"{out_dir} holds a corpus made with a different {key} ({old.get(key)!r} vs "
+                             f"{identity.get(key)!r}): use another --out, or delete it to start over")
+
+
+def _init_ray(address: str | None, workers: int | None):
+    import ray
+
+    runtime_env = {"env_vars": dict(SINGLE_THREAD_ENV)}
+    if ray.is_initialized():
+        return False
+    kwargs = dict(runtime_env=runtime_env, include_dashboard=False, log_to_driver=True,
+                  configure_logging=True, logging_level=logging.WARNING)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=workers or os.cpu_count(), **kwargs)
+    return True
+
+
+def simulate(recipe: Recipe, *, num: int, out_dir: str | Path, seed: int = 0, workers: int | None = None,
+             address: str | None = None, splits: list[str] | None = None, progress: bool = True,
+             max_retries: int = 3) -> SimulateResult:
+    """Generate (or finish) a corpus of ``num`` mixtures in ``out_dir``.
+
+    ``workers``: tasks in flight at once (default: all CPUs of the local Ray, or of the cluster);
+    ``workers=0`` runs in this process without Ray (debugging). ``address``: a Ray cluster
+    (``auto`` or ``ray://host:10001``); default starts a local Ray.
+
+    Example::
+
+        from hubbub.simulate import load_recipe, simulate
+        simulate(load_recipe("whamr", ["speech.corpus=/data/voices"]), num=1000, out_dir="whamr", seed=0)
+    """
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    identity = {"recipe_hash": recipe.content_hash(), "seed": seed, "samples_per_shard": recipe.samples_per_shard,
+                "splits": recipe.splits, "recipe": to_dict(recipe)}
+    _check_same_corpus(out_dir, identity)
+    atomic_write_json(out_dir / "recipe.json", identity)
+
+    pools, skipped_files, card = prepare_sources(recipe, seed)
+    simulator = Simulator(recipe, pools, seed)
+    plans = plan_shards(recipe, num, splits)
+    for stale in out_dir.glob("*.tar.tmp"):  # partial shards of a killed run
+        stale.unlink()
+    pending = [p for p in plans if not shard_is_complete(out_dir, p.name, p.num_samples)]
+    done = len(plans) - len(pending)
+    log.info("%d shards planned, %d complete, %d to write", len(plans), done, len(pending))
+
+    if pending:
+        if workers == 0:
+            iterator = (write_shard(simulator, p, str(out_dir)) for p in pending)
+            _drain(iterator, len(pending), progress)
+        else:
+            _run_on_ray(simulator, pending, out_dir, workers, address, progress, max_retries)
+
+    records = [read_sidecar(sidecar_path(out_dir / p.name)) for p in plans]
+    failed = [f for r in records for f in r.failed]
+    for f in failed:
+        log.warning("sample %s/%d skipped: %s", f["split"], f["index"], f["error"])
+    report = {"skipped_files": skipped_files, "failed_samples": failed,
+              "summary": {"skipped_files": len(skipped_files), "failed_samples": len(failed)}}
+    atomic_write_json(out_dir / "report.json", report)
+    index = build_index(out_dir, records, recipe=to_dict(recipe),
+                        extra={"seed": seed, "recipe_hash": identity["recipe_hash"], "num_requested": num,
+                               "data_card": card})
+    return SimulateResult(out_dir, index, len(pending), done, failed, skipped_files)
+
+
+def _drain(iterator, total: int, progress: bool) -> None:
+    from tqdm import tqdm
+
+    for _ in tqdm(iterator, total=total, desc="shards", unit="shard", disable=not progress):
+        pass
+
+
+def _run_on_ray(simulator, pending, out_dir, workers, address, progress, max_retries) -> None:
+    import ray
+    from tqdm import tqdm
+
+    started = _init_ray(address, workers)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(write_shard)
+        sim_ref = ray.put(simulator)
+        limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        queue = list(pending)
+        running = []
+        with tqdm(total=len(pending), desc="shards", unit="shard", disable=not progress) as bar:
+            while queue or running:
+                while queue and len(running) < limit:
+                    running.append(task.remote(sim_ref, queue.pop(0), str(out_dir)))
+                ready, running = ray.wait(running, num_returns=1)
+                ray.get(ready)  # re-raises a task that failed after all its retries
+                bar.update(len(ready))
+    finally:
+        if started:
+            ray.shutdown()

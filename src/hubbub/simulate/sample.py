@@ -1,0 +1,391 @@
+"""One mixture: draw every parameter from the sample's identity, then render from them alone.
+
+:meth:`Simulator.draw` turns ``(recipe, seed, split, index)`` into a JSON-able parameter dict;
+:func:`render` turns that dict (and the audio files it names) into signals. The sample's JSON in
+the shard is those parameters plus what was measured while rendering, so ``render(meta)``
+re-renders a stored sample exactly: the metadata is the sample's full description.
+
+Conventions (all targets share the mixture's time axis, time 0 = emission):
+
+* ``reverberant[s]`` (M, T): source ``s`` through its full RIR; ``mix = sum_s reverberant[s] + noise``.
+* ``direct[s]``: through the direct path only; ``early[s]``: direct path + ``room.early_ms``.
+* ``dry[s]`` (T,): the scaled source signal delayed by its direct-path delay at the reference mic
+  (``sources[s].dry_delay_samples``), so it lines up with ``direct[s]`` there.
+* SIR: each further speaker's reverberant image vs the first one's, at the reference mic.
+  SNR: all reverberant speech vs noise at the reference mic. The whole sample is then scaled to
+  a loudness (LUFS) and lowered if any stored signal would peak above ``mixing.max_peak``.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyloudnorm
+from scipy.signal import fftconvolve
+
+from hubbub.audio import load_audio
+from hubbub.shards.format import encode_flac, encode_json, encode_npy, quantize, sample_key
+from hubbub.simulate.recipe import Recipe
+from hubbub.simulate.rir import compute_rirs, measure_rt60_s, rt60_to_absorption
+from hubbub.sources.noise import NoiseFile, coloured_noise, diffuse_mixing
+from hubbub.sources.speech import Utterance
+
+
+class SampleError(RuntimeError):
+    """A sample cannot be drawn or rendered (e.g. no room fits the recipe's constraints)."""
+
+
+@dataclass
+class SplitPool:
+    """What one split may draw from: its own speakers' utterances and its own noise files."""
+
+    utterances_by_speaker: dict[str, list[Utterance]]
+    noise_files: list[NoiseFile]
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted(self.utterances_by_speaker)
+
+
+def sample_seed(recipe_hash: str, seed: int, split: str, index: int) -> np.random.SeedSequence:
+    """The only source of a sample's randomness: its identity, never the worker or the clock."""
+    split_code = int(hashlib.sha256(split.encode()).hexdigest()[:8], 16)
+    return np.random.SeedSequence([int(recipe_hash, 16) & 0xFFFFFFFF, int(recipe_hash, 16) >> 32, seed,
+                                   split_code, index])
+
+
+def _uniform(rng: np.random.Generator, r) -> float:
+    return float(rng.uniform(r[0], r[1])) if r[1] > r[0] else float(r[0])
+
+
+def _utt_ref(u: Utterance) -> dict:
+    return {"speaker": u.speaker, "path": u.path, "corpus": u.corpus, "licence": u.licence,
+            "transcript": u.transcript, "utterance_duration_s": round(u.duration_s, 6)}
+
+
+class Simulator:
+    """Draws sample parameters for one recipe and seed. Cheap to build; safe to ship to workers."""
+
+    def __init__(self, recipe: Recipe, pools: dict[str, SplitPool], seed: int):
+        self.recipe = recipe
+        self.pools = pools
+        self.seed = seed
+        self.recipe_hash = recipe.content_hash()
+
+    # -- drawing ---------------------------------------------------------------------------------
+    def draw(self, split: str, index: int) -> dict:
+        r = self.recipe
+        rng = np.random.default_rng(sample_seed(self.recipe_hash, self.seed, split, index))
+        pool = self.pools[split]
+        fs = r.sample_rate_hz
+        if r.speakers.distribution:
+            counts = sorted(r.speakers.distribution)
+            probs = np.array([r.speakers.distribution[c] for c in counts], dtype=float)
+            n_spk = int(rng.choice(counts, p=probs / probs.sum()))
+        else:
+            n_spk = r.speakers.count
+        speakers = pool.speakers
+        if len(speakers) < n_spk:
+            raise SampleError(f"split {split!r} has {len(speakers)} speakers, a sample needs {n_spk}")
+        chosen = [speakers[i] for i in rng.choice(len(speakers), size=n_spk, replace=False)]
+        utts = [pool.utterances_by_speaker[s][int(rng.integers(len(pool.utterances_by_speaker[s])))]
+                for s in chosen]
+        sources, num_samples = self._place(rng, utts)
+        room, mics = self._draw_room(rng, n_spk, sources)
+        params: dict[str, Any] = {
+            "key": sample_key(split, index), "split": split, "index": index, "seed": self.seed,
+            "recipe": r.name, "recipe_hash": self.recipe_hash, "sample_rate_hz": fs,
+            "num_samples": num_samples, "duration_s": num_samples / fs, "num_speakers": n_spk,
+            "num_mics": r.mics.count, "targets": list(r.targets), "room": room, "mics": mics,
+            "sources": sources,
+            "mixing": {"loudness_lufs_target": _uniform(rng, r.mixing.loudness_lufs),
+                       "max_peak": r.mixing.max_peak},
+        }
+        for k, s in enumerate(sources):
+            s["sir_db"] = 0.0 if k == 0 else _uniform(rng, r.mixing.sir_db)
+        params["noise"] = self._draw_noise(rng, pool, chosen, num_samples)
+        return params
+
+    def _place(self, rng: np.random.Generator, utts: list[Utterance]) -> tuple[list[dict], int]:
+        """Where each utterance excerpt lands in the mixture (samples), per duration/overlap mode."""
+        r, fs = self.recipe, self.recipe.sample_rate_hz
+        lengths = [min(int(u.duration_s * fs), int(r.duration.max_s * fs)) for u in utts]
+        fixed = int(round(r.duration.fixed_s * fs))
+        if r.overlap.mode == "full":
+            if r.duration.mode == "min":
+                total = min(lengths)
+            elif r.duration.mode == "max":
+                total = max(lengths)
+            else:
+                total = fixed
+            lengths = [min(n, total) for n in lengths]
+            starts = [int(rng.integers(0, total - n + 1)) if r.duration.mode == "fixed" else 0 for n in lengths]
+        else:
+            ratios = [_uniform(rng, r.overlap.ratio) for _ in utts[1:]]
+
+            def chain(ls):
+                st = [0]
+                for k in range(1, len(ls)):
+                    st.append(max(0, st[-1] + ls[k - 1] - int(ratios[k - 1] * min(ls[k - 1], ls[k]))))
+                return st, max(s + n for s, n in zip(st, ls))
+
+            starts, end = chain(lengths)
+            cap = fixed if r.duration.mode == "fixed" else int(r.duration.max_s * fs)
+            if end > cap:  # shrink every excerpt by the same factor: the chain end scales with it
+                lengths = [max(1, int(n * cap / end)) for n in lengths]
+                starts, end = chain(lengths)
+            total = fixed if r.duration.mode == "fixed" else min(end, cap)
+            shift = int(rng.integers(0, total - end + 1)) if total > end else 0
+            starts = [s + shift for s in starts]
+            lengths = [min(n, total - s) for s, n in zip(starts, lengths)]
+        sources = []
+        for u, n, st in zip(utts, lengths, starts):
+            avail = int(u.duration_s * fs) - n
+            first = int(rng.integers(0, avail + 1)) if (avail > 0 and r.duration.mode == "fixed") else 0
+            sources.append({**_utt_ref(u), "utterance_start_s": first / fs, "utterance_stop_s": (first + n) / fs,
+                            "start_sample": int(st), "num_samples": int(n)})
+        return sources, int(total)
+
+    def _draw_room(self, rng: np.random.Generator, n_spk: int, sources: list[dict]) -> tuple[dict, dict]:
+        rc, mc = self.recipe.room, self.recipe.mics
+        for _ in range(50):
+            dim = [_uniform(rng, rc.length_m), _uniform(rng, rc.width_m), _uniform(rng, rc.height_m)]
+            rt60 = None if rc.rir_mode == "anechoic" else _uniform(rng, rc.rt60_s)
+            if rt60 is not None:
+                try:
+                    rt60_to_absorption(rt60, dim)
+                except ValueError:
+                    continue
+            placed = self._place_in_room(rng, dim, n_spk)
+            if placed is not None:
+                mic_pos, center, src_pos = placed
+                break
+        else:
+            raise SampleError("no room within the recipe's ranges fits its RT60 and distance constraints; "
+                              "widen room.* ranges or lower room.min_*_distance_m")
+        for s, p in zip(sources, src_pos):
+            s["position_m"] = [round(float(v), 4) for v in p]
+            s["distance_m"] = round(float(np.linalg.norm(np.asarray(p) - center)), 4)
+        room = {"dim_m": [round(v, 4) for v in dim], "rt60_s_target": None if rt60 is None else round(rt60, 4),
+                "rir_mode": rc.rir_mode, "early_ms": rc.early_ms, "rir_seed": int(rng.integers(2**31))}
+        mics = {"array": mc.array, "reference": mc.reference, "center_m": [round(float(v), 4) for v in center],
+                "positions_m": [[round(float(v), 5) for v in p] for p in mic_pos]}
+        return room, mics
+
+    def _place_in_room(self, rng, dim, n_spk):
+        rc, mc = self.recipe.room, self.recipe.mics
+        wall = rc.min_wall_distance_m
+        radius = {"single": 0.0, "pair": mc.spacing_m[1] / 2, "circular": mc.radius_m}[mc.array]
+        margin = wall + radius
+        if 2 * margin >= min(dim[0], dim[1]):
+            return None
+        center = np.array([rng.uniform(margin, dim[0] - margin), rng.uniform(margin, dim[1] - margin),
+                           min(_uniform(rng, mc.height_m), dim[2] - wall)])
+        azimuth = rng.uniform(0, 2 * np.pi)
+        if mc.array == "single":
+            mic_pos = center[None]
+        elif mc.array == "pair":
+            half = _uniform(rng, mc.spacing_m) / 2
+            d = np.array([np.cos(azimuth), np.sin(azimuth), 0.0]) * half
+            mic_pos = np.stack([center - d, center + d])
+        else:
+            ang = azimuth + 2 * np.pi * np.arange(mc.count) / mc.count
+            mic_pos = center + mc.radius_m * np.stack([np.cos(ang), np.sin(ang), np.zeros_like(ang)], axis=1)
+        src = []
+        for _ in range(n_spk):
+            for _ in range(200):
+                p = np.array([rng.uniform(wall, dim[0] - wall), rng.uniform(wall, dim[1] - wall),
+                              np.clip(_uniform(rng, rc.source_height_m), wall, dim[2] - wall)])
+                if np.linalg.norm(p - center) < rc.min_mic_distance_m:
+                    continue
+                if any(np.linalg.norm(p - q) < rc.min_source_distance_m for q in src):
+                    continue
+                src.append(p)
+                break
+            else:
+                return None
+        return mic_pos, center, src
+
+    def _draw_noise(self, rng, pool: SplitPool, chosen: list[str], num_samples: int) -> dict:
+        nc = self.recipe.noise
+        if nc.kind == "none":
+            return {"kind": "none", "snr_db": None}
+        out: dict[str, Any] = {"kind": nc.kind, "snr_db": _uniform(rng, self.recipe.mixing.snr_db),
+                               "spatial": nc.spatial, "seed": int(rng.integers(2**31))}
+        # Channel m is the noise circularly shifted by shifts[m]: shifts far beyond the noise's
+        # correlation length decorrelate the channels before the diffuse coherence is imposed.
+        out["shifts"] = [0] + [int(rng.integers(num_samples // 4, 3 * num_samples // 4 + 1))
+                               for _ in range(self.recipe.mics.count - 1)]
+        if nc.kind == "coloured":
+            out["colour_exponent"] = _uniform(rng, nc.colour_exponent)
+        elif nc.kind == "folder":
+            if not pool.noise_files:
+                raise SampleError("no usable noise files for this split")
+            f = pool.noise_files[int(rng.integers(len(pool.noise_files)))]
+            length_s = num_samples / self.recipe.sample_rate_hz
+            out["files"] = [{"path": f.path, "start_s": round(_uniform(rng, (0.0, max(0.0, f.duration_s - length_s))), 4)}]
+        elif nc.kind == "babble":
+            others = [s for s in pool.speakers if s not in chosen] or pool.speakers
+            k = int(rng.integers(nc.babble_speakers[0], nc.babble_speakers[1] + 1))
+            picks = rng.choice(len(others), size=min(k, len(others)), replace=False)
+            files = []
+            for i in picks:
+                utts = pool.utterances_by_speaker[others[i]]
+                u = utts[int(rng.integers(len(utts)))]
+                files.append({"path": u.path, "speaker": u.speaker, "licence": u.licence,
+                              "offset_samples": int(rng.integers(0, max(1, num_samples)))})
+            out["files"] = files
+        return out
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+def _active_power(x: np.ndarray) -> float:
+    nz = np.flatnonzero(np.abs(x) > 1e-8)
+    return float(np.mean(x[nz[0]:nz[-1] + 1] ** 2)) if nz.size else 0.0
+
+
+def _noise_base(params: dict, fs: int, n: int) -> np.ndarray:
+    nz = params["noise"]
+    rng = np.random.default_rng(nz["seed"])
+    if nz["kind"] == "coloured":
+        return coloured_noise(rng, (n,), nz["colour_exponent"])
+    if nz["kind"] == "folder":
+        f = nz["files"][0]
+        x = load_audio(f["path"], fs, start_s=f["start_s"])
+        return np.resize(x, n)  # loops a file shorter than the mixture
+    out = np.zeros(n, np.float32)
+    for f in nz["files"]:  # babble
+        x = load_audio(f["path"], fs)
+        x = x / (math.sqrt(_active_power(x)) + 1e-9)
+        out += np.roll(np.resize(x, n), f["offset_samples"])
+    return out
+
+
+def _overlap_ratio(placed: np.ndarray, fs: int) -> float:
+    """Fraction of active time (20 ms frames) during which two or more speakers are active."""
+    frame = max(1, fs // 50)
+    n = placed.shape[1] // frame
+    if n == 0:
+        return 0.0
+    e = (placed[:, : n * frame].reshape(len(placed), n, frame) ** 2).mean(-1)
+    active = e > 1e-3 * e.max(axis=1, keepdims=True)
+    any_active = active.any(0).sum()
+    return float((active.sum(0) >= 2).sum() / any_active) if any_active else 0.0
+
+
+@dataclass
+class Rendered:
+    meta: dict
+    mix_q: np.ndarray                 # (M, T) int32 codes
+    noise_q: np.ndarray | None        # (M, T)
+    targets_q: dict[str, list[np.ndarray]]   # per-source target -> codes per source
+    rirs: list[np.ndarray]            # per source (M, L) float32
+
+
+def render(params: dict) -> Rendered:
+    """Signals for a parameter dict from :meth:`Simulator.draw` (or a stored sample's JSON)."""
+    fs, n = params["sample_rate_hz"], params["num_samples"]
+    mics = np.asarray(params["mics"]["positions_m"], dtype=float)
+    ref = params["mics"]["reference"]
+    srcs = params["sources"]
+    room = params["room"]
+    targets = set(params["targets"])
+
+    placed = np.zeros((len(srcs), n), dtype=np.float32)
+    for k, s in enumerate(srcs):
+        x = load_audio(s["path"], fs, start_s=s["utterance_start_s"], stop_s=s["utterance_stop_s"])
+        x = x[: s["num_samples"]] / (math.sqrt(_active_power(x)) + 1e-9)
+        placed[k, s["start_sample"]: s["start_sample"] + len(x)] = x
+
+    rir_set = compute_rirs(room["dim_m"], room["rt60_s_target"] or 0.0, [s["position_m"] for s in srcs], mics, fs,
+                           mode=room["rir_mode"], rng=np.random.default_rng(room["rir_seed"]))
+    early = rir_set.early(room["early_ms"]) if "early" in targets else None
+
+    def conv(x, h):  # (T,) * (M, L) -> (M, T), one batched FFT convolution per call
+        return fftconvolve(x[None], h, axes=-1)[:, :n].astype(np.float64)
+
+    rev = np.stack([conv(placed[k], rir_set.rirs[k]) for k in range(len(srcs))])       # (S, M, T)
+    gains = np.ones(len(srcs))
+    p0 = _active_power(rev[0, ref])
+    for k in range(1, len(srcs)):
+        pk = _active_power(rev[k, ref])
+        gains[k] = math.sqrt(p0 * 10 ** (srcs[k]["sir_db"] / 10) / pk) if pk > 0 else 0.0
+    rev *= gains[:, None, None]
+    speech = rev.sum(0)
+
+    signals: dict[str, Any] = {"reverberant": rev}
+    if "direct" in targets:
+        signals["direct"] = np.stack([conv(placed[k], rir_set.direct[k]) for k in range(len(srcs))]) * gains[:, None, None]
+    if early is not None:
+        signals["early"] = np.stack([conv(placed[k], early[k]) for k in range(len(srcs))]) * gains[:, None, None]
+    delays = [int(round(float(rir_set.direct_delay_samples[k, ref]))) for k in range(len(srcs))]
+    if "dry" in targets:
+        dry = np.zeros((len(srcs), n))
+        for k, d in enumerate(delays):
+            dry[k, d:] = placed[k, : n - d] * gains[k]
+        signals["dry"] = dry
+
+    noise = None
+    if params["noise"]["kind"] != "none":
+        base = _noise_base(params, fs, n)
+        chans = np.stack([np.roll(base, s) for s in params["noise"]["shifts"]])
+        if params["noise"]["spatial"] == "diffuse":
+            chans = diffuse_mixing(chans, mics, fs)
+        pn = _active_power(chans[ref])
+        g = math.sqrt(_active_power(speech[ref]) / (pn * 10 ** (params["noise"]["snr_db"] / 10))) if pn > 0 else 0.0
+        noise = chans.astype(np.float64) * g
+    mix = speech + (noise if noise is not None else 0.0)
+
+    meter = pyloudnorm.Meter(fs, block_size=min(0.4, n / fs))
+    loudness = meter.integrated_loudness(mix[ref])
+    scale = 10 ** ((params["mixing"]["loudness_lufs_target"] - loudness) / 20) if np.isfinite(loudness) else 1.0
+    everything = [mix] + list(signals.values()) + ([noise] if noise is not None else [])
+    peak = max(float(np.abs(a).max()) for a in everything) * scale
+    limited = peak > params["mixing"]["max_peak"]
+    if limited:
+        scale *= params["mixing"]["max_peak"] / peak
+
+    meta = {**params}
+    meta["room"] = {**room, "rt60_s_measured": (None if room["rir_mode"] == "anechoic"
+                                                else round(measure_rt60_s(rir_set.rirs[0, ref], fs), 4)),
+                    "max_order": rir_set.max_order, "absorption": rir_set.absorption}
+    meta["sources"] = [{**s, "gain_db": round(20 * math.log10(max(gains[k] * scale, 1e-12)), 3),
+                        "dry_delay_samples": delays[k]} for k, s in enumerate(srcs)]
+    meta["mixing"] = {**params["mixing"], "overlap_ratio": round(_overlap_ratio(placed, fs), 4),
+                      "loudness_lufs": round(float(loudness + 20 * math.log10(scale)), 3) if np.isfinite(loudness) else None,
+                      "gain_db": round(20 * math.log10(scale), 3), "peak_limited": bool(limited)}
+    if noise is not None:
+        meta["noise"] = {**params["noise"], "gain_db": round(20 * math.log10(max(g * scale, 1e-12)), 3)}
+
+    if not all(np.all(np.isfinite(a)) for a in everything) or not np.isfinite(scale):
+        raise SampleError("rendering produced NaN or inf (check the source audio and room parameters)")
+    rev_q = [quantize(r * scale) for r in rev]
+    noise_q = quantize(noise * scale) if noise is not None else None
+    mix_q = sum(rev_q) + (noise_q if noise_q is not None else 0)
+    targets_q = {"reverberant": rev_q}
+    for name in ("direct", "early", "dry"):
+        if name in signals:
+            targets_q[name] = [quantize(x * scale) for x in signals[name]]
+    return Rendered(meta=meta, mix_q=np.asarray(mix_q, np.int32), noise_q=noise_q, targets_q=targets_q,
+                    rirs=[rir_set.rirs[k] for k in range(len(srcs))])
+
+
+def to_members(rendered: Rendered) -> dict:
+    """Rendered signals -> shard members (see :mod:`hubbub.shards.format`)."""
+    meta = rendered.meta
+    fs = meta["sample_rate_hz"]
+    targets = set(meta["targets"])
+    members = {"__key__": meta["key"], "json": encode_json(meta), "mix.flac": encode_flac(rendered.mix_q, fs)}
+    if "noise" in targets and rendered.noise_q is not None:
+        members["noise.flac"] = encode_flac(rendered.noise_q, fs)
+    for name, per_source in rendered.targets_q.items():
+        if name in targets:
+            for k, q in enumerate(per_source):
+                members[f"s{k}.{name}.flac"] = encode_flac(q, fs)
+    if "rir" in targets:
+        for k, h in enumerate(rendered.rirs):
+            members[f"s{k}.rir.npy"] = encode_npy(h.astype(np.float32))
+    return members

@@ -1,0 +1,1 @@
+"""Speech and noise sources: corpus indexing, splits, synthetic noise."""

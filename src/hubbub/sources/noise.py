@@ -1,0 +1,94 @@
+"""Noise: a folder of recordings (WHAM!, DEMAND, MUSAN style) or built-in synthetic noise.
+
+Synthetic kinds need no download: ``coloured`` (1/f^beta spectrum: white 0, pink 1, brown 2),
+``babble`` (a sum of other speakers of the same split). Any mono noise is made spatially diffuse
+for a microphone array by imposing the spherically isotropic coherence
+``sinc(2 f d / c)`` between mics on independent noise channels (Habets & Gannot, 2007).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hubbub.sources.speech import AUDIO_EXTENSIONS, check_files
+
+SPEED_OF_SOUND_M_S = 343.0
+
+
+@dataclass
+class NoiseFile:
+    path: str
+    duration_s: float
+    sample_rate_hz: int
+    channels: int
+
+
+def index_noise(folder: str | Path, *, min_duration_s: float = 1.0, cache_dir=None) -> tuple[list[NoiseFile], list[dict]]:
+    """All usable audio files under ``folder`` (sorted), and the skipped ones with reasons."""
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"noise folder {folder} does not exist")
+    entries = [{"path": str(p)} for p in sorted(folder.rglob("*")) if p.suffix.lower() in AUDIO_EXTENSIONS]
+    if not entries:
+        raise ValueError(f"no audio files under noise folder {folder}")
+    checked, skipped = check_files(entries, min_duration_s=min_duration_s,
+                                   cache_key=json.dumps(["noise", str(folder), min_duration_s]), cache_dir=cache_dir)
+    files = [NoiseFile(e["path"], i["duration_s"], i["sample_rate_hz"], i["channels"]) for e, i in checked]
+    return files, skipped
+
+
+def split_noise_files(files: list[NoiseFile], fractions: dict[str, float]) -> dict[str, list[NoiseFile]]:
+    """Disjoint noise files per split, by a stable hash of the file name (adding files keeps
+    existing assignments); every split gets at least one file where there are enough."""
+    names = [n for n, f in fractions.items() if f > 0]
+    total = sum(fractions[n] for n in names)
+    edges = np.cumsum([fractions[n] / total for n in names])
+    out: dict[str, list[NoiseFile]] = {n: [] for n in names}
+    for f in files:
+        u = int(hashlib.sha1(Path(f.path).name.encode()).hexdigest()[:8], 16) / 16**8
+        out[names[int(np.searchsorted(edges, u, side="right").clip(0, len(names) - 1))]].append(f)
+    for n in names:  # small folders: lend files so no split is left without noise
+        if not out[n] and files:
+            out[n] = [files[names.index(n) % len(files)]]
+    return out
+
+
+def coloured_noise(rng: np.random.Generator, shape: tuple[int, ...], exponent: float) -> np.ndarray:
+    """Gaussian noise with power spectrum ~ 1/f^exponent along the last axis, unit variance."""
+    n = shape[-1]
+    white = rng.standard_normal(shape)
+    if exponent == 0:
+        return white.astype(np.float32)
+    spec = np.fft.rfft(white, axis=-1)
+    f = np.fft.rfftfreq(n)
+    f[0] = f[1] if n > 1 else 1.0
+    spec *= f ** (-exponent / 2.0)
+    x = np.fft.irfft(spec, n=n, axis=-1)
+    x /= x.std(axis=-1, keepdims=True) + 1e-12
+    return x.astype(np.float32)
+
+
+def diffuse_mixing(signals: np.ndarray, mic_positions_m: np.ndarray, sample_rate_hz: int) -> np.ndarray:
+    """Make M mutually independent channels (M, T) spherically diffuse for the given mics (M, 3).
+
+    Per frequency, the target coherence Γ_ij(f) = sinc(2 f d_ij / c) is factorised as
+    Γ = V Λ Vᵀ and the channels mixed by V √Λ. Cost: one rfft/irfft of the M channels and an
+    eigendecomposition per bin on a coarse grid (the coherence is smooth in f).
+    """
+    m, n = signals.shape
+    if m == 1:
+        return signals
+    spec = np.fft.rfft(signals, axis=-1)                    # (M, F)
+    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate_hz)
+    d = np.linalg.norm(mic_positions_m[:, None, :] - mic_positions_m[None, :, :], axis=-1)
+    grid = np.linspace(0, sample_rate_hz / 2, 257)
+    gamma = np.sinc(2 * grid[:, None, None] * d[None] / SPEED_OF_SOUND_M_S)   # (G, M, M)
+    w, v = np.linalg.eigh(gamma)
+    mix_grid = v * np.sqrt(np.clip(w, 0, None))[:, None, :]                 # (G, M, M)
+    idx = np.clip(np.searchsorted(grid, freqs), 0, len(grid) - 1)
+    mixed = np.einsum("fij,jf->if", mix_grid[idx], spec)
+    return np.fft.irfft(mixed, n=n, axis=-1).astype(np.float32)

@@ -1,0 +1,264 @@
+"""Speech corpora: a folder with the speaker in the path, or a JSONL manifest, indexed once.
+
+Built-in folder layouts (speaker taken from the path):
+
+=============  ==============================================  ==========================
+layout         example path                                     speaker
+=============  ==============================================  ==========================
+librispeech    ``103/1240/103-1240-0000.flac``                  ``103``
+vctk           ``wav48_silence_trimmed/p225/p225_001_mic1.flac``  ``p225``
+wsj0           ``si_tr_s/011/011a0101.wav``                     ``011``
+regex          any; the pattern's ``(?P<speaker>...)`` group     that group
+=============  ==============================================  ==========================
+
+A manifest is JSONL, one utterance a line: ``{"path": ..., "speaker": ..., "duration_s"?,
+"transcript"?, "licence"?}`` with paths relative to the manifest's folder; other fields are kept
+in ``Utterance.extra``. A folder holding ``manifest.jsonl`` (the built-in voices) is read as one.
+
+Indexing decodes every file once, so unreadable, empty, non-finite, silent and too-short files
+are found up front and reported with a reason. The result is cached per corpus (keyed by its path
+and options, reusing entries whose size and mtime are unchanged), so reruns cost a directory walk.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from hubbub.audio import AudioError, check_audio_file
+
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".sph", ".wv1", ".wv2", ".aif", ".aiff", ".opus"}
+
+LAYOUT_PATTERNS = {
+    "librispeech": r"(?:^|/)(?P<speaker>\d+)-\d+-\d+\.\w+$",
+    "vctk": r"(?:^|/)(?P<speaker>p\d{3,4}|s\d+)_\d{3}(?:_mic\d)?\.\w+$",
+    "wsj0": r"(?:^|/)(?P<speaker>[0-9a-z]{3})[0-9a-z]{5}\.\w+$",
+}
+
+
+@dataclass
+class Utterance:
+    path: str                    # absolute
+    speaker: str
+    duration_s: float
+    sample_rate_hz: int
+    corpus: str
+    transcript: str | None = None
+    licence: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class SpeechIndex:
+    corpus: str
+    utterances: list[Utterance]
+    skipped: list[dict]          # {"path", "reason", "detail"}
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted({u.speaker for u in self.utterances})
+
+    def by_speaker(self) -> dict[str, list[Utterance]]:
+        out: dict[str, list[Utterance]] = {}
+        for u in self.utterances:
+            out.setdefault(u.speaker, []).append(u)
+        return out
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("HUBBUB_CACHE", Path.home() / ".cache" / "hubbub"))
+
+
+def _walk_audio(root: Path) -> list[Path]:
+    files = [p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()]
+    return sorted(files)
+
+
+def detect_layout(root: Path, files: list[Path]) -> str:
+    """Pick the built-in layout whose pattern matches most files (at least 90% of them)."""
+    rel = [p.relative_to(root).as_posix() for p in files[:500]]
+    best, best_hits = None, 0
+    for name, pattern in LAYOUT_PATTERNS.items():
+        hits = sum(bool(re.search(pattern, r)) for r in rel)
+        if hits > best_hits:
+            best, best_hits = name, hits
+    if best is None or best_hits < 0.9 * len(rel):
+        raise ValueError(
+            f"cannot tell the speaker layout of {root}: set speech.layout to one of "
+            f"{sorted(LAYOUT_PATTERNS)} or 'regex' with speech.regex containing (?P<speaker>...)")
+    return best
+
+
+def _librispeech_transcripts(root: Path) -> dict[str, str]:
+    out = {}
+    for trans in root.rglob("*.trans.txt"):
+        for line in trans.read_text(errors="replace").splitlines():
+            utt_id, _, text = line.partition(" ")
+            out[utt_id] = text.strip()
+    return out
+
+
+def _file_entries(root: Path, layout: str, regex: str | None) -> tuple[list[dict], list[dict]]:
+    files = _walk_audio(root)
+    if not files:
+        raise ValueError(f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) under {root}")
+    if layout == "auto":
+        layout = detect_layout(root, files)
+    if layout == "regex":
+        if not regex or "(?P<speaker>" not in regex:
+            raise ValueError("speech.regex must be a pattern with a (?P<speaker>...) group")
+        pattern = re.compile(regex)
+    else:
+        pattern = re.compile(LAYOUT_PATTERNS[layout])
+    transcripts = _librispeech_transcripts(root) if layout == "librispeech" else {}
+    entries, skipped = [], []
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        m = pattern.search(rel)
+        if not m:
+            skipped.append({"path": str(p), "reason": "no-speaker", "detail": f"path does not match {layout} layout"})
+            continue
+        entries.append({"path": str(p), "speaker": m.group("speaker"), "transcript": transcripts.get(p.stem)})
+    return entries, skipped
+
+
+def _manifest_entries(manifest: Path) -> tuple[list[dict], list[dict]]:
+    entries, skipped = [], []
+    base = manifest.parent
+    with open(manifest) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                path, speaker = row.pop("path"), row.pop("speaker")
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                skipped.append({"path": f"{manifest}:{lineno}", "reason": "bad-manifest-line", "detail": str(exc)})
+                continue
+            full = Path(path) if Path(path).is_absolute() else base / path
+            entries.append({"path": str(full), "speaker": str(speaker), "transcript": row.pop("transcript", None),
+                            "licence": row.pop("licence", None), "declared_duration_s": row.pop("duration_s", None),
+                            "extra": row})
+    return entries, skipped
+
+
+def _check(entry: dict, min_duration_s: float, cached: dict | None) -> dict:
+    p = Path(entry["path"])
+    try:
+        st = p.stat()
+    except OSError as exc:
+        return {"skip": {"path": str(p), "reason": "missing", "detail": exc.strerror or str(exc)}}
+    stamp = [st.st_size, st.st_mtime_ns]
+    if cached is not None and cached.get("stamp") == stamp:
+        return cached
+    try:
+        info = check_audio_file(p, min_duration_s=min_duration_s)
+    except AudioError as exc:
+        return {"stamp": stamp, "skip": {"path": str(p), "reason": exc.reason, "detail": exc.detail}}
+    return {"stamp": stamp, "info": info}
+
+
+def check_files(entries: list[dict], *, min_duration_s: float, cache_key: str,
+                cache_dir: str | Path | None = None, max_workers: int | None = None
+                ) -> tuple[list[tuple[dict, dict]], list[dict]]:
+    """Decode each entry's ``path`` once (in threads); return ([(entry, info)], skipped).
+
+    Results are cached under ``cache_key`` and reused for files whose size and mtime match.
+    """
+    digest = hashlib.sha1(cache_key.encode()).hexdigest()[:16]
+    cache_path = Path(cache_dir or default_cache_dir()) / "index" / f"{digest}.json"
+    cache = {}
+    if cache_path.exists():
+        try:
+            cache = json.loads(cache_path.read_text())
+        except ValueError:
+            cache = {}
+    with ThreadPoolExecutor(max_workers or min(8, (os.cpu_count() or 1) + 1)) as pool:
+        results = list(pool.map(lambda e: _check(e, min_duration_s, cache.get(e["path"])), entries))
+    checked, skipped, new_cache = [], [], {}
+    for entry, result in zip(entries, results):
+        if "stamp" in result:
+            new_cache[entry["path"]] = result
+        if "skip" in result:
+            skipped.append(result["skip"])
+        else:
+            checked.append((entry, result["info"]))
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_name(cache_path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(new_cache))
+    os.replace(tmp, cache_path)
+    return checked, skipped
+
+
+def index_speech(source: str | Path, *, layout: str = "auto", regex: str | None = None,
+                 min_duration_s: float = 0.5, cache_dir: str | Path | None = None,
+                 max_workers: int | None = None) -> SpeechIndex:
+    """Index a speech corpus (folder or manifest) into utterances with speakers and durations.
+
+    Example::
+
+        idx = index_speech("/data/LibriSpeech/train-clean-100")   # layout detected
+        idx.speakers[:3], len(idx.utterances), idx.skipped[:1]
+    """
+    source = Path(source).expanduser().resolve()
+    if not source.exists():
+        raise FileNotFoundError(f"speech corpus {source} does not exist")
+    manifest = source if source.is_file() else (source / "manifest.jsonl")
+    if source.is_file() or (layout in ("auto", "manifest") and manifest.exists()):
+        entries, skipped = _manifest_entries(manifest)
+        corpus = manifest.parent.name
+    else:
+        entries, skipped = _file_entries(source, layout, regex)
+        corpus = source.name
+
+    key = json.dumps([str(source), layout, regex, min_duration_s])
+    checked, bad = check_files(entries, min_duration_s=min_duration_s, cache_key=key, cache_dir=cache_dir,
+                               max_workers=max_workers)
+    skipped.extend(bad)
+    utterances = [
+        Utterance(path=entry["path"], speaker=entry["speaker"], duration_s=info["duration_s"],
+                  sample_rate_hz=info["sample_rate_hz"], corpus=corpus, transcript=entry.get("transcript"),
+                  licence=entry.get("licence"), extra=entry.get("extra", {}))
+        for entry, info in checked
+    ]
+    utterances.sort(key=lambda u: u.path)
+    return SpeechIndex(corpus=corpus, utterances=utterances, skipped=skipped)
+
+
+def assign_splits(speakers: Iterable[str], fractions: dict[str, float], *, seed: int,
+                  min_per_split: int = 1) -> dict[str, list[str]]:
+    """Partition speakers into disjoint splits by ``fractions`` (deterministic from ``seed``).
+
+    Every split with a positive fraction gets at least ``min_per_split`` speakers, or a
+    ValueError says how many are missing.
+    """
+    speakers = sorted(set(speakers))
+    names = [n for n, f in fractions.items() if f > 0]
+    need = min_per_split * len(names)
+    if len(speakers) < need:
+        raise ValueError(f"{len(speakers)} speakers cannot fill {len(names)} splits with "
+                         f"{min_per_split} speakers each: use a corpus with more speakers")
+    order = np.random.default_rng([seed, 0x5B1]).permutation(len(speakers))
+    total = sum(fractions[n] for n in names)
+    counts = {n: max(min_per_split, int(round(fractions[n] / total * len(speakers)))) for n in names}
+    # Give or take from the largest split so the counts add up.
+    largest = max(names, key=lambda n: fractions[n])
+    counts[largest] = len(speakers) - sum(c for n, c in counts.items() if n != largest)
+    if counts[largest] < min_per_split:
+        raise ValueError(f"too few speakers ({len(speakers)}) for the split fractions {fractions}")
+    out, start = {}, 0
+    for n in names:
+        out[n] = sorted(speakers[i] for i in order[start:start + counts[n]])
+        start += counts[n]
+    return out
+
+
+def utterance_to_dict(u: Utterance) -> dict:
+    return asdict(u)
