@@ -1,0 +1,426 @@
+"""The training reader: shards -> per-sample tensors, split over ranks and workers, resumable.
+
+Typical use in a trainer (one process per rank)::
+
+    ds = ShardDataset(corpus_dir, "train", targets=("reverberant",), crop_s=4.0, batch_size=8)
+    loader = ShardLoader(ds, num_workers=4)
+    loader.load_state_dict(checkpoint["data"])       # resume (skip what this rank consumed)
+    for epoch in range(checkpoint["data"]["epoch"], num_epochs):
+        loader.set_epoch(epoch)                      # same epoch: keeps the resume position
+        for batch in loader:        # batch["mix"] (B, 1, T), batch["sources"]["reverberant"] (B, S, T)
+            ...
+            checkpoint["data"] = loader.state_dict() # {"epoch": e, "consumed": n}
+
+How an epoch is laid out (all of it computed from the sidecars' key lists, no tar is opened):
+
+1. Shuffling permutes the shard order with rng(seed, epoch); the shards' keys concatenated are the
+   epoch's global sequence of ``N`` samples.
+2. Ranks get equal shares so DDP never waits on a rank that ran out: with ``drop_last`` the tail
+   is cut to ``N // world_size`` samples per rank (the cut samples change with the epoch's shard
+   order); without it the sequence is padded to ``ceil(N / world_size)`` per rank by repeating its
+   head, so a few samples are seen twice. Either way every sample is seen exactly once per epoch
+   when ``N`` divides evenly.
+3. Rank r takes the contiguous block r (it reads about 1/world_size of the shards) and permutes it
+   within consecutive windows of ``shuffle_buffer`` samples. This *rank sequence* depends on the
+   seed, epoch, rank, world size and shuffle settings, not on the workers or the batch size.
+4. Worker w of ``num_workers`` takes the chunks ``c`` of ``batch_size`` consecutive positions of
+   the rank sequence with ``c % num_workers == w``. The DataLoader requests batches from its
+   workers in the same round-robin, so batches arrive in rank-sequence order and after ``n``
+   samples the consumer has seen exactly the first ``n`` of the rank sequence.
+5. Resume is therefore one number per rank: ``{"epoch", "consumed"}``. ``load_state_dict`` makes
+   the next iteration start at that position, whatever ``num_workers`` is. Only the consumer
+   knows what it consumed when workers run in other processes, so :class:`ShardLoader` counts the
+   batches it hands out; iterating the dataset in-process counts yields instead.
+
+Cost: each worker streams all of its rank's shards and skips other workers' samples without
+decoding them; the workers of a rank read the same shards at about the same time, so the disk
+reads are shared through the page cache. A worker holds at most about
+``shuffle_buffer / num_workers`` undecoded samples in memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from hubbub.shards.format import decode_flac, decode_npy
+from hubbub.shards.writer import load_index, read_sidecar, sidecar_path
+
+# Tags that keep the three random streams of an epoch independent of each other.
+_SHARD_ORDER, _WINDOWS, _CROP = 0, 1, 2
+
+
+def _key_seed(key: str) -> int:
+    # Python's hash() is salted per process; a digest is the same in every worker and every run.
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def stack_padded(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack tensors of equal rank, zero-padding every axis at its end to the largest size."""
+    shape = [max(sizes) for sizes in zip(*(t.shape for t in tensors))]
+    out = tensors[0].new_zeros((len(tensors), *shape))
+    for i, t in enumerate(tensors):
+        out[(i, *(slice(0, n) for n in t.shape))] = t
+    return out
+
+
+class ShardDataset(IterableDataset):
+    """Samples of one split of a hubbub corpus as tensors, for ``torch.utils.data``.
+
+    Each item is a dict::
+
+        key           str
+        mix           (C, T) float32: C = 1 with ``mic`` set, else all M microphones
+        sources       {target: (S, T) float32}  FLAC targets with ``mic`` set ("dry" is always
+                      (S, T)); (S, M, T) with ``mic=None``; npy targets whole: "rir" (S, M, L),
+                      "lips" (S, frames, 96, 96) uint8
+        num_sources   int, the real speaker count S0; sources beyond it (``max_sources``) are zero
+        extras        {member: tensor} for the sample-level members named in ``extras``
+        start_sample  int, where the crop starts in the stored sample (0 without ``crop_s``), so
+                      later stages can crop their own time bases (video frames, codec tokens)
+        meta          the sample's JSON (``{key}.json``)
+
+    Args:
+        corpus_dir: directory with ``index.json``, shards and sidecars.
+        split: split name as in ``index.json``.
+        targets: per-source targets to return, members ``s{i}.{target}.flac|npy``: any of
+            "dry", "direct", "early", "reverberant", "rir", or a later stage's ("lips", "codec").
+        extras: sample-level members to return, by member name ("noise.flac", "mix.codec.npy").
+        crop_s: random crop length in seconds (FLAC members only; shorter samples are zero-padded
+            to it); the crop start is drawn from (seed, epoch, key). None returns whole samples.
+        shuffle: permute shards and samples per epoch (see the module docstring).
+        shuffle_buffer: window, in samples, within which a rank's samples are permuted.
+        seed: seed of every random choice; with the epoch it fixes the order and the crops.
+        epoch: starting epoch (see :meth:`set_epoch`).
+        rank, world_size: this process's share; default from ``torch.distributed`` when it is
+            initialised at construction, else 0 and 1.
+        drop_last: cut the epoch to a multiple of ``world_size`` instead of padding it.
+        mic: microphone channel of FLAC members to keep; None keeps all.
+        max_sources: pad every sample's sources with zero sources to this count (models with a
+            fixed number of outputs); a sample with more speakers raises ValueError, because
+            skipping it would give ranks unequal sample counts.
+        batch_size: the batch size of the DataLoader that reads this dataset. Workers take chunks
+            of this many samples, which is what keeps batches in rank-sequence order (and resume
+            exact) with ``num_workers > 0``; :class:`ShardLoader` batches by it.
+
+    Iteration starts at the position set by :meth:`load_state_dict` until the epoch changes.
+    Example: ``ShardDataset(d, "valid", shuffle=False, mic=None)`` gives every valid sample
+    whole, in corpus order.
+    """
+
+    def __init__(self, corpus_dir: str | Path, split: str = "train", *,
+                 targets: Sequence[str] = ("reverberant",), extras: Sequence[str] = (),
+                 crop_s: float | None = None, shuffle: bool = True, shuffle_buffer: int = 256,
+                 seed: int = 0, epoch: int = 0, rank: int | None = None,
+                 world_size: int | None = None, drop_last: bool = False, mic: int | None = 0,
+                 max_sources: int | None = None, batch_size: int = 1):
+        if "noise" in targets:
+            raise ValueError('noise is not a per-source target: pass extras=("noise.flac",)')
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if rank is None:
+            rank = torch.distributed.get_rank() if distributed else 0
+        if world_size is None:
+            world_size = torch.distributed.get_world_size() if distributed else 1
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        if batch_size < 1 or shuffle_buffer < 1:
+            raise ValueError("batch_size and shuffle_buffer must be positive")
+        self.corpus_dir = Path(corpus_dir)
+        self.split = split
+        self.targets = tuple(targets)
+        self.extras = tuple(extras)
+        self.crop_s = crop_s
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+        self.mic = mic
+        self.max_sources = max_sources
+        self.batch_size = batch_size
+        self.epoch = epoch
+        self._start = 0  # first rank-sequence position of the next iteration
+        self._consumed = 0  # samples of this epoch yielded in this process, counting _start
+
+        names = [s["name"] for s in load_index(self.corpus_dir)["shards"] if s["split"] == split]
+        if not names:
+            raise ValueError(f"split {split!r} has no shards in {self.corpus_dir / 'index.json'}")
+        self._paths = [self.corpus_dir / n for n in names]
+        keys = [read_sidecar(sidecar_path(p)).keys for p in self._paths]
+        # Fixed-width bytes, not a list of str: millions of keys stay compact and are shared
+        # copy-on-write with forked workers (refcounts would dirty the pages of a list).
+        self._keys = np.array([k for ks in keys for k in ks], dtype="S")
+        self._shard_of = np.repeat(np.arange(len(keys)), [len(ks) for ks in keys])
+        self._shard_start = np.concatenate([[0], np.cumsum([len(ks) for ks in keys])])
+        if len(self._keys) == 0:
+            raise ValueError(f"split {split!r} of {self.corpus_dir} has no samples")
+        target_names = "|".join(re.escape(t) for t in self.targets)
+        self._source_member = re.compile(rf"^s(\d+)\.({target_names})\.(flac|npy)$")
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank yields in a full epoch (equal on every rank)."""
+        n = len(self._keys)
+        return n // self.world_size if self.drop_last else math.ceil(n / self.world_size)
+
+    @property
+    def start(self) -> int:
+        """Rank-sequence position where the next iteration starts (0 unless resumed)."""
+        return self._start
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch to iterate. A new epoch starts at its beginning; setting the current
+        epoch again keeps the position from :meth:`load_state_dict`, so a resumed loop may call
+        ``set_epoch(epoch)`` at the top of every epoch as usual."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._start = self._consumed = 0
+
+    def state_dict(self) -> dict:
+        """``{"epoch", "consumed"}``: samples of this epoch this rank has yielded in this process.
+
+        Exact when iterated in this process (directly or with ``num_workers=0``); with DataLoader
+        workers use :meth:`ShardLoader.state_dict`, which counts what the consumer received.
+        """
+        return {"epoch": self.epoch, "consumed": self._consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue epoch ``state["epoch"]`` after its first ``state["consumed"]`` samples on this
+        rank: "skip the first n samples of this epoch" for a resumed run."""
+        consumed = int(state["consumed"])
+        if not 0 <= consumed <= self.num_samples:
+            raise ValueError(f"consumed={consumed} outside this rank's epoch of {self.num_samples}")
+        self.epoch = int(state["epoch"])
+        self._start = self._consumed = consumed
+
+    def rank_sequence(self, epoch: int | None = None) -> list[str]:
+        """The keys this rank yields in ``epoch`` (default: the current one), in order."""
+        return [k.decode() for k in self._keys[self._rank_ordinals(self.epoch if epoch is None else epoch)]]
+
+    def _rank_ordinals(self, epoch: int) -> np.ndarray:
+        order = np.arange(len(self._paths))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch, _SHARD_ORDER]).permutation(order)
+        seq = np.concatenate([np.arange(self._shard_start[s], self._shard_start[s + 1]) for s in order])
+        per_rank = self.num_samples
+        # np.resize repeats the sequence cyclically when it grows: the padding repeats its head.
+        block = np.resize(seq, per_rank * self.world_size)[self.rank * per_rank:(self.rank + 1) * per_rank]
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, epoch, _WINDOWS, self.rank])
+            window = np.arange(len(block)) // self.shuffle_buffer
+            block = block[np.lexsort((rng.random(len(block)), window))]
+        return block
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        ordinals = self._rank_ordinals(self.epoch)
+        positions = np.arange(self._start, len(ordinals))
+        chunk = (positions - self._start) // self.batch_size
+        mine = positions[chunk % num_workers == worker]
+        self._consumed = self._start
+        for position, raw in zip(mine, self._read_raw(ordinals[mine])):
+            sample = self._decode(raw)
+            self._consumed = int(position) + 1
+            yield sample
+
+    def _read_raw(self, ordinals: np.ndarray) -> Iterator[dict]:
+        """Raw samples (member name -> bytes) for ``ordinals``, in that order, each tar read once.
+
+        Shards are opened when first needed and stay open while they still hold samples this
+        worker needs; samples read ahead of their turn wait in ``ready``.
+        """
+        needed: dict[int, set[str]] = {}
+        for o in ordinals:
+            needed.setdefault(int(self._shard_of[o]), set()).add(self._keys[o].decode())
+        pending = {s: len(keys) for s, keys in needed.items()}
+        open_shards: dict[int, tuple] = {}
+        ready: dict[str, dict] = {}
+        try:
+            for o in ordinals:
+                shard, key = int(self._shard_of[o]), self._keys[o].decode()
+                while key not in ready:
+                    if shard not in open_shards:
+                        f = open(self._paths[shard], "rb")
+                        open_shards[shard] = (f, self._tar_samples(f, shard, needed[shard]))
+                    raw = next(open_shards[shard][1], None)
+                    if raw is None:
+                        raise RuntimeError(f"{self._paths[shard]}: sample {key} listed in its sidecar is "
+                                           f"missing; run `hubbub shards verify {self.corpus_dir}`")
+                    ready[raw["__key__"]] = raw
+                    pending[shard] -= 1
+                    if pending[shard] == 0:
+                        open_shards.pop(shard)[0].close()
+                yield ready.pop(key)
+        finally:
+            for f, _ in open_shards.values():
+                f.close()
+
+    def _tar_samples(self, fileobj, shard: int, keys: set[str]) -> Iterator[dict]:
+        def select(name: str) -> bool:
+            key, _, member = name.partition(".")
+            return key in keys and self._wanted(member)
+
+        source = {"url": str(self._paths[shard]), "stream": fileobj}
+        return group_by_keys(tar_file_expander([source], select_files=select))
+
+    def _wanted(self, member: str) -> bool:
+        # Members nobody asked for are skipped unread: they cost neither memory nor decoding.
+        return member in ("json", "mix.flac") or member in self.extras or bool(self._source_member.match(member))
+
+    def _decode(self, raw: dict) -> dict:
+        key = raw["__key__"]
+        meta = json.loads(raw["json"])
+        num_sources = int(meta["num_speakers"])
+        if self.max_sources is not None and num_sources > self.max_sources:
+            raise ValueError(f"{key} has {num_sources} speakers, more than max_sources={self.max_sources}")
+        crop = self._crop(key, int(meta["num_samples"]), int(meta["sample_rate_hz"]))
+        sources = {}
+        for target in self.targets:
+            per_source = []
+            for i in range(num_sources):
+                name = f"s{i}.{target}.flac"
+                if name not in raw:
+                    name = f"s{i}.{target}.npy"
+                if name not in raw:
+                    raise KeyError(f"{key} has no member s{i}.{target}.*; it stores targets {meta['targets']}")
+                per_source.append(self._member(name, raw[name], crop))
+            if self.max_sources is not None:
+                per_source += [torch.zeros_like(per_source[0])] * (self.max_sources - num_sources)
+            sources[target] = stack_padded(per_source)
+        missing = [m for m in self.extras if m not in raw]
+        if missing:
+            raise KeyError(f"{key} has no member(s) {missing}")
+        return {
+            "key": key,
+            "mix": self._member("mix.flac", raw["mix.flac"], crop),
+            "sources": sources,
+            "num_sources": num_sources,
+            "extras": {m: self._member(m, raw[m], crop) for m in self.extras},
+            "start_sample": crop[0] if crop else 0,
+            "meta": meta,
+        }
+
+    def _crop(self, key: str, num_samples: int, sample_rate_hz: int) -> tuple[int, int] | None:
+        if self.crop_s is None:
+            return None
+        length = round(self.crop_s * sample_rate_hz)
+        rng = np.random.default_rng([self.seed, self.epoch, _CROP, _key_seed(key)])
+        return int(rng.integers(0, max(num_samples - length, 0) + 1)), length
+
+    def _member(self, name: str, data: bytes, crop: tuple[int, int] | None) -> torch.Tensor:
+        if name.endswith(".npy"):
+            return torch.from_numpy(decode_npy(data))
+        if not name.endswith(".flac"):
+            raise ValueError(f"cannot decode member {name!r}: only .flac and .npy members are tensors")
+        audio = decode_flac(data)[0]
+        # Every FLAC member but a dry source is an (M, T) image; one microphone decodes as (T,).
+        if not name.endswith(".dry.flac"):
+            audio = np.atleast_2d(audio)
+            if self.mic is not None:
+                audio = audio[self.mic:self.mic + 1] if name == "mix.flac" else audio[self.mic]
+        if crop is not None:
+            start, length = crop
+            audio = audio[..., start:start + length]
+            if audio.shape[-1] < length:
+                audio = np.pad(audio, [(0, 0)] * (audio.ndim - 1) + [(0, length - audio.shape[-1])])
+        return torch.from_numpy(np.ascontiguousarray(audio))
+
+
+def collate_mixtures(batch: Sequence[dict]) -> dict:
+    """Batch :class:`ShardDataset` items with variable speaker counts and lengths.
+
+    Sources are padded to the largest speaker count in the batch with all-zero sources, and every
+    tensor is zero-padded at its end to the longest in the batch (crop in the dataset with
+    ``crop_s`` for equal lengths). Returns::
+
+        keys          list[str]
+        mix           (B, C, T)
+        sources       {target: (B, S, T) or (B, S, C, T), ...}, S = max speakers in the batch
+        num_sources   (B,) int64, real speakers per mixture
+        source_mask   (B, S) bool, True for real sources: ``source_mask[b, s] == s < num_sources[b]``
+        num_samples   (B,) int64, unpadded length of each mixture
+        start_sample  (B,) int64
+        extras        {member: (B, ...)}
+        meta          list[dict]
+
+    Example: items with 1 and 3 speakers give ``sources[t].shape[1] == 3`` and
+    ``source_mask == [[True, False, False], [True, True, True]]``.
+    """
+    num_sources = torch.tensor([item["num_sources"] for item in batch], dtype=torch.int64)
+    sources = {t: stack_padded([item["sources"][t] for item in batch]) for t in batch[0]["sources"]}
+    width = max((s.shape[1] for s in sources.values()), default=int(num_sources.max()))
+    return {
+        "keys": [item["key"] for item in batch],
+        "mix": stack_padded([item["mix"] for item in batch]),
+        "sources": sources,
+        "num_sources": num_sources,
+        "source_mask": torch.arange(width)[None, :] < num_sources[:, None],
+        "num_samples": torch.tensor([item["mix"].shape[-1] for item in batch], dtype=torch.int64),
+        "start_sample": torch.tensor([item["start_sample"] for item in batch], dtype=torch.int64),
+        "extras": {m: stack_padded([item["extras"][m] for item in batch]) for m in batch[0]["extras"]},
+        "meta": [item["meta"] for item in batch],
+    }
+
+
+class ShardLoader:
+    """A DataLoader over a :class:`ShardDataset` that knows where it is, for exact resume.
+
+    Batches by ``dataset.batch_size`` and counts the samples it has handed out, so
+    :meth:`state_dict` is exact with any ``num_workers``. Workers are started afresh for every
+    epoch (not persistent) because they must see the epoch and position set in this process.
+    Move batches to the device in the trainer rather than handing a DataLoader over this dataset
+    to ``accelerate``'s ``prepare``: the dataset already splits by rank, and prepare would wrap
+    it in an ``IterableDatasetShard`` that splits it again. Example::
+
+        loader = ShardLoader(ShardDataset(d, batch_size=4, rank=r, world_size=w), num_workers=2)
+        loader.load_state_dict({"epoch": 3, "consumed": 40})   # resume after 10 batches
+    """
+
+    def __init__(self, dataset: ShardDataset, *, num_workers: int = 0,
+                 collate_fn: Callable[[list[dict]], object] = collate_mixtures, pin_memory: bool = False,
+                 prefetch_factor: int | None = None, multiprocessing_context=None):
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self._loader_kwargs = dict(batch_size=dataset.batch_size, num_workers=num_workers,
+                                   collate_fn=collate_fn, pin_memory=pin_memory,
+                                   prefetch_factor=prefetch_factor,
+                                   multiprocessing_context=multiprocessing_context)
+        self._consumed = dataset.start
+
+    def __len__(self) -> int:
+        """Batches the next iteration yields: the epoch's, fewer after a resume; equal on every rank."""
+        return math.ceil((self.dataset.num_samples - self.dataset.start) / self.dataset.batch_size)
+
+    def __iter__(self) -> Iterator:
+        ds = self.dataset
+        self._consumed = ds.start
+        # Batches come out in rank-sequence order, every one full except the epoch's last, so the
+        # count is exact without looking inside the (user-collated) batches.
+        for batch in DataLoader(ds, **self._loader_kwargs):
+            self._consumed = min(self._consumed + ds.batch_size, ds.num_samples)
+            yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        """See :meth:`ShardDataset.set_epoch`."""
+        if epoch != self.dataset.epoch:
+            self._consumed = 0
+        self.dataset.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        """``{"epoch", "consumed"}``: samples of the epoch this rank has received, for checkpoints."""
+        return {"epoch": self.dataset.epoch, "consumed": self._consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume: the next iteration starts after ``state["consumed"]`` samples of ``state["epoch"]``."""
+        self.dataset.load_state_dict(state)
+        self._consumed = int(state["consumed"])

@@ -1,0 +1,155 @@
+"""What a corpus contains: distributions of the sampled parameters, from the sample JSONs only.
+
+``corpus_stats`` reads only the ``{key}.json`` members (audio is never decoded, and the tar is
+read with seeks past the audio), so it takes seconds on a corpus that takes hours to verify.
+``format_stats`` prints it, ``plot_stats`` draws it; ``hubbub shards stats DIR [--json]`` is
+these three functions.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tarfile
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from hubbub.shards.writer import load_index
+
+# Metric name -> how to read it from one sample's JSON (a list: sir_db has one value per source).
+METRICS = {
+    "rt60_s_measured": lambda m: [m["room"]["rt60_s_measured"]],
+    "rt60_s_target": lambda m: [m["room"]["rt60_s_target"]],
+    "snr_db": lambda m: [(m.get("noise") or {}).get("snr_db")],
+    "sir_db": lambda m: [s.get("sir_db") for s in m["sources"]],
+    "overlap_ratio": lambda m: [m["mixing"]["overlap_ratio"]],
+    "duration_s": lambda m: [m["duration_s"]],
+}
+HISTOGRAM_BINS = 20
+
+
+def iter_sample_json(tar_path: str | Path) -> Iterator[dict]:
+    """The ``{key}.json`` members of one shard, in order, without reading any audio.
+
+    The stdlib tarfile in random-access mode seeks over member data; a streaming reader (as
+    webdataset uses) would read every audio byte to skip it.
+    """
+    with tarfile.open(tar_path, mode="r:") as tar:
+        for member in tar:
+            # "{key}.json" has exactly one dot; later stages' "{key}.x.json" are not the sample JSON.
+            if member.isfile() and member.name.endswith(".json") and member.name.count(".") == 1:
+                yield json.load(tar.extractfile(member))
+
+
+def distribution(values: Iterable[float | None], bins: int = HISTOGRAM_BINS) -> dict:
+    """Summary of the non-None values: count, mean, std (population), min, p5, p50, p95, max and
+    a histogram ``{"edges": [bins + 1], "counts": [bins]}``; statistics are None when empty."""
+    x = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if x.size == 0:
+        return {"count": 0, **dict.fromkeys(("mean", "std", "min", "p5", "p50", "p95", "max")),
+                "histogram": {"edges": [], "counts": []}}
+    counts, edges = np.histogram(x, bins=bins)
+    p5, p50, p95 = np.percentile(x, [5, 50, 95])
+    return {"count": int(x.size), "mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()),
+            "p5": float(p5), "p50": float(p50), "p95": float(p95), "max": float(x.max()),
+            "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}}
+
+
+def corpus_stats(corpus_dir: str | Path, *, splits: Iterable[str] | None = None) -> dict:
+    """Per-split distributions of a corpus's sampled parameters, JSON-serialisable.
+
+    Args:
+        corpus_dir: a corpus directory with ``index.json``.
+        splits: splits to read (default: all in the index).
+
+    Returns::
+
+        {"corpus_dir": str, "splits": {split: {
+            "num_samples": int, "hours": float,
+            "num_speakers": {"1": count, "2": count, ...},   # mixtures per speaker count
+            "distinct_speakers": int,                        # distinct sources[i].speaker
+            "metrics": {name: distribution(...)} for rt60_s_measured, rt60_s_target,
+                       snr_db (noiseless mixtures left out), sir_db (one value per source),
+                       overlap_ratio, duration_s}}}
+
+    Example: ``corpus_stats(d)["splits"]["train"]["metrics"]["snr_db"]["p50"]`` is the median SNR.
+    """
+    index = load_index(corpus_dir)
+    wanted = list(index["splits"]) if splits is None else list(splits)
+    unknown = sorted(set(wanted) - set(index["splits"]))
+    if unknown:
+        raise ValueError(f"splits {unknown} not in {corpus_dir}; it has {sorted(index['splits'])}")
+    out = {"corpus_dir": str(corpus_dir), "splits": {}}
+    for split in wanted:
+        values = {name: [] for name in METRICS}
+        speaker_counts, speakers = Counter(), set()
+        for shard in (s["name"] for s in index["shards"] if s["split"] == split):
+            for meta in iter_sample_json(Path(corpus_dir) / shard):
+                for name, read in METRICS.items():
+                    values[name] += read(meta)
+                speaker_counts[meta["num_speakers"]] += 1
+                speakers.update(s["speaker"] for s in meta["sources"])
+        out["splits"][split] = {
+            "num_samples": sum(speaker_counts.values()),
+            "hours": sum(values["duration_s"]) / 3600.0,
+            "num_speakers": {str(k): speaker_counts[k] for k in sorted(speaker_counts)},
+            "distinct_speakers": len(speakers),
+            "metrics": {name: distribution(v) for name, v in values.items()},
+        }
+    return out
+
+
+def format_stats(stats: dict) -> str:
+    """A terminal table per split: a summary line, then one row per metric."""
+    columns = ("count", "mean", "std", "min", "p5", "p50", "p95", "max")
+    lines = [f"corpus {stats['corpus_dir']}"]
+    for split, s in stats["splits"].items():
+        mixtures = ", ".join(f"{n} spk: {c}" for n, c in s["num_speakers"].items())
+        lines += ["", f"{split}: {s['num_samples']} mixtures, {s['hours']:.3f} h, "
+                      f"{s['distinct_speakers']} distinct speakers ({mixtures})",
+                  f"  {'metric':<16}" + "".join(f"{c:>10}" for c in columns)]
+        for name, d in s["metrics"].items():
+            cells = [f"{d['count']:>10}"] + [f"{'-':>10}" if d[c] is None else f"{d[c]:>10.3f}" for c in columns[1:]]
+            lines.append(f"  {name:<16}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def plot_stats(stats: dict, png_path: str | Path) -> Path:
+    """Save one panel per metric (histograms of every split overlaid), mixtures per speaker count
+    and hours per split, as a PNG written atomically (tmp file + rename)."""
+    # A bare Figure renders with Agg and leaves pyplot's global state (and the caller's backend) alone.
+    from matplotlib.figure import Figure
+
+    splits = stats["splits"]
+    panels = len(METRICS) + 2
+    ncols = 4
+    fig = Figure(figsize=(4 * ncols, 3.2 * math.ceil(panels / ncols)), layout="constrained")
+    axes = fig.subplots(math.ceil(panels / ncols), ncols, squeeze=False).ravel()
+    for ax, name in zip(axes, METRICS):
+        for split, s in splits.items():
+            hist = s["metrics"][name]["histogram"]
+            if hist["counts"]:
+                ax.stairs(hist["counts"], hist["edges"], label=split)
+        ax.set(title=name, xlabel=name, ylabel="count")
+    ax = axes[len(METRICS)]
+    speaker_counts = sorted({int(k) for s in splits.values() for k in s["num_speakers"]})
+    width = 0.8 / max(len(splits), 1)
+    for i, (split, s) in enumerate(splits.items()):
+        ax.bar([k + i * width for k in speaker_counts],
+               [s["num_speakers"].get(str(k), 0) for k in speaker_counts], width=width, label=split)
+    ax.set(title="mixtures per speaker count", xlabel="num_speakers", ylabel="mixtures",
+           xticks=[k + width * (len(splits) - 1) / 2 for k in speaker_counts], xticklabels=speaker_counts)
+    ax = axes[len(METRICS) + 1]
+    ax.bar(list(splits), [s["hours"] for s in splits.values()], color=[f"C{i}" for i in range(len(splits))])
+    ax.set(title="hours per split", ylabel="hours")
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    axes[0].legend()
+    png_path = Path(png_path)
+    tmp = png_path.with_name(png_path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, png_path)
+    return png_path

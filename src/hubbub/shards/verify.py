@@ -1,0 +1,324 @@
+"""Check a corpus against its own bookkeeping and the shard format, reporting every fault.
+
+``verify_corpus(dir)`` is what ``hubbub shards verify DIR`` runs before a corpus is trained on or
+published. It checks, and keeps going after a fault so one run lists everything wrong:
+
+* files: ``index.json`` parses; every shard it lists exists with its sidecar, with the size and
+  sha256 both record; no shard or sidecar exists that the index does not list; split totals add
+  up; ``.tmp`` leftovers of an interrupted run are warnings, not faults.
+* samples (every tar is read through webdataset, as the reader reads it): keys match the
+  sidecar's list in order, are unique across the corpus and have no dots; the JSON parses and
+  has the required fields; the members its ``targets`` promise exist for every source
+  ``0..num_speakers-1`` and no others.
+* audio (``check_audio=True``): every FLAC and npy member decodes (npy without pickle) and is
+  finite; the mixture is (num_mics, num_samples) at ``sample_rate_hz``, images (direct, early,
+  reverberant, noise) the same shape, dry sources (num_samples,), RIRs (num_mics, L); and
+  ``mix == sum(reverberant) + noise`` to 1e-6 (exact in the 24-bit format).
+
+Members it does not know (a later stage's ``s0.lips.npy``, ``mix.codec.npy``) are decoded by
+extension and otherwise left alone.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from hubbub.shards.format import decode_flac, decode_npy, parse_source_member
+from hubbub.shards.writer import INDEX_NAME, read_sidecar, sha256_file, sidecar_path
+
+REQUIRED_FIELDS = ("key", "split", "index", "sample_rate_hz", "num_samples", "duration_s",
+                   "num_speakers", "num_mics", "targets", "room.rt60_s_target",
+                   "room.rt60_s_measured", "mixing.overlap_ratio", "sources")
+REQUIRED_SOURCE_FIELDS = ("speaker", "sir_db")
+MIXTURE_TOLERANCE = 1e-6
+_SIDECAR = re.compile(r"^[A-Za-z0-9]+-\d{6}\.json$")
+_IMAGE_TARGETS = ("mix", "noise", "direct", "early", "reverberant")  # (num_mics, num_samples)
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One problem: the file it is in (relative to the corpus), the sample key if any, what."""
+
+    file: str
+    key: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}{f' [{self.key}]' if self.key else ''}: {self.message}"
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_corpus` found. ``ok`` is True when there are no faults (warnings allowed).
+
+    Counts cover what could be read: ``num_shards`` tars opened, ``num_samples`` samples read
+    from them, ``num_bytes`` bytes hashed.
+    """
+
+    corpus_dir: Path
+    checked_audio: bool
+    faults: list[Fault] = field(default_factory=list)
+    warnings: list[Fault] = field(default_factory=list)
+    num_shards: int = 0
+    num_samples: int = 0
+    num_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults
+
+    def fault(self, file: str, key: str | None, message: str) -> None:
+        self.faults.append(Fault(file, key, message))
+
+    def format(self, max_faults: int = 50) -> str:
+        """A human summary: one line of counts, then faults (the first ``max_faults``) and warnings."""
+        audio = "" if self.checked_audio else " (audio not decoded)"
+        verdict = "OK" if self.ok else f"{len(self.faults)} fault(s)"
+        lines = [f"{self.corpus_dir}: {verdict}, {len(self.warnings)} warning(s); {self.num_shards} shards, "
+                 f"{self.num_samples} samples, {self.num_bytes / 1e6:.1f} MB checked{audio}"]
+        lines += [f"  FAULT {f}" for f in self.faults[:max_faults]]
+        if len(self.faults) > max_faults:
+            lines.append(f"  ... and {len(self.faults) - max_faults} more faults")
+        lines += [f"  warning {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def verify_corpus(corpus_dir: str | Path, *, check_audio: bool = True) -> VerifyReport:
+    """Check every file and sample of a corpus; see the module docstring for the checks.
+
+    Args:
+        corpus_dir: the directory written by ``hubbub simulate`` (shards, sidecars, index.json).
+        check_audio: decode FLAC and npy members and check shapes, finiteness and the mixture
+            identity. Without it, files, hashes, keys and JSON are still checked (much faster).
+
+    Example::
+
+        report = verify_corpus("corpora/libri2mix")
+        print(report.format())
+        sys.exit(0 if report.ok else 1)
+    """
+    corpus_dir = Path(corpus_dir)
+    report = VerifyReport(corpus_dir=corpus_dir, checked_audio=check_audio)
+    if not corpus_dir.is_dir():
+        report.fault(str(corpus_dir), None, "not a directory")
+        return report
+    for tmp in sorted(corpus_dir.glob("*.tmp")):
+        report.warnings.append(Fault(tmp.name, None, "leftover of an interrupted write"))
+
+    index = _read_index(corpus_dir, report)
+    listed = {s["name"]: s for s in index["shards"]} if index else None
+    tars = {p.name for p in corpus_dir.glob("*.tar")}
+    sidecars = {p.with_suffix(".tar").name for p in corpus_dir.glob("*.json") if _SIDECAR.match(p.name)}
+    owner_of_key: dict[str, str] = {}
+    for name in sorted(tars | sidecars | set(listed or ())):
+        if listed is not None and name not in listed:
+            report.fault(name, None, "not listed in index.json (stray shard or sidecar)")
+        if name not in tars:
+            report.fault(name, None, "shard missing" + (" (listed in index.json)" if listed else ""))
+        if name not in sidecars:
+            report.fault(sidecar_path(name).name, None, "sidecar missing")
+        if name in tars:
+            _check_shard(corpus_dir, name, (listed or {}).get(name), name in sidecars, owner_of_key, report)
+    if index:
+        _check_split_totals(index, report)
+    return report
+
+
+def _read_index(corpus_dir: Path, report: VerifyReport) -> dict | None:
+    path = corpus_dir / INDEX_NAME
+    if not path.exists():
+        report.fault(INDEX_NAME, None, "missing: shards are checked against their sidecars only")
+        return None
+    try:
+        index = json.loads(path.read_text())
+        if not isinstance(index.get("shards"), list) or not isinstance(index.get("splits"), dict):
+            raise ValueError("no shards list or splits dict")
+        for entry in index["shards"]:
+            lacking = [f for f in ("name", "split", "num_samples", "size_bytes", "sha256") if f not in entry]
+            if lacking:
+                raise ValueError(f"shard entry {entry.get('name')} lacks {lacking}")
+    except (ValueError, AttributeError) as e:
+        report.fault(INDEX_NAME, None, f"does not parse as a hubbub index: {e}")
+        return None
+    return index
+
+
+def _check_split_totals(index: dict, report: VerifyReport) -> None:
+    for split, totals in index["splits"].items():
+        counted = sum(s["num_samples"] for s in index["shards"] if s["split"] == split)
+        if totals.get("num_samples") != counted:
+            report.fault(INDEX_NAME, None, f"split {split}: num_samples {totals.get('num_samples')} "
+                                           f"but its shards hold {counted}")
+
+
+def _check_shard(corpus_dir: Path, name: str, entry: dict | None, has_sidecar: bool,
+                 owner_of_key: dict[str, str], report: VerifyReport) -> None:
+    tar_path = corpus_dir / name
+    size, sha = tar_path.stat().st_size, sha256_file(tar_path)
+    report.num_shards += 1
+    report.num_bytes += size
+    record = None
+    if has_sidecar:
+        try:
+            record = read_sidecar(sidecar_path(tar_path))
+        except (OSError, ValueError, TypeError) as e:
+            report.fault(sidecar_path(name).name, None, f"does not parse: {e}")
+    for source, expected in (("sidecar", record and record.__dict__), ("index.json", entry)):
+        if not expected:
+            continue
+        if expected["size_bytes"] != size:
+            report.fault(name, None, f"size {size} bytes, {source} says {expected['size_bytes']}")
+        if expected["sha256"] != sha:
+            report.fault(name, None, f"sha256 differs from {source}: the shard changed after it was written")
+    if record and entry and entry["num_samples"] != record.num_samples:
+        report.fault(name, None, f"index.json says {entry['num_samples']} samples, sidecar {record.num_samples}")
+
+    split = name.rsplit("-", 1)[0]
+    sidecar_durations_s = dict(zip(record.keys, record.durations_s)) if record else {}
+    keys, tar_errors = [], []
+
+    def handler(exn: Exception) -> bool:
+        # webdataset appends " @ <file object>" to the message; the fault names the file already.
+        tar_errors.append(str(exn.args[0] if exn.args else repr(exn)).split(" @ <")[0])
+        return True  # read on: a damaged tar may still yield its other samples
+
+    with open(tar_path, "rb") as f:
+        files = tar_file_expander([{"url": str(tar_path), "stream": f}], handler=handler)
+        for raw in group_by_keys(files, handler=handler):
+            key = raw["__key__"]
+            keys.append(key)
+            report.num_samples += 1
+            if key in owner_of_key:
+                report.fault(name, key, f"duplicate key, also in {owner_of_key[key]}")
+            owner_of_key[key] = name
+            try:
+                messages = _check_sample(raw, split, sidecar_durations_s.get(key), report.checked_audio)
+            except Exception as e:  # e.g. a field of the wrong type: a fault of this sample, read on
+                messages = [f"cannot be checked: {type(e).__name__}: {e}"]
+            for message in messages:
+                report.fault(name, key, message)
+    if tar_errors:
+        # One damage usually raises twice (in the member, then in the next header): report it once.
+        more = f" (and {len(tar_errors) - 1} more errors)" if len(tar_errors) > 1 else ""
+        report.fault(name, None, f"unreadable tar ({len(keys)} samples read): {tar_errors[0]}{more}")
+    if record is not None and keys != record.keys:
+        missing = sorted(set(record.keys) - set(keys))
+        extra = sorted(set(keys) - set(record.keys))
+        report.fault(name, None, f"{len(keys)} samples, sidecar lists {len(record.keys)}"
+                                 f"{f'; missing {missing[:5]}' if missing else ''}"
+                                 f"{f'; not in sidecar {extra[:5]}' if extra else ''}"
+                                 f"{'; order differs' if not (missing or extra) else ''}")
+
+
+def _get(meta: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(meta, dict) or part not in meta:
+            return _MISSING
+        meta = meta[part]
+    return meta
+
+
+def _check_sample(raw: dict, split: str, sidecar_duration_s: float | None, check_audio: bool) -> list[str]:
+    """Faults of one raw sample (member name -> bytes), as messages."""
+    key = raw["__key__"]
+    if "json" not in raw:
+        return ["no json member"]
+    try:
+        meta = json.loads(raw["json"])
+    except ValueError as e:
+        return [f"json does not parse: {e}"]
+    faults = [f"json lacks {f}" for f in REQUIRED_FIELDS if _get(meta, f) is _MISSING]
+    if faults:
+        return faults
+    if meta["key"] != key:
+        faults.append(f"json key {meta['key']!r} differs from the member names' key")
+    if "." in meta["key"]:
+        faults.append(f"key {meta['key']!r} contains a dot")
+    if meta["split"] != split:
+        faults.append(f"json split {meta['split']!r} but the shard is in split {split!r}")
+    num_speakers = meta["num_speakers"]
+    if abs(meta["duration_s"] - meta["num_samples"] / meta["sample_rate_hz"]) > 1e-3:
+        faults.append(f"duration_s {meta['duration_s']} != num_samples / sample_rate_hz")
+    if sidecar_duration_s is not None and abs(sidecar_duration_s - meta["duration_s"]) > 1e-3:
+        faults.append(f"duration_s {meta['duration_s']}, sidecar says {sidecar_duration_s}")
+    if len(meta["sources"]) != num_speakers:
+        faults.append(f"{len(meta['sources'])} entries in sources for num_speakers={num_speakers}")
+    for i, source in enumerate(meta["sources"]):
+        faults += [f"sources[{i}] lacks {f}" for f in REQUIRED_SOURCE_FIELDS if f not in source]
+
+    members = {name for name in raw if not name.startswith("__")}
+    expected = {"json", "mix.flac"}
+    for target in meta["targets"]:
+        if target == "noise":
+            expected.add("noise.flac")
+            continue
+        for i in range(num_speakers):
+            if not {f"s{i}.{target}.flac", f"s{i}.{target}.npy"} & members:
+                faults.append(f"target {target} of source {i} missing")
+    faults += [f"member {m} missing" for m in sorted(expected - members)]
+    for m in sorted(members):
+        parsed = parse_source_member(m)
+        if parsed and parsed[0] >= num_speakers:
+            faults.append(f"member {m} for a mixture of {num_speakers} speaker(s)")
+    if check_audio:
+        faults += _check_audio(raw, members, meta)
+    return faults
+
+
+def _check_audio(raw: dict, members: set[str], meta: dict) -> list[str]:
+    num_mics, num_samples, sample_rate_hz = meta["num_mics"], meta["num_samples"], meta["sample_rate_hz"]
+    image = (num_mics, num_samples)
+    faults, audio = [], {}
+    for m in sorted(members - {"json"}):
+        try:
+            if m.endswith(".flac"):
+                x, sr = decode_flac(raw[m])
+                if sr != sample_rate_hz:
+                    faults.append(f"{m}: {sr} Hz, json says {sample_rate_hz}")
+            elif m.endswith(".npy"):
+                x = decode_npy(raw[m])
+            else:
+                if m.endswith(".json"):
+                    json.loads(raw[m])
+                continue
+        except Exception as e:  # any decoder error is a fault of this member, not of the run
+            faults.append(f"{m} does not decode: {type(e).__name__}: {e}")
+            continue
+        if x.dtype.kind in "fc" and not np.isfinite(x).all():
+            faults.append(f"{m} has non-finite values")
+        audio[m] = x
+
+    for m, x in audio.items():
+        parsed = parse_source_member(m)
+        target = parsed[1] if parsed else m.split(".")[0]
+        if m.endswith(".flac"):
+            # A one-microphone image decodes as (T,): compare images as (M, T).
+            if target == "dry" and x.shape != (num_samples,):
+                faults.append(f"{m} has shape {x.shape}, expected ({num_samples},)")
+            elif target in _IMAGE_TARGETS and np.atleast_2d(x).shape != image:
+                faults.append(f"{m} has shape {x.shape}, expected {image}")
+            elif x.shape[-1] != num_samples:
+                faults.append(f"{m} has {x.shape[-1]} samples, json says {num_samples}")
+        elif target == "rir" and (x.ndim != 2 or x.shape[0] != num_mics):
+            faults.append(f"{m} has shape {x.shape}, expected ({num_mics}, L)")
+
+    reverberant = [audio.get(f"s{i}.reverberant.flac") for i in range(meta["num_speakers"])]
+    has_noise = "noise.flac" in audio
+    noiseless = _get(meta, "noise.snr_db") in (_MISSING, None)
+    if reverberant and all(r is not None for r in reverberant) and "mix.flac" in audio and (has_noise or noiseless):
+        try:
+            expected = np.sum([np.atleast_2d(r) for r in reverberant], axis=0, dtype=np.float64)
+            if has_noise:
+                expected = expected + np.atleast_2d(audio["noise.flac"])
+            error = float(np.max(np.abs(np.atleast_2d(audio["mix.flac"]) - expected)))
+        except ValueError:
+            return faults  # shape faults already reported
+        if error > MIXTURE_TOLERANCE:
+            faults.append(f"mix differs from sum(reverberant) + noise by up to {error:.3g}")
+    return faults
