@@ -6,6 +6,8 @@ must skip them with a reason rather than crash. Other sample rates are resampled
 """
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from fractions import Fraction
 from pathlib import Path
 
@@ -68,6 +70,46 @@ def load_audio(path: str | Path, sample_rate_hz: int, *, start_s: float = 0.0,
     if duration_s < min_duration_s:
         raise AudioError(path, "too-short", f"{duration_s:.3f} s < {min_duration_s} s")
     return resample(np.ascontiguousarray(x), sr, sample_rate_hz)
+
+
+class _AudioCache:
+    """Decoded, resampled files kept per process up to ``max_bytes`` (least recently used out).
+
+    Mixing draws the same utterances and noise files again and again; decoding and resampling
+    them each time costs as much as the acoustics.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def get(self, path: str, sample_rate_hz: int) -> np.ndarray:
+        key = (str(path), sample_rate_hz)
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        x = load_audio(path, sample_rate_hz)
+        x.flags.writeable = False  # shared between callers: nobody may change it in place
+        if x.nbytes <= self.max_bytes:
+            self.items[key] = x
+            self.bytes += x.nbytes
+            while self.bytes > self.max_bytes:
+                _, old = self.items.popitem(last=False)
+                self.bytes -= old.nbytes
+        return x
+
+
+_CACHE = _AudioCache(int(os.environ.get("HUBBUB_AUDIO_CACHE_MB", "512")) << 20)
+
+
+def load_audio_cached(path: str | Path, sample_rate_hz: int) -> np.ndarray:
+    """The whole file as :func:`load_audio` gives it, from a per-process LRU cache (read-only).
+
+    Always the whole file, then sliced by the caller: the result must not depend on whether
+    the file was cached, so a sample re-rendered elsewhere is bit-identical.
+    """
+    return _CACHE.get(str(path), sample_rate_hz)
 
 
 def check_audio_file(path: str | Path, *, min_duration_s: float = 0.0) -> dict:

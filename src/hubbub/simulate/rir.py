@@ -54,7 +54,7 @@ DEFAULT_EARLY_ORDER = 4
 # Calibration gain of the tail's energy, fitted against ``full`` over random rooms (see
 # ``_tail_psd``); it absorbs the energy the fractional-delay filters lose and the continuum
 # approximation of the image lattice.
-_TAIL_GAIN = 1.0
+_TAIL_GAIN = 10.0 ** (-0.7 / 10.0)
 
 # The high-pass filter's impulse response has decayed far below audibility after this many of
 # its cut-off periods (10 Hz, 2nd order Butterworth run forward and backward: 0.2 s).

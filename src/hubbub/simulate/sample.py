@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 import pyloudnorm
-from scipy.signal import fftconvolve
+from scipy import fft as sp_fft
 
-from hubbub.audio import load_audio
+from hubbub.audio import load_audio_cached
 from hubbub.shards.format import encode_flac, encode_json, encode_npy, quantize, sample_key
 from hubbub.simulate.recipe import Recipe
 from hubbub.simulate.rir import compute_rirs, measure_rt60_s, rt60_to_absorption
@@ -254,11 +254,11 @@ def _noise_base(params: dict, fs: int, n: int) -> np.ndarray:
         return coloured_noise(rng, (n,), nz["colour_exponent"])
     if nz["kind"] == "folder":
         f = nz["files"][0]
-        x = load_audio(f["path"], fs, start_s=f["start_s"])
+        x = load_audio_cached(f["path"], fs)[int(round(f["start_s"] * fs)):]
         return np.resize(x, n)  # loops a file shorter than the mixture
     out = np.zeros(n, np.float32)
     for f in nz["files"]:  # babble
-        x = load_audio(f["path"], fs)
+        x = load_audio_cached(f["path"], fs)
         x = x / (math.sqrt(_active_power(x)) + 1e-9)
         out += np.roll(np.resize(x, n), f["offset_samples"])
     return out
@@ -285,6 +285,22 @@ class Rendered:
     rirs: list[np.ndarray]            # per source (M, L) float32
 
 
+def convolve_sources(placed: np.ndarray, filter_sets: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """Convolve each source (S, T) with several filter sets (each (S, M, L)), truncated to ``n``.
+
+    One FFT of each source serves all its filters (full RIR, direct path, early part): the
+    cost is one forward transform per source and per filter, one inverse per output.
+    """
+    longest = max(f.shape[-1] for f in filter_sets)
+    nfft = sp_fft.next_fast_len(n + longest - 1, real=True)
+    x = sp_fft.rfft(placed.astype(np.float32), nfft, axis=-1)[:, None, :]               # (S, 1, F)
+    out = []
+    for f in filter_sets:
+        h = sp_fft.rfft(f.astype(np.float32), nfft, axis=-1)                             # (S, M, F)
+        out.append(sp_fft.irfft(x * h, nfft, axis=-1)[..., :n].astype(np.float64))
+    return out
+
+
 def render(params: dict) -> Rendered:
     """Signals for a parameter dict from :meth:`Simulator.draw` (or a stored sample's JSON)."""
     fs, n = params["sample_rate_hz"], params["num_samples"]
@@ -296,31 +312,29 @@ def render(params: dict) -> Rendered:
 
     placed = np.zeros((len(srcs), n), dtype=np.float32)
     for k, s in enumerate(srcs):
-        x = load_audio(s["path"], fs, start_s=s["utterance_start_s"], stop_s=s["utterance_stop_s"])
-        x = x[: s["num_samples"]] / (math.sqrt(_active_power(x)) + 1e-9)
+        first = int(round(s["utterance_start_s"] * fs))
+        x = load_audio_cached(s["path"], fs)[first: first + s["num_samples"]]
+        x = x / (math.sqrt(_active_power(x)) + 1e-9)
         placed[k, s["start_sample"]: s["start_sample"] + len(x)] = x
 
     rir_set = compute_rirs(room["dim_m"], room["rt60_s_target"] or 0.0, [s["position_m"] for s in srcs], mics, fs,
                            mode=room["rir_mode"], rng=np.random.default_rng(room["rir_seed"]))
     early = rir_set.early(room["early_ms"]) if "early" in targets else None
 
-    def conv(x, h):  # (T,) * (M, L) -> (M, T), one batched FFT convolution per call
-        return fftconvolve(x[None], h, axes=-1)[:, :n].astype(np.float64)
-
-    rev = np.stack([conv(placed[k], rir_set.rirs[k]) for k in range(len(srcs))])       # (S, M, T)
+    wanted = ["reverberant"] + [t for t in ("direct", "early") if t in targets]
+    filters = {"reverberant": rir_set.rirs, "direct": rir_set.direct, "early": early}
+    images = convolve_sources(placed, [filters[t] for t in wanted], n)                   # per kind (S, M, T)
+    rev = images[0]
     gains = np.ones(len(srcs))
     p0 = _active_power(rev[0, ref])
     for k in range(1, len(srcs)):
         pk = _active_power(rev[k, ref])
         gains[k] = math.sqrt(p0 * 10 ** (srcs[k]["sir_db"] / 10) / pk) if pk > 0 else 0.0
-    rev *= gains[:, None, None]
+    signals: dict[str, Any] = {}
+    for name, img in zip(wanted, images):
+        img *= gains[:, None, None]
+        signals[name] = img
     speech = rev.sum(0)
-
-    signals: dict[str, Any] = {"reverberant": rev}
-    if "direct" in targets:
-        signals["direct"] = np.stack([conv(placed[k], rir_set.direct[k]) for k in range(len(srcs))]) * gains[:, None, None]
-    if early is not None:
-        signals["early"] = np.stack([conv(placed[k], early[k]) for k in range(len(srcs))]) * gains[:, None, None]
     delays = [int(round(float(rir_set.direct_delay_samples[k, ref]))) for k in range(len(srcs))]
     if "dry" in targets:
         dry = np.zeros((len(srcs), n))

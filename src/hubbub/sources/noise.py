@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import fft as sp_fft
 
 from hubbub.sources.speech import AUDIO_EXTENSIONS, check_files
 
@@ -82,13 +83,16 @@ def diffuse_mixing(signals: np.ndarray, mic_positions_m: np.ndarray, sample_rate
     m, n = signals.shape
     if m == 1:
         return signals
-    spec = np.fft.rfft(signals, axis=-1)                    # (M, F)
-    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate_hz)
+    spec = sp_fft.rfft(signals.astype(np.float32), axis=-1)                   # (M, F)
     d = np.linalg.norm(mic_positions_m[:, None, :] - mic_positions_m[None, :, :], axis=-1)
     grid = np.linspace(0, sample_rate_hz / 2, 257)
     gamma = np.sinc(2 * grid[:, None, None] * d[None] / SPEED_OF_SOUND_M_S)   # (G, M, M)
     w, v = np.linalg.eigh(gamma)
-    mix_grid = v * np.sqrt(np.clip(w, 0, None))[:, None, :]                 # (G, M, M)
-    idx = np.clip(np.searchsorted(grid, freqs), 0, len(grid) - 1)
-    mixed = np.einsum("fij,jf->if", mix_grid[idx], spec)
-    return np.fft.irfft(mixed, n=n, axis=-1).astype(np.float32)
+    mix_grid = (v * np.sqrt(np.clip(w, 0, None))[:, None, :]).astype(np.float32)   # (G, M, M)
+    # Each bin takes the nearest grid point's mixing matrix; summing over j with a loop over the
+    # (few) mics beats materialising an (F, M, M) gather.
+    idx = np.clip(np.searchsorted(grid, sp_fft.rfftfreq(n, 1.0 / sample_rate_hz)), 0, len(grid) - 1)
+    mixed = np.zeros_like(spec)
+    for j in range(m):
+        mixed += mix_grid[idx, :, j].T * spec[j]
+    return sp_fft.irfft(mixed, n=n, axis=-1).astype(np.float32)
