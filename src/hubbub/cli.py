@@ -48,6 +48,18 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def _cmd_rirs(args) -> int:
+    from hubbub.simulate import load_recipe, simulate_rir_bank
+
+    recipe = load_recipe(args.recipe, args.set)
+    res = simulate_rir_bank(recipe, num_rooms=args.rooms, positions=args.positions, out_dir=args.out,
+                            seed=args.seed, workers=args.workers, address=args.address, progress=not args.quiet)
+    rooms = ", ".join(f"{k}: {v['num_samples']}" for k, v in res.index["splits"].items())
+    print(f"{res.out_dir}: RIR bank of {rooms} rooms x {args.positions} positions; use it with "
+          f"--set room.rir_bank={res.out_dir}")
+    return 0
+
+
 def _cmd_shards_verify(args) -> int:
     from hubbub.shards.verify import verify_corpus
 
@@ -106,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_simulate)
+
+    b = sub.add_parser("rirs", help="simulate a RIR bank: rooms once, reused by many mixtures")
+    b.add_argument("--recipe", required=True, help="its room, mics and sample rate are used")
+    b.add_argument("--rooms", type=int, required=True, help="rooms in all splits together")
+    b.add_argument("--positions", type=int, default=6, help="source positions per room")
+    b.add_argument("--out", required=True)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--workers", type=int, default=None)
+    b.add_argument("--address", default=None)
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=_cmd_rirs)
 
     sh = sub.add_parser("shards", help="check and describe a corpus").add_subparsers(dest="shards_cmd", required=True)
     sv = sh.add_parser("verify", help="checksums, decoding, schema; non-zero exit on any fault")

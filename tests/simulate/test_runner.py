@@ -86,16 +86,16 @@ def test_a_corpus_of_bad_files_finishes_and_reports_every_one(tmp_path):
 
 
 def test_a_failing_sample_is_reported_not_fatal(tmp_path, speech, monkeypatch):
-    import hubbub.simulate.runner as runner
+    import hubbub.simulate.sample as sample
 
-    real = runner.render
+    real = sample.render
 
     def flaky(params):
         if params["index"] == 1:
             raise RuntimeError("boom")
         return real(params)
 
-    monkeypatch.setattr(runner, "render", flaky)
+    monkeypatch.setattr(sample, "render", flaky)
     res = simulate(_recipe(speech), num=4, out_dir=tmp_path / "c", workers=0, progress=False, splits=["train"])
     assert [f["index"] for f in res.failed_samples] == [1] and "boom" in res.failed_samples[0]["error"]
     assert res.index["splits"]["train"]["num_samples"] == 2 and res.index["splits"]["train"]["num_failed"] == 1

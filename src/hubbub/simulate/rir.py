@@ -1,35 +1,38 @@
-"""Room impulse responses for shoebox rooms: pyroomacoustics' image-source method, and a fast twin.
+"""Room impulse responses of shoebox rooms: pyroomacoustics' image-source method, and a fast twin.
 
 Three modes share one output type, :class:`RirSet`, and one time axis (time 0 = emission):
 
 ``full``
     pyroomacoustics' own path: a :class:`~pyroomacoustics.ShoeBox` with the wall absorption and
     image order that :func:`pyroomacoustics.inverse_sabine` gives for the requested RT60, its image
-    source model, and its RIR builder. The reference, and the cost we avoid: ~0.02 s per room at
-    RT60 0.2 s, ~0.4 s at 0.5 s, ~1.7 s at 0.8 s (6x5x3 m, 2 sources, 2 mics, 16 kHz, one core).
+    source model and its RIR builder. The reference, and the cost to avoid: ~25 ms per room at
+    RT60 0.2 s, ~0.4 s at 0.5 s, ~1.7 s at 0.8 s (6x5x3 m, 2 sources x 2 mics, 16 kHz, one core).
 ``fast`` (the default)
-    The same room's images up to a low order (``early_order``) from pyroomacoustics, exact, plus
-    a random late tail whose time-frequency energy is what the missing higher-order images of the
-    ``full`` model carry on average (see :func:`_tail_psd`). A few ms per room at any RT60.
+    The same room's images up to a low order (``early_order``), exact and built with
+    pyroomacoustics' fractional-delay filters, plus a random late tail carrying what the missing
+    higher-order images of ``full`` carry on average, per frequency and time (:class:`_TailModel`).
+    A few ms per room at any RT60; RT60 and direct-to-reverberant ratio match ``full``.
 ``anechoic``
-    The direct path only.
+    The direct path only; the RT60 is ignored.
 
 Conventions shared by all modes:
 
 * pyroomacoustics delays every RIR by half its fractional-delay filter (``frac_delay_length // 2``
   = 40 samples); that offset is removed here, once, so the RIRs, their direct and early parts and
-  a dry signal delayed by ``direct_delay_samples`` all line up.
+  a dry signal delayed by ``direct_delay_samples`` all share one time axis. (A source closer than
+  40 samples loses the leading taps of its pulse's sinc, a negligible part of its energy.)
 * Amplitudes are pyroomacoustics': an image of order ``k`` at distance ``r`` has amplitude
   ``(1 - absorption) ** (k / 2) / r`` (no 1/4pi), so the direct path has gain ``1 / distance``.
-* pyroomacoustics high-passes every RIR (by default at 10 Hz, ``rir_hpf_*`` in its constants):
-  image-source RIRs are sums of positive pulses, whose mean grows with the image density into a
-  large artificial DC offset. We keep that filter (its settings are read from
-  ``pra.constants``) but apply it to the reflections only: the direct path is a single pulse with
-  no such offset, and leaving it unfiltered keeps it short and exactly ``rirs`` in anechoic mode.
-  Above ~30 Hz the result equals pyroomacoustics' fully filtered RIR. In ``fast`` mode only the
-  low-order images carry the offset; the filter runs over them plus its settling time, and the
-  tail is synthesised without its DC bin.
-* pyroomacoustics runs single-threaded here (set at import): simulation scales over processes.
+* pyroomacoustics high-passes every RIR at 10 Hz by default (``rir_hpf_*`` in its constants): an
+  image-source RIR is a sum of positive pulses whose mean, growing with the image density, is a
+  large artificial DC offset (tens of dB above the in-band gain in a reverberant room). We keep
+  that filter, with pyroomacoustics' settings, in every mode, but apply it to the reflections
+  only: the direct path has no such offset, and leaving it alone keeps it a short pulse that is
+  exactly ``rirs`` in anechoic mode; above ~30 Hz nothing differs. In ``fast`` mode it runs over
+  the low-order images plus its settling time (0.2 s), not over the tail, which is synthesised
+  without a DC component: 0.3 ms instead of ~1 ms per room.
+* pyroomacoustics runs single-threaded (set at import): simulation scales over processes, and
+  its thread pools cost more than they save on RIRs this size.
 """
 from __future__ import annotations
 
@@ -39,26 +42,31 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyroomacoustics as pra
+from pyroomacoustics import libroom
 from pyroomacoustics.simulation.ism import compute_ism_rir
 from pyroomacoustics.utilities import design_highpass_filter_sos
+import scipy.fft
 from scipy.signal import sosfiltfilt
 
-# Many single-threaded worker processes run side by side; pra's threads would only contend.
 pra.constants.set("num_threads", 1)
 
 MODES = ("full", "fast", "anechoic")
 
-#: Default image order of ``fast`` mode; capped by the order ``full`` would use.
+#: Image order computed exactly in ``fast`` mode unless asked otherwise (capped by the full order).
 DEFAULT_EARLY_ORDER = 4
 
-# Calibration gain of the tail's energy, fitted against ``full`` over random rooms (see
-# ``_tail_psd``); it absorbs the energy the fractional-delay filters lose and the continuum
-# approximation of the image lattice.
+# Level of the tail relative to the image count of _TailModel: pra's full RIRs carry 0.7 dB less
+# late energy than the count predicts (median over 80 random rooms at 8 and 16 kHz, 50 ms windows
+# 0.1-0.8 s, stable in time and across sample rates); pra's fractional-delay filters account for
+# only 0.06 dB of it, the rest is the discrete image lattice against its continuum.
 _TAIL_GAIN = 10.0 ** (-0.7 / 10.0)
 
-# The high-pass filter's impulse response has decayed far below audibility after this many of
-# its cut-off periods (10 Hz, 2nd order Butterworth run forward and backward: 0.2 s).
+# The 10 Hz high-pass (2nd order, forward-backward) has settled after two of its periods.
 _HPF_SETTLE_PERIODS = 2.0
+
+# STFT window of the tail synthesis: short enough to follow the onset of the tail, long enough to
+# resolve its frequency dependence (62.5 Hz bins).
+_STFT_MS = 16.0
 
 
 @dataclass
@@ -66,26 +74,27 @@ class RirSet:
     """Room impulse responses from every source to every microphone of one room.
 
     Attributes:
-        rirs: float32 (S, M, L), the full RIR from source ``s`` to mic ``m``; sample ``n`` is
-            time ``n / sample_rate_hz`` after emission. ``L`` is common to all pairs: each RIR is
-            kept until its Schroeder energy decay curve has fallen ``truncate_db`` below its
-            total, and the longest of those lengths is used.
-        direct: float32 (S, M, Ld), the direct path only (the order-0 image, a fractional-delay
+        rirs: float32 (S, M, L), the RIR from source ``s`` to mic ``m``; sample ``n`` is time
+            ``n / sample_rate_hz`` after emission. ``L`` is common to all pairs: each RIR is kept
+            until its Schroeder energy decay curve has fallen ``truncate_db`` below its total
+            energy, and the longest of those lengths is used.
+        direct: float32 (S, M, Ld), the direct path alone (the order-0 image: a fractional-delay
             pulse of amplitude 1/distance), on the same time axis; ``Ld`` is short.
         direct_delay_samples: float64 (S, M), direct-path arrival, ``distance / c * fs``.
-        max_order: image-source order computed by pyroomacoustics (``full``: the inverse-Sabine
-            order; ``fast``: the early order; ``anechoic``: 0).
-        full_order: the order ``full`` mode uses for this room; ``fast`` mode's tail reproduces
-            the images up to it (0 in anechoic mode).
+        max_order: image order computed by pyroomacoustics (``full``: the inverse-Sabine order;
+            ``fast``: the early order; ``anechoic``: 0).
+        full_order: image order of ``full`` mode for this room, which ``fast`` mode's tail stands
+            in for above ``max_order`` (0 in anechoic mode).
         absorption: wall energy absorption coefficient (inverse Sabine; 1.0 in anechoic mode).
         mode: "full", "fast" or "anechoic".
-        sample_rate_hz: sampling rate of all arrays.
+        sample_rate_hz: sampling rate of every array.
 
     Example::
 
         rs = compute_rirs([6, 5, 3], 0.5, [[1, 1, 1.5]], [[3, 2, 1.5], [3.1, 2, 1.5]], 16000,
                           rng=np.random.default_rng(0))
-        wet = scipy.signal.fftconvolve(dry[None], rs.rirs[0])   # (M, T + L - 1)
+        wet = scipy.signal.fftconvolve(dry[None], rs.rirs[0])        # (M, T + L - 1)
+        early = scipy.signal.fftconvolve(dry[None], rs.early(50.0)[0])
     """
 
     rirs: np.ndarray
@@ -98,23 +107,21 @@ class RirSet:
     sample_rate_hz: int
 
     def early(self, early_ms: float = 50.0, fade_ms: float = 5.0) -> np.ndarray:
-        """The early part of each RIR: float32 (S, M, Le), all of it up to the direct arrival.
+        """The early part of each RIR: float32 (S, M, Le), everything up to the direct arrival
+        plus ``early_ms``.
 
-        Each RIR is kept as is until ``direct arrival + early_ms - fade_ms``, then faded out with a
-        half raised cosine that reaches zero at ``direct arrival + early_ms`` (a hard step would
-        add a click to the early target); ``Le`` ends there for the latest direct arrival.
+        Each RIR is kept unchanged until ``direct arrival + early_ms - fade_ms``, then faded out by
+        a half raised cosine that reaches 0 at ``direct arrival + early_ms`` (a hard cut would put
+        a click into the early target). ``Le`` ends there for the latest direct arrival.
         """
         if early_ms <= 0 or not 0 <= fade_ms <= early_ms:
             raise ValueError(f"need early_ms > 0 and 0 <= fade_ms <= early_ms, got {early_ms}, {fade_ms}")
         fs = self.sample_rate_hz
         end = self.direct_delay_samples + early_ms * 1e-3 * fs                      # (S, M)
         length = min(self.rirs.shape[-1], int(math.ceil(end.max())) + 1)
-        n = np.arange(length)
         fade = max(fade_ms * 1e-3 * fs, 1e-9)
-        # 1 before the fade, cos^2 down to 0 across it, 0 after.
-        phase = np.clip((n - (end[..., None] - fade)) / fade, 0.0, 1.0)
-        window = np.cos(0.5 * np.pi * phase) ** 2
-        return (self.rirs[..., :length] * window).astype(np.float32)
+        phase = np.clip((np.arange(length) - (end[..., None] - fade)) / fade, 0.0, 1.0)
+        return (self.rirs[..., :length] * np.cos(0.5 * np.pi * phase) ** 2).astype(np.float32)
 
 
 def rt60_to_absorption(rt60_s: float, room_dim_m, c: float = 343.0) -> tuple[float, int]:
@@ -122,18 +129,20 @@ def rt60_to_absorption(rt60_s: float, room_dim_m, c: float = 343.0) -> tuple[flo
 
     Returns ``(absorption, max_order)`` from :func:`pyroomacoustics.inverse_sabine`: the uniform
     absorption coefficient whose Sabine RT60 is ``rt60_s``, and the image order that covers
-    ``c * rt60_s`` metres of travel. Raises ValueError if the RT60 is not positive, or is shorter
-    than fully absorbing walls give by Sabine's formula (``24 ln(10) V / (c S)``).
+    ``c * rt60_s`` metres of travel. Raises ValueError if the RT60 is not positive, or shorter
+    than fully absorbing walls give by Sabine's formula, ``24 ln(10) V / (c S)``.
+
+    Example: ``rt60_to_absorption(0.5, [6, 5, 3])`` -> ``(0.31..., 66)``.
     """
     dims = _room_dims(room_dim_m)
     if not rt60_s > 0:
         raise ValueError(f"RT60 must be > 0 s, got {rt60_s}")
     volume = float(np.prod(dims))
     surface = 2.0 * float(dims[0] * dims[1] + dims[1] * dims[2] + dims[0] * dims[2])
-    shortest = 24.0 * math.log(10.0) * volume / (c * surface)
-    if rt60_s < shortest:
+    shortest_s = 24.0 * math.log(10.0) * volume / (c * surface)
+    if rt60_s < shortest_s:
         raise ValueError(f"RT60 {rt60_s:.3f} s is impossible in a {' x '.join(f'{d:g}' for d in dims)} m room: "
-                         f"even fully absorbing walls give {shortest:.3f} s (Sabine); "
+                         f"even fully absorbing walls give {shortest_s:.3f} s by Sabine's formula; "
                          f"ask for a longer RT60 or a smaller room")
     absorption, max_order = pra.inverse_sabine(rt60_s, dims, c=c)
     return float(absorption), int(max_order)
@@ -145,19 +154,20 @@ def compute_rirs(room_dim_m, rt60_s: float, source_positions_m, mic_positions_m,
     """RIRs from every source to every mic of a shoebox room with the given RT60.
 
     Args:
-        room_dim_m: (3,) room length, width, height in metres.
-        rt60_s: target RT60 in seconds; turned into wall absorption by inverse Sabine (ignored in
-            anechoic mode, where 0 is fine).
+        room_dim_m: (3,) room length, width and height in metres.
+        rt60_s: target RT60 in seconds, turned into wall absorption by inverse Sabine (unused in
+            anechoic mode, where 0 is fine). pra's full model decays more slowly than Sabine's
+            formula: the RT60 measured on its RIRs is typically ~1.6x this target.
         source_positions_m: (S, 3) source positions, strictly inside the room.
         mic_positions_m: (M, 3) microphone positions, strictly inside the room.
         sample_rate_hz: sampling rate of the RIRs.
         mode: "fast" (default), "full" or "anechoic"; see the module docstring.
         rng: the only randomness (the fast tail): the same generator state gives the same RIRs.
         early_order: image order computed exactly in fast mode (default
-            :data:`DEFAULT_EARLY_ORDER`, capped by the full order). Higher is slower and makes a
-            longer stretch of each RIR exact.
+            :data:`DEFAULT_EARLY_ORDER`; capped by the full order, and with no tail once it
+            reaches it). Higher makes a longer stretch of each RIR exact, and costs ~K^3.
         truncate_db: each RIR is cut where its Schroeder energy decay curve has fallen this far
-            below its total energy (80 dB keeps all but 1e-8 of the energy).
+            below its total energy (80 dB keeps all but 1e-8 of it).
 
     Returns:
         a :class:`RirSet`.
@@ -183,38 +193,38 @@ def compute_rirs(room_dim_m, rt60_s: float, source_positions_m, mic_positions_m,
         room.add_source(position)
     room.add_microphone(mics.T)
     room.image_source_model()
-
-    direct = _stack([[_ism_part(room, s, m, lambda orders: orders == 0) for m in range(len(mics))]
-                     for s in range(len(sources))])
     delays = np.linalg.norm(sources[:, None, :] - mics[None, :, :], axis=-1) / c * fs
-    if mode == "anechoic":
-        return RirSet(rirs=direct.copy(), direct=direct, direct_delay_samples=delays, max_order=0, full_order=0,
-                      absorption=absorption, mode=mode, sample_rate_hz=fs)
 
-    reflections = _stack([[_ism_part(room, s, m, lambda orders: orders > 0) for m in range(len(mics))]
-                          for s in range(len(sources))])
     if mode == "full":
-        reverb = _highpass(reflections, fs)
+        direct = _stack([[_pra_rir(room, s, m, order_0=True) for m in range(len(mics))] for s in range(len(sources))])
+        reflections = _stack([[_pra_rir(room, s, m, order_0=False) for m in range(len(mics))]
+                              for s in range(len(sources))])
+        reverb = [_highpass(reflections, fs)]
     else:
-        tail = _tail(dims, absorption, order, full_order, sources, mics, fs, c, rng,
-                     direct, reflections, truncate_db)
+        direct, reflections = _image_rirs(room, mics, fs, c)
+        if mode == "anechoic":
+            direct = direct.astype(np.float32)
+            return RirSet(rirs=direct.copy(), direct=direct, direct_delay_samples=delays, max_order=0,
+                          full_order=0, absorption=absorption, mode=mode, sample_rate_hz=fs)
         settle = int(_HPF_SETTLE_PERIODS * fs / pra.constants.get("rir_hpf_fc"))
-        reverb = _pad(tail, max(tail.shape[-1], reflections.shape[-1]))
-        n_hp = min(reverb.shape[-1], reflections.shape[-1] + settle)
-        reverb[..., :n_hp] += _highpass(_pad(reflections, n_hp), fs)
-    rirs = _pad(reverb, max(reverb.shape[-1], direct.shape[-1]))
-    rirs[..., : direct.shape[-1]] += direct
-    rirs = _truncate(rirs, truncate_db)
-    return RirSet(rirs=rirs.astype(np.float32), direct=direct, direct_delay_samples=delays, max_order=order,
-                  full_order=full_order, absorption=absorption, mode=mode, sample_rate_hz=fs)
+        reverb = [_highpass(_pad(reflections, reflections.shape[-1] + settle), fs)]
+        if order < full_order:
+            exact_energy = (direct ** 2).sum(-1) + (reflections ** 2).sum(-1)
+            reverb.append(_tail(dims, absorption, order, full_order, mics, len(sources), fs, c, rng,
+                                exact_energy, truncate_db))
+
+    rirs = _truncate(_overlay([direct, *reverb]), truncate_db)
+    return RirSet(rirs=rirs.astype(np.float32), direct=direct.astype(np.float32), direct_delay_samples=delays,
+                  max_order=order, full_order=full_order, absorption=absorption, mode=mode, sample_rate_hz=fs)
 
 
 def measure_rt60_s(rir, sample_rate_hz: float, **kwargs) -> float:
-    """RT60 in seconds of one RIR, by :func:`pyroomacoustics.experimental.measure_rt60`.
+    """RT60 in seconds of one RIR by :func:`pyroomacoustics.experimental.measure_rt60`.
 
-    Schroeder backward integration, a line fit from -5 dB down ``decay_db`` (default 60, less if
-    the RIR does not decay that far), extrapolated to -60 dB; ``kwargs`` go to pyroomacoustics.
-    Returns nan instead of raising or returning nonsense (an all-zero or non-decaying RIR).
+    Schroeder backward integration, a line fitted from -5 dB down ``decay_db`` more (default 60,
+    less if the curve does not fall that far), extrapolated to -60 dB; ``kwargs`` go to
+    pyroomacoustics. Returns nan where pyroomacoustics would raise or return nonsense (an empty or
+    all-zero RIR, one that never falls 5 dB).
     """
     h = np.asarray(rir, dtype=np.float64).ravel()
     if h.size < 2 or not np.any(h):
@@ -225,20 +235,18 @@ def measure_rt60_s(rir, sample_rate_hz: float, **kwargs) -> float:
             rt60 = float(pra.experimental.measure_rt60(h, fs=sample_rate_hz, **kwargs))
     except (ValueError, FloatingPointError, RuntimeError, np.linalg.LinAlgError):
         return float("nan")
-    return rt60 if np.isfinite(rt60) and rt60 > 0 else float("nan")
+    return rt60 if math.isfinite(rt60) and rt60 > 0 else float("nan")
 
 
 def direct_to_reverberant_db(rir, direct_delay_samples: float, sample_rate_hz: float, window_ms: float = 2.5) -> float:
-    """Direct-to-reverberant energy ratio (dB) of one RIR.
+    """Direct-to-reverberant energy ratio of one RIR, in dB.
 
     Direct energy: the samples within ``window_ms`` either side of the direct arrival
-    (``direct_delay_samples``, on the RIR's own time axis); reverberant energy: every other
-    sample. ``inf`` for an anechoic RIR, nan for an all-zero one.
+    (``direct_delay_samples``, on the RIR's own time axis); reverberant energy: all the others.
+    ``inf`` for an anechoic RIR, nan if there is nothing at the direct arrival.
     """
     h = np.asarray(rir, dtype=np.float64).ravel()
-    half = window_ms * 1e-3 * sample_rate_hz
-    n = np.arange(h.size)
-    inside = np.abs(n - direct_delay_samples) <= half
+    inside = np.abs(np.arange(h.size) - direct_delay_samples) <= window_ms * 1e-3 * sample_rate_hz
     direct_energy = float(np.sum(h[inside] ** 2))
     reverberant_energy = float(np.sum(h[~inside] ** 2))
     if direct_energy == 0.0:
@@ -249,7 +257,7 @@ def direct_to_reverberant_db(rir, direct_delay_samples: float, sample_rate_hz: f
 
 
 # --------------------------------------------------------------------------------------------
-# Image-source parts, filtering, truncation
+# Image sources, filtering, truncation
 
 
 def _room_dims(room_dim_m) -> np.ndarray:
@@ -275,22 +283,58 @@ def _early_order(early_order: int | None) -> int:
     return order
 
 
-def _ism_part(room: pra.ShoeBox, s: int, m: int, select) -> np.ndarray:
-    """pra's RIR from the images of source ``s`` whose orders pass ``select``, offset removed."""
+def _pra_rir(room: pra.ShoeBox, s: int, m: int, order_0: bool) -> np.ndarray:
+    """pra's own RIR (``compute_ism_rir``, as ``room.compute_rir`` calls it, before its high-pass)
+    from the direct path alone or from all reflections, with pra's offset removed."""
     src = room.sources[s]
-    visible = room.visibility[s][m, :].astype(bool) & select(src.orders)
+    visible = room.visibility[s][m, :].astype(bool) & ((src.orders == 0) if order_0 else (src.orders > 0))
     if not visible.any():
-        return np.zeros(0, dtype=np.float32)
+        return np.zeros(0)
     fdl = pra.constants.get("frac_delay_length")
     h = compute_ism_rir(src, room.mic_array.R[:, m], None, src.directions[m], visible, fdl, room.c, room.fs,
                         room.octave_bands, min_phase=room.min_phase)
     return h[fdl // 2:]
 
 
+def _image_rirs(room: pra.ShoeBox, mics: np.ndarray, fs: int, c: float) -> tuple[np.ndarray, np.ndarray]:
+    """(S, M, Ld) direct paths and (S, M, Lr) reflections from the room's images, offset removed.
+
+    The same pulses as pra's ``rir_builder`` (its LUT-interpolated, Hann-windowed sinc, from
+    ``libroom.fractional_delay``), but for every pair in one call and summed with ``bincount``:
+    each libroom call spins up a thread pool (~0.15 ms), which dominates at low orders.
+    """
+    n_src, n_mic = len(room.sources), len(mics)
+    fdl = pra.constants.get("frac_delay_length")
+    half = fdl // 2
+    samples, amplitudes, is_direct = [], [], []
+    for src in room.sources:
+        distance = np.linalg.norm(src.images.T[None, :, :] - mics[:, None, :], axis=-1)     # (M, I)
+        samples.append(distance / c * fs)
+        amplitudes.append(np.broadcast_to(src.damping[0] / distance, distance.shape))
+        is_direct.append(np.broadcast_to(src.orders == 0, distance.shape))
+    # one row per (part, source, mic): part 0 holds the direct paths, part 1 the reflections
+    pair = np.concatenate([np.full(x.size, k) for k, x in enumerate(samples)]) * n_mic
+    pair += np.concatenate([np.repeat(np.arange(n_mic), x.shape[1]) for x in samples])
+    is_direct = np.concatenate([d.ravel() for d in is_direct])
+    row = np.where(is_direct, 0, n_src * n_mic) + pair
+    samples = np.concatenate([x.ravel() for x in samples])
+    whole = np.floor(samples)
+    taps = np.zeros((samples.size, fdl), dtype=np.float32)
+    libroom.fractional_delay(taps, (samples - whole).astype(np.float32), pra.constants.get("sinc_lut_granularity"), 1)
+    taps *= np.concatenate([a.ravel() for a in amplitudes]).astype(np.float32)[:, None]
+    # pra's convention: tap k of an image lands on sample floor(t) + k, i.e. `half` samples late
+    width = int(whole.max()) + fdl
+    index = (row * width + whole.astype(np.int64))[:, None] + np.arange(fdl)
+    out = np.bincount(index.ravel(), weights=taps.ravel(), minlength=2 * n_src * n_mic * width)
+    out = out.reshape(2, n_src, n_mic, width)[..., half:]
+    direct_length = int(whole[is_direct].max()) + fdl - half
+    reflections = out[1] if (~is_direct).any() else out[1, ..., :0]
+    return out[0, ..., :direct_length], reflections
+
+
 def _stack(parts: list[list[np.ndarray]]) -> np.ndarray:
-    """(S, M, L) float64 from per-pair 1-D arrays of different lengths, zero-padded."""
-    length = max(p.size for row in parts for p in row)
-    out = np.zeros((len(parts), len(parts[0]), length))
+    """(S, M, L) from per-pair 1-D arrays of different lengths, zero-padded."""
+    out = np.zeros((len(parts), len(parts[0]), max(p.size for row in parts for p in row)))
     for s, row in enumerate(parts):
         for m, p in enumerate(row):
             out[s, m, : p.size] = p
@@ -298,9 +342,15 @@ def _stack(parts: list[list[np.ndarray]]) -> np.ndarray:
 
 
 def _pad(x: np.ndarray, length: int) -> np.ndarray:
-    out = np.zeros(x.shape[:-1] + (length,))
-    n = min(length, x.shape[-1])
-    out[..., :n] = x[..., :n]
+    """``x`` zero-padded to ``length`` along the last axis."""
+    return np.concatenate([x, np.zeros(x.shape[:-1] + (length - x.shape[-1],))], axis=-1)
+
+
+def _overlay(parts: list[np.ndarray]) -> np.ndarray:
+    """Sum of (S, M, L_i) arrays that all start at sample 0, as long as the longest."""
+    out = np.zeros(parts[0].shape[:-1] + (max(p.shape[-1] for p in parts),))
+    for p in parts:
+        out[..., : p.shape[-1]] += p
     return out
 
 
@@ -313,46 +363,41 @@ def _highpass(x: np.ndarray, fs: int) -> np.ndarray:
 
 
 def _truncate(rirs: np.ndarray, truncate_db: float) -> np.ndarray:
-    """Cut (S, M, L) where the latest pair's Schroeder curve has fallen ``truncate_db`` below its total."""
-    energy = rirs.reshape(-1, rirs.shape[-1]) ** 2
-    remaining = np.cumsum(energy[:, ::-1], axis=-1)[:, ::-1]          # Schroeder backward integral
-    floor = remaining[:, :1] * 10.0 ** (-truncate_db / 10.0)
-    above = remaining > floor
-    # first sample at which the remaining energy is below the floor, per pair
-    ends = np.where(above.any(-1), above.shape[-1] - np.argmax(above[:, ::-1], axis=-1), 1)
-    return rirs[..., : int(ends.max())]
+    """Cut (S, M, L) where the last pair's Schroeder curve falls ``truncate_db`` below its total:
+    each pair keeps the samples that hold all but ``10 ** (-truncate_db / 10)`` of its energy."""
+    kept = np.cumsum(rirs.reshape(-1, rirs.shape[-1]) ** 2, axis=-1)
+    needed = kept[:, -1] * (1.0 - 10.0 ** (-truncate_db / 10.0))
+    ends = [int(np.searchsorted(k, n)) + 1 for k, n in zip(kept, needed)]
+    return rirs[..., : max(ends)]
 
 
 # --------------------------------------------------------------------------------------------
-# The fast late tail
+# The late tail of fast mode
 
 
-def _tail(dims, absorption, early_order, full_order, sources, mics, fs, c, rng, direct, reflections, truncate_db):
-    """(S, M, Lt) random late tail standing in for the images of orders ``early_order + 1 .. full_order``."""
+def _tail(dims, absorption, early_order, full_order, mics, n_sources, fs, c, rng, pair_energy, truncate_db):
+    """(S, M, Lt) random tail standing in for the images of orders ``early_order + 1 .. full_order``.
+
+    ``pair_energy`` (S, M): energy of each pair's exact part, to bound the synthesis length.
+    """
     n_fft = 2 ** round(math.log2(_STFT_MS * 1e-3 * fs))
     hop = n_fft // 2
     freqs = np.arange(n_fft // 2 + 1) * fs / n_fft
     model = _TailModel(dims, absorption, early_order, full_order, fs, c)
 
-    # Synthesis length: where the model's remaining energy falls truncate_db below the weakest
-    # pair's total, on a coarse grid, plus a step of margin (the cut itself is _truncate's).
+    # Length: where the model's remaining energy falls truncate_db below the weakest pair's total,
+    # on a coarse grid, plus a grid step of margin. _truncate makes the final cut on the RIRs.
     coarse_s = np.linspace(0.0, model.end_s, 65)
     power = model.psd(freqs, coarse_s)
-    power = (2.0 * power[1:-1].sum(0) + power[0] + power[-1]) / n_fft      # per sample, (T,)
+    power = (2.0 * power[1:-1].sum(0) + power[0] + power[-1]) / n_fft          # per sample, (T,)
     step = (power[1:] + power[:-1]) / 2.0 * (coarse_s[1] - coarse_s[0]) * fs
     remaining = np.concatenate([np.cumsum(step[::-1])[::-1], [0.0]])
-    pair_energy = (direct ** 2).sum(-1) + (reflections ** 2).sum(-1)
     floor = (pair_energy.min() + remaining[0]) * 10.0 ** (-truncate_db / 10.0)
-    last = min(int(np.argmax(remaining < floor)) + 1, len(coarse_s) - 1)
-    n_frames = max(1, int(math.ceil(coarse_s[last] * fs / hop)))
+    end_s = coarse_s[min(int(np.argmax(remaining < floor)) + 1, len(coarse_s) - 1)]
+    n_frames = max(1, math.ceil(end_s * fs / hop))
 
-    centres_s = (np.arange(n_frames) + 1) * hop / fs            # frame k's window peaks here
-    return _synthesize(model.psd(freqs, centres_s), mics, len(sources), n_fft, c, fs, rng)
-
-
-# STFT window of the tail synthesis: short enough to follow the envelope's onset, long enough
-# to resolve the low-frequency decays.
-_STFT_MS = 16.0
+    centres_s = (np.arange(n_frames) + 1) * hop / fs             # frame k's window peaks here
+    return _synthesize(model.psd(freqs, centres_s), mics, n_sources, n_fft, c, fs, rng)
 
 
 class _TailModel:
@@ -361,60 +406,56 @@ class _TailModel:
     **Rays.** Images fill space with density :math:`1/V`. The image at distance :math:`r = ct` in
     direction :math:`u` lies about :math:`x = ct\,g(u)` rooms away, :math:`g(u) = \sum_i |u_i|/L_i`
     (walls crossed per metre), so it has been reflected about :math:`x` times and carries energy
-    :math:`e^{-\varepsilon x}/r^2`, :math:`\varepsilon = -\ln(1-\alpha)`. Counting images in a
-    shell of width :math:`c/f_s` gives the expected energy per sample
-    :math:`\frac{4\pi c}{V f_s}\langle e^{-\varepsilon x}\rangle_u`: the mean over directions of
-    per-direction exponentials. Directions near a wall's plane bounce less and dominate late, so
-    the decay is slower than Sabine's and than Eyring's (Jensen's inequality on the same mean
-    reflection count :math:`ctS/4V`) and keeps slowing down: pra's measured RT60 is typically
-    ~1.5x the inverse-Sabine target.
+    :math:`e^{-\varepsilon x}/r^2`, :math:`\varepsilon = -\ln(1-\alpha)`. Counting the images in a
+    shell of one sample gives an expected energy per sample of
+    :math:`\frac{4\pi c}{V f_s}\langle e^{-\varepsilon x}\rangle_u`: a mean over directions of
+    per-direction exponentials (here over the positive octant, by symmetry). Directions close to
+    the walls' planes bounce least and dominate late, so the decay is slower than Sabine's and
+    than Eyring's (Jensen's inequality on the same mean reflection count :math:`ctS/4V`) and keeps
+    slowing down: the RT60 measured on pra's full RIRs is ~1.6x the inverse-Sabine target.
 
-    **Modes.** That mean over directions is the high-frequency limit. An image-source RIR is a
-    sum of room modes, all equally excited on average, lying at frequency :math:`f` on the lattice
-    :math:`c\,(n_x/2L_x, n_y/2L_y, n_z/2L_z)`; each decays like a ray along its lattice direction.
-    The lattice has layers of spacing :math:`\delta_k = c/(2 L_k f)` in the sine of the angle to
-    each wall plane. If the decay falls off away from the plane as :math:`e^{-\kappa s}`,
-    :math:`\kappa = \varepsilon c t / L_k`, the layer sum exceeds the continuum by the in-plane
-    mean times :math:`\delta_k\,\omega(\kappa\delta_k)`, with
-    :math:`\omega(y) = 1/(1-e^{-y}) - 1/y` rising from 1/2 (the Euler-Maclaurin end term, Weyl's
-    surface term) to 1 (the plane's own modes alone survive). Axes are corners of two planes:
-    weight :math:`\frac{2}{\pi}\delta_j\omega_j\,\delta_k\omega_k`. So the power at :math:`f` is
-    the octant mean plus the three plane means and the three axis terms with these weights. Below
-    a few hundred Hz these tangential and axial modes decay much more slowly than the rest (pra's
-    full model: +10 dB at 200 Hz after 1 s in a 0.7 s room), which shifts the broadband RT60.
-    Against the exact lattice sum this is within 0.5 dB from 50 Hz to 2.5 kHz over 2 s.
+    **Modes.** That mean is the high-frequency limit. An image-source RIR is a sum of room modes,
+    all equally excited on average, on the lattice :math:`c\,(n_x/2L_x, n_y/2L_y, n_z/2L_z)`, each
+    decaying like a ray along its own direction. Weyl's expansion of their number adds to the
+    octant continuum the modes in the three wall planes (tangential, one index 0), weight
+    :math:`c/(4 L_k f)` relative to it, and on the three axes (axial), weight
+    :math:`L_i c^2/(8\pi V f^2)`. Those decay only on the walls they hit, so below ~1 kHz they
+    dominate late: pra's full model has +10 dB at 200 Hz after 1 s in a 0.7 s room. The power at
+    :math:`f` is thus the octant mean plus the plane and axis means with these weights. (The
+    exact lattice sum keeps growing the plane terms with time, up to twice the Weyl weight; pra's
+    RIRs follow the time-independent Weyl weights instead, within ~1 dB from 80 Hz to 5 kHz.)
 
     **Orders.** The reflection count along :math:`u` is an integer near :math:`x`, so the images
-    of orders :math:`\le K` reach :math:`x \approx K + 1/2`. Each direction contributes through a
-    linear ramp from 0 at :math:`x = lo` to 1 at :math:`lo + 1`, and back to 0 across
-    :math:`hi .. hi + 1` where pra's full model (orders :math:`\le hi`) runs out of images. The
-    tail therefore starts where the exact low-order images thin out, direction by direction: a
-    crossfade that keeps the summed energy continuous, derived rather than tuned.
+    of orders :math:`\le K` reach about :math:`x = K + 1/2`. Each direction counts with weight
+    :math:`P(lo < k \le hi) = \mathrm{ramp}(hi + 1 - x) - \mathrm{ramp}(lo + 1 - x)`, ramps
+    clipped to [0, 1]: the tail starts exactly as the exact low-order images thin out, direction
+    by direction (a crossfade that keeps the summed energy continuous, derived rather than tuned)
+    and ends where pra's full model runs out of images.
 
-    Directions are averaged with a fine fixed quadrature whose values of :math:`g` are binned
-    per room (finest near the slowest direction, which rules the late decay).
+    Directions are averaged with fixed fine quadratures whose ``g`` are binned per room, finest
+    near the slowest direction, which rules the late decay (within 0.1 dB of the exact mean).
     """
 
     def __init__(self, dims: np.ndarray, absorption: float, lo: int, hi: int, fs: int, c: float):
         self.dims, self.lo, self.hi, self.c = dims, lo, hi, c
-        # energy absorption 1 (anechoic walls) has no finite attenuation; clip instead of inf
+        # walls absorbing everything have no finite attenuation per reflection: clip
         self.eps = -math.log(max(1.0 - absorption, 1e-12))
         self._g, self._members = _binned_directions(dims)
-        # every direction has run out of images (ramp at 0) once x = hi + 1 along the slowest
+        # every direction has run out of images (weight 0) once x = hi + 1 along the slowest
         self.end_s = (hi + 1) / (c * self._g.min())
         self._scale = _TAIL_GAIN * 4.0 * math.pi * c / (float(np.prod(dims)) * fs)
 
     def class_decays(self, t_s: np.ndarray) -> np.ndarray:
-        """(T, 7) mean of ``exp(-eps x)`` times the order ramps: octant, 3 planes, 3 axes."""
+        """(T, 7) weighted mean of ``exp(-eps x)``: octant, planes normal to x/y/z, x/y/z axes."""
         x = self.c * np.asarray(t_s)[:, None] * self._g[None, :]
-        ramps = np.clip(x - self.lo, 0.0, 1.0) * np.clip(self.hi + 1.0 - x, 0.0, 1.0)
-        return (np.exp(-self.eps * x) * ramps) @ self._members
+        weight = np.clip(self.hi + 1.0 - x, 0.0, 1.0) - np.clip(self.lo + 1.0 - x, 0.0, 1.0)
+        return (np.exp(-self.eps * x) * weight) @ self._members
 
     def class_weights(self, freqs_hz: np.ndarray) -> np.ndarray:
         """(F, 7) Weyl's mode density of each class relative to the octant's (0 at DC)."""
         f = np.maximum(np.asarray(freqs_hz, dtype=np.float64), 1e-9)[:, None]
         L, c = self.dims, self.c
-        planes = c / (4.0 * L * f)                                     # plane normal to axis k
+        planes = c / (4.0 * L * f)
         axes = L * c ** 2 / (8.0 * math.pi * float(np.prod(L)) * f ** 2)
         weights = np.concatenate([np.ones_like(f), planes, axes], axis=1)
         weights[np.asarray(freqs_hz) <= 0] = 0.0
@@ -426,20 +467,19 @@ class _TailModel:
         return self._scale * self.class_weights(freqs_hz) @ self.class_decays(t_s).T
 
 
-def _quadrature() -> tuple[np.ndarray, list[np.ndarray]]:
-    """Fixed direction sets: equal-area points in the positive octant, and per wall plane (normal
-    to x, y, z) equal-angle points on its quarter circle."""
-    n = 20000
-    i = np.arange(n) + 0.5
-    z = i / n                                           # uniform in z: equal area (Archimedes)
+def _quadrature(n_octant: int = 6000, n_plane: int = 512) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Fixed directions: equal-area points of the positive octant, and per wall plane (normal to
+    x, y, z) equal-angle points of its quarter circle."""
+    i = np.arange(n_octant) + 0.5
+    z = i / n_octant                                    # uniform in z is uniform in area
     azimuth = math.pi * (1.0 + math.sqrt(5.0)) * i      # golden-angle spiral
     radius = np.sqrt(1.0 - z ** 2)
     octant = np.abs(np.stack([radius * np.cos(azimuth), radius * np.sin(azimuth), z], axis=-1))
-    angle = (np.arange(2048) + 0.5) / 2048 * (math.pi / 2)
+    angle = (np.arange(n_plane) + 0.5) / n_plane * (math.pi / 2)
     planes = []
     for axis in range(3):
         j, k = (a for a in range(3) if a != axis)
-        d = np.zeros((len(angle), 3))
+        d = np.zeros((n_plane, 3))
         d[:, j], d[:, k] = np.cos(angle), np.sin(angle)
         planes.append(d)
     return octant, planes
@@ -448,27 +488,24 @@ def _quadrature() -> tuple[np.ndarray, list[np.ndarray]]:
 _OCTANT, _PLANES = _quadrature()
 
 
-def _binned_directions(dims: np.ndarray, n_bins: int = 48) -> tuple[np.ndarray, np.ndarray]:
-    """Walls crossed per metre ``g`` (D,) for a few representative directions of each class, and
-    their class-averaging weights (D, 7).
-
-    Each class's fine quadrature is binned by ``g`` with bins that narrow quadratically towards
-    the smallest ``g`` (the late decay lives there); a bin is represented by its mean ``g``.
-    """
+def _binned_directions(dims: np.ndarray, n_bins: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Walls crossed per metre ``g`` (D,) of representative directions, and their class-averaging
+    weights (D, 7): each class's quadrature binned by ``g``, bins narrowing quadratically towards
+    the smallest ``g``, each represented by its mean ``g``; the axes as themselves."""
     inverse = 1.0 / dims
     values, weights, classes = [], [], []
-    for k, dirs in enumerate([_OCTANT, *_PLANES]):
-        g = dirs @ inverse
+    for k, directions in enumerate([_OCTANT, *_PLANES]):
+        g = directions @ inverse
         lo, hi = g.min(), g.max()
-        index = np.minimum((n_bins * np.sqrt((g - lo) / (hi - lo))).astype(int), n_bins - 1)
+        index = np.minimum((n_bins * np.sqrt((g - lo) / max(hi - lo, 1e-12))).astype(int), n_bins - 1)
         count = np.bincount(index, minlength=n_bins)
         keep = count > 0
         values.append(np.bincount(index, weights=g, minlength=n_bins)[keep] / count[keep])
         weights.append(count[keep] / len(g))
-        classes.append(np.full(keep.sum(), k))
-    values += [inverse]
-    weights += [np.ones(3)]
-    classes += [4 + np.arange(3)]
+        classes.append(np.full(int(keep.sum()), k))
+    values.append(inverse)
+    weights.append(np.ones(3))
+    classes.append(4 + np.arange(3))
     classes = np.concatenate(classes)
     members = np.zeros((len(classes), 7))
     members[np.arange(len(classes)), classes] = np.concatenate(weights)
@@ -477,27 +514,31 @@ def _binned_directions(dims: np.ndarray, n_bins: int = 48) -> tuple[np.ndarray, 
 
 def _synthesize(psd: np.ndarray, mics: np.ndarray, n_sources: int, n_fft: int, c: float, fs: int,
                 rng: np.random.Generator) -> np.ndarray:
-    """(S, M, L) Gaussian noise with power ``psd`` (F, T) per STFT frame, diffuse across mics.
+    """(S, M, L) Gaussian noise shaped to ``psd`` (F, frames), diffuse across the mics.
 
-    Independent complex Gaussian STFT coefficients, shaped by the PSD, mixed across mics so that
-    their coherence is the diffuse field's ``sinc(2 f d / c)`` (late reverberation at nearby
-    mics is strongly coherent below ``c / 2d``), and overlap-added with a sqrt-Hann window at
-    50 % overlap (squared windows sum to 1, so the output power is the PSD's mean).
+    White Gaussian noise per (source, mic) through an STFT with a sqrt-Hann window at 50 % overlap
+    (which reconstructs perfectly), each frame's spectrum multiplied by sqrt(psd) and mixed across
+    mics so that their coherence is the diffuse field's ``sinc(2 f d / c)``: late reverberation at
+    nearby mics is strongly coherent below ``c / 2d``, and independent tails would destroy the
+    spatial cues that multichannel separation relies on.
     """
     n_bins, n_frames = psd.shape
     hop = n_fft // 2
     n_mics = len(mics)
-    z = rng.standard_normal((n_sources, n_mics, n_frames, n_bins, 2), dtype=np.float32)
-    z = (z[..., 0] + 1j * z[..., 1]) * np.float32(math.sqrt(0.5))
+    noise = rng.standard_normal((n_sources, n_mics, (n_frames + 1) * hop), dtype=np.float32)
+    window = np.sin(np.pi * (np.arange(n_fft) + 0.5) / n_fft).astype(np.float32)
+    blocks = noise.reshape(n_sources, n_mics, n_frames + 1, hop)
+    frames = np.concatenate([blocks[:, :, :-1], blocks[:, :, 1:]], axis=-1) * window
+    spectra = scipy.fft.rfft(frames, axis=-1) * np.sqrt(psd.T).astype(np.float32)       # (S, M, K, F)
     if n_mics > 1:
         freqs = np.arange(n_bins) * fs / n_fft
-        dist = np.linalg.norm(mics[:, None] - mics[None], axis=-1)
-        coherence = np.sinc(2.0 * freqs[:, None, None] * dist[None] / c)          # (F, M, M)
-        eigval, eigvec = np.linalg.eigh(coherence)
-        mixing = (eigvec * np.sqrt(np.maximum(eigval, 0.0))[:, None, :]).astype(np.float32)
-        z = np.einsum("fmn,snkf->smkf", mixing, z)
-    z *= np.sqrt(n_fft * psd.T).astype(np.float32)
-    frames = np.fft.irfft(z, n=n_fft, axis=-1) * np.sin(np.pi * np.arange(n_fft) / n_fft)
+        distance = np.linalg.norm(mics[:, None] - mics[None], axis=-1)
+        coherence = np.sinc(2.0 * freqs[:, None, None] * distance[None] / c)          # (F, M, M)
+        value, vector = np.linalg.eigh(coherence)
+        mixing = (vector * np.sqrt(np.maximum(value, 0.0))[:, None, :]).astype(np.complex64)
+        # (F, 1, M, M) @ (F, S, M, K): mic mixing per frequency, for every source and frame
+        spectra = np.moveaxis(mixing[:, None] @ np.moveaxis(spectra, -1, 0), 0, -1)
+    frames = scipy.fft.irfft(spectra, n=n_fft, axis=-1) * window
     out = np.zeros((n_sources, n_mics, (n_frames + 1) * hop))
     out[..., : n_frames * hop] += frames[..., :hop].reshape(n_sources, n_mics, -1)
     out[..., hop:] += frames[..., hop:].reshape(n_sources, n_mics, -1)

@@ -25,7 +25,7 @@ from hubbub.shards.format import shard_name
 from hubbub.shards.writer import (ShardRecord, ShardWriter, atomic_write_json, build_index, read_sidecar,
                                   shard_is_complete, sidecar_path, write_sidecar)
 from hubbub.simulate.recipe import Recipe
-from hubbub.simulate.sample import Simulator, SplitPool, render, to_members
+from hubbub.simulate.sample import Simulator, SplitPool
 from hubbub.sources.noise import index_noise, split_noise_files
 from hubbub.sources.speech import assign_splits, default_cache_dir, index_speech
 
@@ -126,8 +126,11 @@ def prepare_sources(recipe: Recipe, seed: int) -> tuple[dict[str, SplitPool], li
     return pools, skipped, card
 
 
-def write_shard(simulator: Simulator, plan: ShardPlan, out_dir: str) -> dict:
-    """Render and write one shard; a sample that fails is recorded with its error and skipped."""
+def write_shard(job, plan: ShardPlan, out_dir: str) -> dict:
+    """Write one shard of ``job`` (anything with ``members(split, index) -> (members, seconds)``).
+
+    A sample that fails is recorded in the sidecar with its error and skipped, never fatal.
+    """
     import pyroomacoustics as pra
 
     pra.constants.set("num_threads", 1)
@@ -136,14 +139,14 @@ def write_shard(simulator: Simulator, plan: ShardPlan, out_dir: str) -> dict:
     with ShardWriter(Path(out_dir) / plan.name) as writer:
         for index in range(plan.first_sample, plan.first_sample + plan.num_samples):
             try:
-                rendered = render(simulator.draw(plan.split, index))
-                writer.write(to_members(rendered))
-            except Exception as exc:  # a bad sample is reported, never fatal to the shard
+                members, seconds = job.members(plan.split, index)
+                writer.write(members)
+            except Exception as exc:
                 rec.failed.append({"index": index, "split": plan.split, "error": f"{type(exc).__name__}: {exc}",
                                    "traceback": traceback.format_exc(limit=3)})
                 continue
-            rec.keys.append(rendered.meta["key"])
-            rec.durations_s.append(rendered.meta["duration_s"])
+            rec.keys.append(members["__key__"])
+            rec.durations_s.append(seconds)
     write_sidecar(rec, out_dir)
     return rec.__dict__
 
@@ -153,7 +156,7 @@ def _check_same_corpus(out_dir: Path, identity: dict) -> None:
     if not path.exists():
         return
     old = json.loads(path.read_text())
-    for key in ("recipe_hash", "seed", "samples_per_shard", "splits"):
+    for key in ("kind", "recipe_hash", "seed", "samples_per_shard", "splits", "positions"):
         if old.get(key) != identity.get(key):
             raise ValueError(f"{out_dir} holds a corpus made with a different {key} ({old.get(key)!r} vs "
                              f"{identity.get(key)!r}): use another --out, or delete it to start over")
@@ -196,22 +199,9 @@ def simulate(recipe: Recipe, *, num: int, out_dir: str | Path, seed: int = 0, wo
     atomic_write_json(out_dir / "recipe.json", identity)
 
     pools, skipped_files, card = prepare_sources(recipe, seed)
-    simulator = Simulator(recipe, pools, seed)
     plans = plan_shards(recipe, num, splits)
-    for stale in out_dir.glob("*.tar.tmp"):  # partial shards of a killed run
-        stale.unlink()
-    pending = [p for p in plans if not shard_is_complete(out_dir, p.name, p.num_samples)]
-    done = len(plans) - len(pending)
-    log.info("%d shards planned, %d complete, %d to write", len(plans), done, len(pending))
-
-    if pending:
-        if workers == 0:
-            iterator = (write_shard(simulator, p, str(out_dir)) for p in pending)
-            _drain(iterator, len(pending), progress)
-        else:
-            _run_on_ray(simulator, pending, out_dir, workers, address, progress, max_retries)
-
-    records = [read_sidecar(sidecar_path(out_dir / p.name)) for p in plans]
+    records, written, done = run_shards(Simulator(recipe, pools, seed), plans, out_dir, workers=workers,
+                                        address=address, progress=progress, max_retries=max_retries)
     failed = [f for r in records for f in r.failed]
     for f in failed:
         log.warning("sample %s/%d skipped: %s", f["split"], f["index"], f["error"])
@@ -221,7 +211,52 @@ def simulate(recipe: Recipe, *, num: int, out_dir: str | Path, seed: int = 0, wo
     index = build_index(out_dir, records, recipe=to_dict(recipe),
                         extra={"seed": seed, "recipe_hash": identity["recipe_hash"], "num_requested": num,
                                "data_card": card})
-    return SimulateResult(out_dir, index, len(pending), done, failed, skipped_files)
+    return SimulateResult(out_dir, index, written, done, failed, skipped_files)
+
+
+def simulate_rir_bank(recipe: Recipe, *, num_rooms: int, positions: int, out_dir: str | Path, seed: int = 0,
+                      workers: int | None = None, address: str | None = None, progress: bool = True,
+                      max_retries: int = 3) -> SimulateResult:
+    """Simulate ``num_rooms`` rooms with ``positions`` source positions each into a RIR bank.
+
+    Mixtures then reuse it with ``--set room.rir_bank=OUT_DIR`` (see :mod:`hubbub.simulate.bank`).
+    Same sharding, resume and worker-count invariance as :func:`simulate`.
+    """
+    from hubbub.simulate.bank import BANK_KIND, RirBankJob
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    identity = {"kind": BANK_KIND, "recipe_hash": recipe.content_hash(), "seed": seed,
+                "samples_per_shard": recipe.samples_per_shard, "splits": recipe.splits, "positions": positions,
+                "recipe": to_dict(recipe)}
+    _check_same_corpus(out_dir, identity)
+    atomic_write_json(out_dir / "recipe.json", identity)
+    job = RirBankJob(recipe, seed, positions)
+    records, written, done = run_shards(job, plan_shards(recipe, num_rooms), out_dir, workers=workers,
+                                        address=address, progress=progress, max_retries=max_retries)
+    failed = [f for r in records for f in r.failed]
+    atomic_write_json(out_dir / "report.json", {"skipped_files": [], "failed_samples": failed,
+                                                "summary": {"skipped_files": 0, "failed_samples": len(failed)}})
+    index = build_index(out_dir, records, recipe=to_dict(recipe),
+                        extra={"kind": BANK_KIND, "seed": seed, "recipe_hash": identity["recipe_hash"],
+                               "positions": positions, "num_requested": num_rooms})
+    return SimulateResult(out_dir, index, written, done, failed, [])
+
+
+def run_shards(job, plans: list[ShardPlan], out_dir: Path, *, workers: int | None, address: str | None,
+               progress: bool, max_retries: int) -> tuple[list[ShardRecord], int, int]:
+    """Write every planned shard that is not complete; returns (all records, written, kept)."""
+    for stale in out_dir.glob("*.tar.tmp"):  # partial shards of a killed run
+        stale.unlink()
+    pending = [p for p in plans if not shard_is_complete(out_dir, p.name, p.num_samples)]
+    log.info("%d shards planned, %d complete, %d to write", len(plans), len(plans) - len(pending), len(pending))
+    if pending:
+        if workers == 0:
+            _drain((write_shard(job, p, str(out_dir)) for p in pending), len(pending), progress)
+        else:
+            _run_on_ray(job, pending, out_dir, workers, address, progress, max_retries)
+    records = [read_sidecar(sidecar_path(out_dir / p.name)) for p in plans]
+    return records, len(pending), len(plans) - len(pending)
 
 
 def _drain(iterator, total: int, progress: bool) -> None:
@@ -231,21 +266,21 @@ def _drain(iterator, total: int, progress: bool) -> None:
         pass
 
 
-def _run_on_ray(simulator, pending, out_dir, workers, address, progress, max_retries) -> None:
+def _run_on_ray(job, pending, out_dir, workers, address, progress, max_retries) -> None:
     import ray
     from tqdm import tqdm
 
     started = _init_ray(address, workers)
     try:
         task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(write_shard)
-        sim_ref = ray.put(simulator)
+        job_ref = ray.put(job)
         limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         queue = list(pending)
         running = []
         with tqdm(total=len(pending), desc="shards", unit="shard", disable=not progress) as bar:
             while queue or running:
                 while queue and len(running) < limit:
-                    running.append(task.remote(sim_ref, queue.pop(0), str(out_dir)))
+                    running.append(task.remote(job_ref, queue.pop(0), str(out_dir)))
                 ready, running = ray.wait(running, num_returns=1)
                 ray.get(ready)  # re-raises a task that failed after all its retries
                 bar.update(len(ready))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,16 @@ class Simulator:
         self.pools = pools
         self.seed = seed
         self.recipe_hash = recipe.content_hash()
+        self.bank_rooms = None
+        if recipe.room.rir_bank:
+            from hubbub.simulate.bank import bank_rooms_per_split
+
+            self.bank_rooms = bank_rooms_per_split(recipe.room.rir_bank)
+
+    def members(self, split: str, index: int) -> tuple[dict, float]:
+        """Shard members of one sample and its duration (the shard runner's job interface)."""
+        rendered = render(self.draw(split, index))
+        return to_members(rendered), rendered.meta["duration_s"]
 
     # -- drawing ---------------------------------------------------------------------------------
     def draw(self, split: str, index: int) -> dict:
@@ -94,7 +105,10 @@ class Simulator:
         utts = [pool.utterances_by_speaker[s][int(rng.integers(len(pool.utterances_by_speaker[s])))]
                 for s in chosen]
         sources, num_samples = self._place(rng, utts)
-        room, mics = self._draw_room(rng, n_spk, sources)
+        if self.bank_rooms is not None:
+            room, mics = self._draw_bank_room(rng, split, n_spk, sources)
+        else:
+            room, mics = self._draw_room(rng, n_spk, sources)
         params: dict[str, Any] = {
             "key": sample_key(split, index), "split": split, "index": index, "seed": self.seed,
             "recipe": r.name, "recipe_hash": self.recipe_hash, "sample_rate_hz": fs,
@@ -174,6 +188,30 @@ class Simulator:
         mics = {"array": mc.array, "reference": mc.reference, "center_m": [round(float(v), 4) for v in center],
                 "positions_m": [[round(float(v), 5) for v in p] for p in mic_pos]}
         return room, mics
+
+    def _draw_bank_room(self, rng: np.random.Generator, split: str, n_spk: int, sources: list[dict]):
+        from hubbub.simulate.bank import bank_room
+
+        bank = str(Path(self.recipe.room.rir_bank).resolve())
+        if not self.bank_rooms.get(split):
+            raise SampleError(f"the RIR bank {bank} has no rooms for split {split!r}")
+        room_index = int(rng.integers(self.bank_rooms[split]))
+        meta = bank_room(bank, split, room_index)["meta"]
+        k = len(meta["positions_m"])
+        if k < n_spk:
+            raise SampleError(f"bank rooms have {k} source positions, this sample needs {n_spk}")
+        if meta["sample_rate_hz"] != self.recipe.sample_rate_hz:
+            raise SampleError(f"the RIR bank is at {meta['sample_rate_hz']} Hz, the recipe at "
+                              f"{self.recipe.sample_rate_hz} Hz")
+        positions = sorted(int(i) for i in rng.choice(k, size=n_spk, replace=False))
+        center = np.asarray(meta["mics"]["center_m"])
+        for s, i in zip(sources, positions):
+            s["position_m"] = meta["positions_m"][i]
+            s["distance_m"] = round(float(np.linalg.norm(np.asarray(s["position_m"]) - center)), 4)
+        room = {**meta["room"], "rir_mode": "bank", "bank": bank, "bank_split": split, "bank_room": room_index,
+                "bank_room_mode": meta["room"]["rir_mode"], "bank_positions": positions,
+                "early_ms": self.recipe.room.early_ms}
+        return room, meta["mics"]
 
     def _place_in_room(self, rng, dim, n_spk):
         rc, mc = self.recipe.room, self.recipe.mics
@@ -317,8 +355,14 @@ def render(params: dict) -> Rendered:
         x = x / (math.sqrt(_active_power(x)) + 1e-9)
         placed[k, s["start_sample"]: s["start_sample"] + len(x)] = x
 
-    rir_set = compute_rirs(room["dim_m"], room["rt60_s_target"] or 0.0, [s["position_m"] for s in srcs], mics, fs,
-                           mode=room["rir_mode"], rng=np.random.default_rng(room["rir_seed"]))
+    if room["rir_mode"] == "bank":
+        from hubbub.simulate.bank import bank_room, rirs_from_bank
+
+        rir_set = rirs_from_bank(bank_room(room["bank"], room["bank_split"], room["bank_room"]),
+                                 room["bank_positions"])
+    else:
+        rir_set = compute_rirs(room["dim_m"], room["rt60_s_target"] or 0.0, [s["position_m"] for s in srcs], mics,
+                               fs, mode=room["rir_mode"], rng=np.random.default_rng(room["rir_seed"]))
     early = rir_set.early(room["early_ms"]) if "early" in targets else None
 
     wanted = ["reverberant"] + [t for t in ("direct", "early") if t in targets]
@@ -363,9 +407,12 @@ def render(params: dict) -> Rendered:
         scale *= params["mixing"]["max_peak"] / peak
 
     meta = {**params}
-    meta["room"] = {**room, "rt60_s_measured": (None if room["rir_mode"] == "anechoic"
-                                                else round(measure_rt60_s(rir_set.rirs[0, ref], fs), 4)),
-                    "max_order": rir_set.max_order, "absorption": rir_set.absorption}
+    if room["rir_mode"] == "bank":
+        meta["room"] = room  # measured when the bank was made
+    else:
+        meta["room"] = {**room, "rt60_s_measured": (None if room["rir_mode"] == "anechoic"
+                                                    else round(measure_rt60_s(rir_set.rirs[0, ref], fs), 4)),
+                        "max_order": rir_set.max_order, "absorption": rir_set.absorption}
     meta["sources"] = [{**s, "gain_db": round(20 * math.log10(max(gains[k] * scale, 1e-12)), 3),
                         "dry_delay_samples": delays[k]} for k, s in enumerate(srcs)]
     meta["mixing"] = {**params["mixing"], "overlap_ratio": round(_overlap_ratio(placed, fs), 4),

@@ -1,0 +1,21 @@
+"""Differentiable separation losses on (B, S, T) tensors: SI-SNR, thresholded SNR, PIT.
+
+Typical use in a trainer::
+
+    from hubbub.losses import PITLoss, reorder
+    criterion = PITLoss(kind="si_snr")
+    loss, perm = criterion(est, batch["sources"]["reverberant"], source_mask=batch["source_mask"],
+                           mix=batch["mix"])
+    ordered = reorder(est, perm)
+
+Values are in dB; the losses are their negatives (lower is better). Evaluation metrics in numpy
+(SDR, PESQ, STOI) live in :mod:`hubbub.metrics`.
+"""
+from hubbub.losses.permutation import (MAX_EXHAUSTIVE_ASSIGNMENTS, PITLoss, pairwise_loss_matrix, pit,
+                               pit_from_matrix, reorder)
+from hubbub.losses.ratios import absent_source_loss, neg_si_snr, neg_snr, si_snr, snr
+
+__all__ = [
+    "MAX_EXHAUSTIVE_ASSIGNMENTS", "PITLoss", "absent_source_loss", "neg_si_snr", "neg_snr",
+    "pairwise_loss_matrix", "pit", "pit_from_matrix", "reorder", "si_snr", "snr",
+]

@@ -1,0 +1,143 @@
+"""Checkpoints of separators: ``config.json`` (registered name + kwargs) and ``model.safetensors``.
+
+A checkpoint directory holds::
+
+    config.json         {"name": "convtasnet", "kwargs": {"num_sources": 2, ...}, "hubbub_version": "0.1.0"}
+    model.safetensors   the state dict (keys "backbone.*" and "head.*")
+
+Loading rebuilds the model from the registered name and kwargs, so moving or renaming a class
+never breaks a checkpoint, and reads tensors with safetensors (never pickle, so loading a
+checkpoint cannot run code).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hubbub.models.base import Separator
+from hubbub.models.factory import MODELS, build_model
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_BACKBONE = "backbone."
+
+
+def _hubbub_version() -> str:
+    try:
+        return version("hubbub")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def save_model(model: Separator, directory: str | Path) -> Path:
+    """Write ``model`` to ``directory`` (created if needed) as config.json + model.safetensors.
+
+    Each file is written under a temporary name and renamed, so a crash never leaves a truncated
+    checkpoint under the final name. Returns the directory.
+
+    Raises:
+        ValueError: ``model.spec`` is None (a hand-assembled model has no registered name to
+            rebuild it from; build it with :func:`hubbub.models.build_model`).
+
+    Example::
+
+        save_model(model, "runs/pretrain/final")
+        model = load_model("runs/pretrain/final")
+    """
+    if model.spec is None:
+        raise ValueError("model has no spec (name + kwargs); build it with hubbub.models.build_model")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"name": model.spec["name"], "kwargs": model.spec["kwargs"], "hubbub_version": _hubbub_version()}
+    # safetensors refuses non-contiguous and shared-storage tensors; clone() gives each its own.
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = directory / f".{WEIGHTS_NAME}.tmp"
+    save_file(state, str(tmp), metadata={"name": config["name"]})
+    os.replace(tmp, directory / WEIGHTS_NAME)
+    tmp = directory / f".{CONFIG_NAME}.tmp"
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, directory / CONFIG_NAME)
+    return directory
+
+
+def read_config(directory: str | Path) -> dict:
+    """The checkpoint's config.json, checked: ``name`` must be registered."""
+    path = Path(directory) / CONFIG_NAME
+    config = json.loads(path.read_text())
+    name = config.get("name")
+    if name not in MODELS:
+        raise ValueError(f"{path}: unknown model {name!r}; registered models: {', '.join(sorted(MODELS))}")
+    return config
+
+
+def load_model(directory: str | Path, map_location: str | torch.device = "cpu") -> Separator:
+    """Rebuild a separator saved by :func:`save_model` and load its weights (strictly).
+
+    Args:
+        directory: the checkpoint directory.
+        map_location: device the tensors are loaded to; the model is moved there too.
+
+    Raises:
+        ValueError: config.json names a model that is not registered.
+        RuntimeError: the weights do not match the rebuilt model.
+    """
+    directory = Path(directory)
+    config = read_config(directory)
+    model = build_model(config["name"], **config["kwargs"])
+    model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=str(map_location)))
+    return model.to(map_location)
+
+
+@dataclass
+class LoadReport:
+    """Result of :func:`load_backbone`: full state-dict keys copied into the model, and keys of
+    the source that were not (its head, or anything outside the backbone)."""
+
+    loaded: list[str]
+    ignored: list[str]
+
+
+def load_backbone(model: Separator, source: Mapping[str, torch.Tensor] | str | Path,
+                  strict: bool = True) -> LoadReport:
+    """Load only the backbone of a pretrained separator into ``model``, whatever its head.
+
+    This is how finetuning starts from a pretrained checkpoint with a different number of sources
+    or a different head: ``backbone.*`` tensors are copied, ``head.*`` is left as initialised.
+
+    Args:
+        model: the separator to load into (any head; its backbone must have the same architecture).
+        source: a checkpoint directory (from :func:`save_model`) or a separator state dict with
+            ``backbone.*`` keys.
+        strict: if True, the source's backbone keys must match ``model.backbone``'s exactly (a
+            missing or unexpected key raises); shapes must match either way.
+
+    Returns:
+        a :class:`LoadReport` with the ``backbone.*`` keys loaded and the other keys ignored.
+
+    Raises:
+        ValueError: the checkpoint directory holds a different registered model than ``model``.
+        RuntimeError: key or shape mismatch.
+
+    Example::
+
+        model = build_model("convtasnet", num_sources=3, **model_config("convtasnet", "paper"))
+        report = load_backbone(model, "runs/pretrain/final")   # pretrained with 2 sources
+    """
+    if isinstance(source, (str, Path)):
+        config = read_config(source)
+        if model.spec is not None and config["name"] != model.spec["name"]:
+            raise ValueError(f"{source} holds a {config['name']!r} model, not {model.spec['name']!r}")
+        source = load_file(str(Path(source) / WEIGHTS_NAME))
+    backbone_state = {k[len(_BACKBONE):]: v for k, v in source.items() if k.startswith(_BACKBONE)}
+    result = model.backbone.load_state_dict(backbone_state, strict=strict)
+    unexpected = set(result.unexpected_keys)
+    loaded = sorted(_BACKBONE + k for k in backbone_state if k not in unexpected)
+    ignored = sorted(k for k in source if not k.startswith(_BACKBONE) or k[len(_BACKBONE):] in unexpected)
+    return LoadReport(loaded=loaded, ignored=ignored)

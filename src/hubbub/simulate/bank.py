@@ -1,0 +1,111 @@
+"""RIR banks: simulate rooms once into their own shards, then let many mixtures reuse them.
+
+A bank room is one shoebox room with one microphone array and ``positions`` candidate source
+positions (pairwise at least ``room.min_source_distance_m`` apart), and the RIRs from every
+position to every mic. Mixing with ``room.rir_bank=BANK`` draws a room of the sample's split and
+as many of its positions as the sample has speakers, so the acoustics are paid once per room
+while sources, levels and noise stay new for every mixture.
+
+Bank shards are ``{split}-%06d.tar`` like a corpus; a room's members are ``json`` (geometry,
+RT60 asked for and measured, absorption, orders, direct-path delays), ``rirs.npy`` (K, M, L) and
+``direct.npy`` (K, M, Ld), float32. Rooms of different splits are disjoint.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from hubbub.shards.format import decode_npy, encode_json, encode_npy, sample_key
+from hubbub.shards.writer import load_index
+from hubbub.simulate.recipe import Recipe
+from hubbub.simulate.rir import RirSet, compute_rirs, measure_rt60_s
+
+BANK_KIND = "rir_bank"
+
+
+class RirBankJob:
+    """Draws and renders bank rooms; the shard runner calls :meth:`members` per room."""
+
+    def __init__(self, recipe: Recipe, seed: int, positions: int):
+        from hubbub.simulate.sample import Simulator
+
+        if positions < recipe.speakers.max_count:
+            raise ValueError(f"a bank room needs at least as many positions ({positions}) as the most "
+                             f"speakers a mixture may have ({recipe.speakers.max_count})")
+        self.recipe = recipe
+        self.seed = seed
+        self.positions = positions
+        # Room and array drawing is the mixture simulator's own; it needs no speech pools.
+        self._sim = Simulator(recipe, pools={}, seed=seed)
+        self.recipe_hash = self._sim.recipe_hash
+
+    def members(self, split: str, index: int) -> tuple[dict, float]:
+        from hubbub.simulate.sample import sample_seed
+
+        rng = np.random.default_rng(sample_seed(self.recipe_hash, self.seed, split, index))
+        sources = [{} for _ in range(self.positions)]
+        room, mics = self._sim._draw_room(rng, self.positions, sources)
+        fs = self.recipe.sample_rate_hz
+        rs = compute_rirs(room["dim_m"], room["rt60_s_target"] or 0.0, [s["position_m"] for s in sources],
+                          mics["positions_m"], fs, mode=room["rir_mode"], rng=np.random.default_rng(room["rir_seed"]))
+        ref = mics["reference"]
+        meta = {
+            "key": sample_key(split, index), "split": split, "index": index, "kind": BANK_KIND,
+            "sample_rate_hz": fs, "room": {**room, "rt60_s_measured": None if rs.mode == "anechoic" else
+                                          round(measure_rt60_s(rs.rirs[0, ref], fs), 4),
+                                          "max_order": rs.max_order, "full_order": rs.full_order,
+                                          "absorption": rs.absorption},
+            "mics": mics, "positions_m": [s["position_m"] for s in sources],
+            "direct_delay_samples": rs.direct_delay_samples.round(4).tolist(),
+            "rir_length": int(rs.rirs.shape[-1]),
+        }
+        members = {"__key__": meta["key"], "json": encode_json(meta), "rirs.npy": encode_npy(rs.rirs),
+                   "direct.npy": encode_npy(rs.direct)}
+        return members, rs.rirs.shape[-1] / fs
+
+
+def bank_rooms_per_split(bank_dir: str | Path) -> dict[str, int]:
+    index = load_index(bank_dir)
+    if index.get("kind") != BANK_KIND:
+        raise ValueError(f"{bank_dir} is not a RIR bank (made by `hubbub rirs`)")
+    return {split: info["num_samples"] for split, info in index["splits"].items()}
+
+
+@lru_cache(maxsize=4)
+def _bank_shard(path: str) -> dict[str, dict]:
+    rooms = {}
+    for raw in wds.WebDataset(path, shardshuffle=False, empty_check=False):
+        rooms[raw["__key__"]] = {"meta": json.loads(raw["json"]), "rirs": decode_npy(raw["rirs.npy"]),
+                                 "direct": decode_npy(raw["direct.npy"])}
+    return rooms
+
+
+@lru_cache(maxsize=8)
+def _bank_keys(bank_dir: str, split: str) -> list[tuple[str, str]]:
+    """(shard path, room key) for every room of a split, in order; from the shard sidecars."""
+    index = load_index(bank_dir)
+    out = []
+    for shard in index["shards"]:
+        if shard["split"] == split:
+            side = json.loads((Path(bank_dir) / shard["name"]).with_suffix(".json").read_text())
+            out += [(str(Path(bank_dir) / shard["name"]), key) for key in side["keys"]]
+    return out
+
+
+def bank_room(bank_dir: str, split: str, room_index: int) -> dict:
+    """The room's meta and arrays (cached per process, a few shards at a time)."""
+    path, key = _bank_keys(bank_dir, split)[room_index]
+    return _bank_shard(path)[key]
+
+
+def rirs_from_bank(room: dict, positions: list[int]) -> RirSet:
+    """A :class:`RirSet` for the chosen positions of a bank room (positions become sources)."""
+    m = room["meta"]
+    return RirSet(rirs=room["rirs"][positions], direct=room["direct"][positions],
+                  direct_delay_samples=np.asarray(m["direct_delay_samples"])[positions],
+                  max_order=m["room"]["max_order"], full_order=m["room"]["full_order"],
+                  absorption=m["room"]["absorption"], mode=m["room"]["rir_mode"], sample_rate_hz=m["sample_rate_hz"])

@@ -1,0 +1,32 @@
+"""The built-in voices corpus: no download, speakers from espeak-ng and flite (``hubbub voices``).
+
+>>> from hubbub.voices import make_voices
+>>> manifest = make_voices("data/voices")  # doctest: +SKIP
+"""
+from hubbub.voices.sentences import make_sentence
+from hubbub.voices.synth import (
+    LICENCE,
+    PAUSE,
+    SYNTHESIZERS,
+    Synthesis,
+    SynthesisError,
+    VoiceSpec,
+    available_synthesizers,
+    list_voices,
+    make_voices,
+    synthesize,
+)
+
+__all__ = [
+    "LICENCE",
+    "PAUSE",
+    "SYNTHESIZERS",
+    "Synthesis",
+    "SynthesisError",
+    "VoiceSpec",
+    "available_synthesizers",
+    "list_voices",
+    "make_sentence",
+    "make_voices",
+    "synthesize",
+]
