@@ -82,6 +82,15 @@ def _cmd_shards_stats(args) -> int:
     return 0
 
 
+def _cmd_bench_simulate(args) -> int:
+    from hubbub.simulate.bench import bench_simulate, format_bench
+
+    res = bench_simulate(num_hubbub=args.num_hubbub, num_plain=args.num_plain, ray_num=args.ray_num,
+                         workers=args.workers, recipe=args.recipe, overrides=tuple(args.set))
+    print(json.dumps(res) if args.json else format_bench(res))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from hubbub.demo import run_demo
 
@@ -141,6 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.add_argument("--png", default=None, help="plot path (default DIR/stats.png)")
     st.set_defaults(func=_cmd_shards_stats)
+
+    bench = sub.add_parser("bench", help="speed benchmarks").add_subparsers(dest="bench_cmd", required=True)
+    bs = bench.add_parser("simulate", help="mixtures/s/core: hubbub vs plain pyroomacoustics; Ray 1 -> N")
+    bs.add_argument("--json", action="store_true")
+    bs.add_argument("--recipe", default="whamr")
+    bs.add_argument("--num-hubbub", type=int, default=60)
+    bs.add_argument("--num-plain", type=int, default=12)
+    bs.add_argument("--ray-num", type=int, default=96, help="mixtures per Ray timing")
+    bs.add_argument("--workers", type=int, default=None, help="N for the Ray scaling (default: all cores)")
+    bs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    bs.set_defaults(func=_cmd_bench_simulate)
 
     d = sub.add_parser("demo", help="the main job on the built-in default: voices, simulate, verify, stats")
     d.add_argument("--out", default="demo")

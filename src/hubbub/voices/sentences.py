@@ -39,7 +39,8 @@ _TRANSITIVE = (
 )
 _INTRANSITIVE = (
     ("laugh", "laughed"), ("wait", "waited"), ("sleep", "slept"), ("arrive", "arrived"),
-    ("whisper", "whispered"), ("vanish", "vanished"), ("wander", "wandered"), ("shiver", "shivered"),
+    ("whisper", "whispered"), ("vanish", "vanished"), ("wander", "wandered"),
+    ("shiver", "shivered"),
     ("smile", "smiled"), ("listen", "listened"), ("sing", "sang"), ("fall", "fell"),
 )
 _PREPOSITIONS = (

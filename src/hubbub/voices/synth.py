@@ -13,11 +13,11 @@ On disk (``out_dir``)::
 
 A manifest line::
 
-    {"path": "fli_slt_p0_r100/fli_slt_p0_r100_000.flac", "speaker": "fli_slt_p0_r100",
-     "utterance": 0, "duration_s": 2.61, "sample_rate_hz": 16000, "licence": "CC0-1.0",
-     "transcript": "Maria smiled behind every pumpkin.", "synthesizer": "flite",
-     "voice": {"name": "slt", "language": "en-us", "variant": "", "pitch": 0, "rate": 100},
-     "phoneme_set": "cmu", "phonemes": [["pau", 0.0, 0.1], ["m", 0.1, 0.17], ...]}
+    {"path": "fli_slt_p158_r100/fli_slt_p158_r100_000.flac", "speaker": "fli_slt_p158_r100",
+     "utterance": 0, "duration_s": 2.653, "sample_rate_hz": 16000, "licence": "CC0-1.0",
+     "transcript": "Hugo fell around my neighbour without a word.", "synthesizer": "flite",
+     "voice": {"name": "slt", "language": "en-us", "variant": "", "pitch": 158, "rate": 100},
+     "phoneme_set": "cmu", "phonemes": [["pau", 0.0, 0.1], ["hh", 0.1, 0.175], ...]}
 
 ``phonemes`` are ``[phoneme, start_s, end_s]`` on the FLAC file's time axis: contiguous, in
 order, covering [0, duration_s] (the 0.1 s margins are pauses), as reported by the synthesizer
@@ -116,7 +116,9 @@ _ESPEAK_ACCENTS = (  # (espeak-ng voice, language)
     ("en-gb-x-gbcwmd", "en-gb-x-gbcwmd"), ("en-us-nyc", "en-us-nyc"),
 )
 # Alternating male/female formant sets; whisper and the novelty variants are left out.
-_ESPEAK_VARIANTS = ("m1", "f1", "m3", "f2", "m2", "f3", "m4", "f4", "m6", "f5", "m7", "Annie", "klatt")
+_ESPEAK_VARIANTS = (
+    "m1", "f1", "m3", "f2", "m2", "f3", "m4", "f4", "m6", "f5", "m7", "Annie", "klatt",
+)
 _ESPEAK_PITCHES = (50, 35, 65)
 _ESPEAK_RATES_WPM = (175, 150, 200, 160, 190)
 # (flite voice, language, the voice's mean F0 in Hz or None where flite ignores the F0 target).
@@ -250,7 +252,7 @@ def on_audio(wav, n_samples, event):
     return 0
 
 lib = ctypes.CDLL(lib_name)
-# AUDIO_OUTPUT_SYNCHRONOUS; INITIALIZE_PHONEME_EVENTS | INITIALIZE_PHONEME_IPA | INITIALIZE_DONT_EXIT
+# AUDIO_OUTPUT_SYNCHRONOUS; INITIALIZE_PHONEME_EVENTS | _PHONEME_IPA | _DONT_EXIT
 sample_rate_hz = lib.espeak_Initialize(2, 200, None, 0x8003)
 if sample_rate_hz <= 0:
     sys.exit("espeak_Initialize failed")
@@ -482,9 +484,11 @@ def make_voices(out_dir, *, num_speakers: int = 24, utterances_per_speaker: int 
 
     Raises RuntimeError when none of ``synthesizers`` is installed.
 
-    >>> manifest = make_voices("data/voices", num_speakers=4, utterances_per_speaker=2)  # doctest: +SKIP
-    >>> json.loads(manifest.read_text().splitlines()[0])["phonemes"][:2]  # doctest: +SKIP
-    [['h', 0.011, 0.062], ['ə', 0.062, 0.115]]
+    >>> manifest = make_voices("data/voices", num_speakers=4)  # doctest: +SKIP
+    >>> first = json.loads(manifest.read_text().splitlines()[0])  # doctest: +SKIP
+    >>> first["speaker"], first["transcript"], first["phonemes"][:3]  # doctest: +SKIP
+    ('esp_en-us_m1_p50_r175', 'A lazy horse brought that empty teacher.',
+     [['pau', 0.0, 0.1], ['ɐ', 0.1, 0.174], ['l', 0.174, 0.241]])
     """
     _check_names(tuple(synthesizers))
     if num_speakers < 1 or utterances_per_speaker < 1 or seed < 0 or sample_rate_hz < 8000:

@@ -1,0 +1,154 @@
+"""Simulation speed: hubbub's path against the plain pyroomacoustics path, in one run.
+
+The plain path is what WHAMR!- or SonicSim-style generator scripts do per mixture: a ShoeBox with
+the full image-source order from inverse Sabine, ``room.simulate()`` for the reverberant images,
+a second, order-0 room for the direct path, the early image by convolving with the truncated RIR,
+mixing in Python and one file per target. Both paths render the *same* drawn samples (rooms,
+positions, utterances, levels), so only the work differs.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _plain_mixture(params: dict, out_dir: Path) -> None:
+    """One mixture the plain way, every target written to its own FLAC file."""
+    import pyroomacoustics as pra
+    import soundfile as sf
+    from scipy.signal import fftconvolve
+
+    from hubbub.audio import load_audio
+
+    fs, n = params["sample_rate_hz"], params["num_samples"]
+    mics = np.asarray(params["mics"]["positions_m"]).T
+    room_p = params["room"]
+    e_abs, order = pra.inverse_sabine(room_p["rt60_s_target"], room_p["dim_m"])
+    signals = []
+    for s in params["sources"]:
+        x = load_audio(s["path"], fs, start_s=s["utterance_start_s"], stop_s=s["utterance_stop_s"])
+        placed = np.zeros(n, np.float32)
+        placed[s["start_sample"]: s["start_sample"] + len(x[: s["num_samples"]])] = x[: s["num_samples"]]
+        signals.append(placed)
+    room = pra.ShoeBox(room_p["dim_m"], fs=fs, materials=pra.Material(e_abs), max_order=order)
+    anechoic = pra.ShoeBox(room_p["dim_m"], fs=fs, materials=pra.Material(e_abs), max_order=0)
+    for r in (room, anechoic):
+        for s, x in zip(params["sources"], signals):
+            r.add_source(s["position_m"], signal=x)
+        r.add_microphone_array(mics)
+    images = room.simulate(return_premix=True)[..., :n]          # (S, M, T)
+    direct = anechoic.simulate(return_premix=True)[..., :n]
+    early_len = int(0.05 * fs) + 40
+    early = np.stack([np.stack([fftconvolve(x, room.rir[m][k][:early_len])[:n] for m in range(mics.shape[1])])
+                      for k, x in enumerate(signals)])
+    gains = [1.0] + [10 ** (s["sir_db"] / 20) for s in params["sources"][1:]]
+    speech = sum(g * im for g, im in zip(gains, images))
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(speech.shape) * np.sqrt(np.mean(speech**2)) * 10 ** (-(params["noise"]["snr_db"] or 30) / 20)
+    mix = speech + noise
+    scale = 0.9 / max(np.abs(mix).max(), 1e-9)
+    files = {"mix": mix, "noise": noise}
+    for k, g in enumerate(gains):
+        files[f"s{k}_dry"] = signals[k] * g
+        files[f"s{k}_direct"] = direct[k] * g
+        files[f"s{k}_early"] = early[k] * g
+        files[f"s{k}_reverberant"] = images[k] * g
+    for name, x in files.items():
+        sf.write(out_dir / f"{params['key']}_{name}.flac", (np.atleast_2d(x).T * scale).clip(-1, 1), fs,
+                 subtype="PCM_24")
+    for m in range(mics.shape[1]):
+        for k in range(len(signals)):
+            np.save(out_dir / f"{params['key']}_s{k}_rir{m}.npy", room.rir[m][k].astype(np.float32))
+
+
+def _speed(fn, items) -> float:
+    start = time.perf_counter()
+    for item in items:
+        fn(item)
+    return len(items) / (time.perf_counter() - start)
+
+
+def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 96, workers: int | None = None,
+                   recipe: str = "whamr", overrides: tuple[str, ...] = (), seed: int = 0) -> dict:
+    """Mixtures per second per core of hubbub and of the plain path, and Ray scaling 1 -> N.
+
+    Defaults: the WHAMR!-style preset at 16 kHz, 4 s fixed-length mixtures, all targets written,
+    on the built-in voices.
+    """
+    import pyroomacoustics as pra
+
+    from hubbub.simulate import load_recipe, simulate
+    from hubbub.simulate.runner import prepare_sources
+    from hubbub.simulate.sample import Simulator
+
+    workers = workers or os.cpu_count() or 1
+    pra.constants.set("num_threads", 1)
+    r = load_recipe(recipe, ["sample_rate_hz=16000", "duration.mode=fixed", "duration.fixed_s=4.0",
+                             "samples_per_shard=8", *overrides])
+    pools, _, _ = prepare_sources(r, seed)
+    sim = Simulator(r, pools, seed)
+    sim.members("train", 0)  # warm caches and imports for both paths
+    draws = [sim.draw("train", i) for i in range(max(num_hubbub, num_plain))]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        from hubbub.shards.writer import ShardWriter
+
+        with ShardWriter(Path(tmp) / "bench.tar") as w:
+            from hubbub.simulate.sample import render, to_members
+
+            hubbub_rate = _speed(lambda p: w.write(to_members(render(p))), draws[:num_hubbub])
+        plain_dir = Path(tmp) / "plain"
+        plain_dir.mkdir()
+        plain_rate = _speed(lambda p: _plain_mixture(p, plain_dir), draws[:num_plain])
+
+    import ray
+
+    scaling = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                                           "MKL_NUM_THREADS": "1"}})
+        try:
+            ray_recipe = load_recipe(recipe, ["sample_rate_hz=16000", "duration.mode=fixed", "duration.fixed_s=4.0",
+                                              "samples_per_shard=4", *overrides])
+            # warm the workers (imports, caches) so both timings see the same state
+            simulate(ray_recipe, num=4 * workers, out_dir=Path(tmp) / "warm", seed=seed + 1, workers=workers,
+                     progress=False, splits=["train"])
+            for k in sorted({1, workers}):
+                start = time.perf_counter()
+                simulate(ray_recipe, num=ray_num, out_dir=Path(tmp) / f"w{k}", seed=seed, workers=k,
+                         progress=False, splits=["train"])
+                scaling[k] = ray_num * r.splits["train"] / sum(r.splits.values()) / (time.perf_counter() - start)
+        finally:
+            ray.shutdown()
+    rt60 = [d["room"]["rt60_s_target"] for d in draws[:num_plain]]
+    return {
+        "recipe": recipe, "sample_rate_hz": 16000, "duration_s": 4.0, "cores": os.cpu_count(),
+        "hubbub_mixtures_per_s_per_core": round(hubbub_rate, 3),
+        "plain_mixtures_per_s_per_core": round(plain_rate, 4),
+        "speedup_vs_plain": round(hubbub_rate / plain_rate, 2),
+        "num_hubbub": num_hubbub, "num_plain": num_plain,
+        "plain_rt60_s_mean": round(float(np.mean(rt60)), 3),
+        "ray_mixtures_per_s": {str(k): round(v, 3) for k, v in scaling.items()},
+        "ray_scaling": round(scaling[workers] / scaling[1], 2) if workers > 1 else 1.0,
+        "ray_workers": workers,
+        "rir_mode": r.room.rir_mode,
+    }
+
+
+def format_bench(res: dict) -> str:
+    lines = [
+        f"{res['recipe']} preset, {res['sample_rate_hz']} Hz, {res['duration_s']} s mixtures, all targets written",
+        f"  hubbub ({res['rir_mode']} RIRs): {res['hubbub_mixtures_per_s_per_core']:.2f} mixtures/s/core "
+        f"({res['num_hubbub']} mixtures)",
+        f"  plain pyroomacoustics:  {res['plain_mixtures_per_s_per_core']:.3f} mixtures/s/core "
+        f"({res['num_plain']} mixtures, mean RT60 {res['plain_rt60_s_mean']} s)",
+        f"  speed-up vs plain: {res['speedup_vs_plain']:.1f}x",
+        "  Ray: " + ", ".join(f"{k} worker(s) {v:.2f} mixtures/s" for k, v in res["ray_mixtures_per_s"].items())
+        + f"; scaling 1 -> {res['ray_workers']}: {res['ray_scaling']:.2f}x",
+    ]
+    return "\n".join(lines)
