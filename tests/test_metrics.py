@@ -51,7 +51,7 @@ def test_sdr_allows_a_distortion_filter_where_si_snr_does_not():
     ref = speech(1, seconds=1.0)[0]
     echo = ref + 0.8 * np.roll(ref, 40)  # a 41-tap filter: no distortion for BSS-eval
     assert sdr(echo, ref) > 40
-    assert si_snr(echo, ref) < 10
+    assert si_snr(echo, ref) < sdr(echo, ref) - 20
     assert sdr(ref, ref) == pytest.approx(100, abs=1e-3)  # the clip, not inf or nan
     assert math.isnan(sdr(ref, np.zeros_like(ref)))
 
@@ -82,11 +82,12 @@ def test_pesq_resamples_other_rates():
 def test_unscorable_inputs_give_nan_with_a_reason():
     ref = speech(1, seconds=2.0)[0]
     short = ref[:800]  # 0.1 s
+    tone = np.sin(2 * np.pi * 3900 * np.arange(len(ref)) / 8000)  # outside PESQ's speech band
     cases = {
         "too short": [pesq_score(short, short, 8000), stoi_score(short, short, 8000)],
         "silent reference": [pesq_score(ref, 0 * ref, 8000), stoi_score(ref, 0 * ref, 8000)],
         "silent estimate": [pesq_score(0 * ref, ref, 8000)],
-        "no utterance": [pesq_score(ref, 1e-3 * noise_like(ref), 8000)],
+        "no utterance": [pesq_score(tone, tone, 8000)],
         "non-finite": [pesq_score(np.full_like(ref, np.nan), ref, 8000), stoi_score(ref * np.inf, ref, 8000)],
         "below": [pesq_score(ref, ref, 4000)],
         "30 non-silent frames": [stoi_score(ref[:4000], np.r_[np.zeros(3800), ref[:200]], 8000)],
