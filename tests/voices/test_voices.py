@@ -25,7 +25,7 @@ needs_espeak = pytest.mark.skipif("espeak-ng" not in available_synthesizers(),
 needs_flite = pytest.mark.skipif("flite" not in available_synthesizers(),
                                  reason="flite not installed (apt-get install flite)")
 needs_both = pytest.mark.skipif(len(available_synthesizers()) < 2,
-                                reason="needs espeak-ng and flite (apt-get install espeak-ng flite)")
+                                reason="needs both (apt-get install espeak-ng flite)")
 SMALL = {"num_speakers": 4, "utterances_per_speaker": 2, "seed": 3}
 
 
@@ -135,7 +135,8 @@ def test_speakers_are_distinct_and_split_between_synthesizers(corpus):
 def test_audio_files_match_the_manifest(corpus):
     for entry in read_manifest(corpus):
         assert entry["licence"] == "CC0-1.0"
-        assert entry["path"] == f"{entry['speaker']}/{entry['speaker']}_{entry['utterance']:03d}.flac"
+        speaker = entry["speaker"]
+        assert entry["path"] == f"{speaker}/{speaker}_{entry['utterance']:03d}.flac"
         info = sf.info(corpus / entry["path"])
         assert (info.format, info.subtype, info.channels) == ("FLAC", "PCM_16", 1)
         assert info.samplerate == entry["sample_rate_hz"] == 16000

@@ -109,7 +109,7 @@ def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 
 
     scaling = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                                            "MKL_NUM_THREADS": "1"}})
         try:

@@ -173,7 +173,8 @@ def _init_ray(address: str | None, workers: int | None):
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=workers or os.cpu_count(), **kwargs)
+        # "local" always starts a new instance, whatever RAY_ADDRESS or a running cluster says
+        ray.init(address="local", num_cpus=workers or os.cpu_count(), **kwargs)
     return True
 
 

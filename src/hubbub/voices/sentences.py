@@ -6,8 +6,8 @@ rules) and cover the visually distinct articulations a lip renderer needs: bilab
 labiodentals (f v), rounded and spread vowels, dentals (th).
 
 >>> import numpy as np
->>> make_sentence(np.random.default_rng(0))  # doctest: +SKIP
-'The quiet farmer carried a heavy basket across the bridge.'
+>>> make_sentence(np.random.default_rng(0), min_words=4, max_words=6)
+'Last winter, the frozen violin slept.'
 """
 from __future__ import annotations
 
