@@ -97,11 +97,19 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu") 
 
 @dataclass
 class LoadReport:
-    """Result of :func:`load_backbone`: full state-dict keys copied into the model, and keys of
-    the source that were not (its head, or anything outside the backbone)."""
+    """Result of :func:`load_backbone`, as full state-dict keys (``backbone.encoder.conv.weight``).
+
+    Attributes:
+        loaded: the model's backbone tensors that were copied from the source.
+        ignored: the source's tensors that were not (its head, anything outside ``backbone.*``,
+            and with ``strict=False`` backbone keys the model does not have).
+        missing: the model's backbone tensors the source lacked, left as initialised (only
+            possible with ``strict=False``).
+    """
 
     loaded: list[str]
     ignored: list[str]
+    missing: list[str]
 
 
 def load_backbone(model: Separator, source: Mapping[str, torch.Tensor] | str | Path,
@@ -119,7 +127,8 @@ def load_backbone(model: Separator, source: Mapping[str, torch.Tensor] | str | P
             missing or unexpected key raises); shapes must match either way.
 
     Returns:
-        a :class:`LoadReport` with the ``backbone.*`` keys loaded and the other keys ignored.
+        a :class:`LoadReport`: the ``backbone.*`` keys loaded, the source keys ignored, the
+        backbone keys missing from the source.
 
     Raises:
         ValueError: the checkpoint directory holds a different registered model than ``model``.
@@ -140,4 +149,5 @@ def load_backbone(model: Separator, source: Mapping[str, torch.Tensor] | str | P
     unexpected = set(result.unexpected_keys)
     loaded = sorted(_BACKBONE + k for k in backbone_state if k not in unexpected)
     ignored = sorted(k for k in source if not k.startswith(_BACKBONE) or k[len(_BACKBONE):] in unexpected)
-    return LoadReport(loaded=loaded, ignored=ignored)
+    missing = sorted(_BACKBONE + k for k in result.missing_keys)
+    return LoadReport(loaded=loaded, ignored=ignored, missing=missing)

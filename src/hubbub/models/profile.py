@@ -8,14 +8,15 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def _onednn_lstm_flops(input_shape, weight_ih_shape, weight_hh_shape, *args, out_shape=None, **kwargs) -> int:
+def _onednn_lstm_flops(input_shape, weight_ih_shape, weight_hh_shape, *args, **kwargs) -> int:
     """FLOPs of one direction of one layer of the CPU (oneDNN) LSTM kernel, which FlopCounterMode
     does not know: per step and example, the input and recurrent matmuls (4H x I and 4H x H).
     Gate nonlinearities and additions are ignored, as for every other op."""
     steps_times_batch = 1
     for size in input_shape[:-1]:
         steps_times_batch *= size
-    return 2 * steps_times_batch * (weight_ih_shape[0] * weight_ih_shape[1] + weight_hh_shape[0] * weight_hh_shape[1])
+    weights = weight_ih_shape[0] * weight_ih_shape[1] + weight_hh_shape[0] * weight_hh_shape[1]
+    return 2 * steps_times_batch * weights
 
 
 def count_macs(model: nn.Module, seconds: float = 1.0, sample_rate_hz: int = 8000) -> int:
