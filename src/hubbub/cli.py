@@ -91,6 +91,27 @@ def _cmd_bench_simulate(args) -> int:
     return 0
 
 
+def _train_config(args, default: str):
+    from hubbub.train import load_train_config
+
+    overrides = list(args.set)
+    if args.shards:
+        overrides.append(f"data.shards={args.shards}")
+    if args.model:
+        overrides.append(f"model.name={args.model}")
+    if getattr(args, "init", None):
+        overrides.append(f"init={args.init}")
+    return load_train_config(args.config or default, overrides)
+
+
+def _cmd_finetune_pit(args) -> int:
+    from hubbub.finetune import finetune_pit
+
+    metrics = finetune_pit(_train_config(args, "pit_debug"), args.out)
+    print(json.dumps({"run": args.out, **metrics}))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from hubbub.demo import run_demo
 
@@ -161,6 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--workers", type=int, default=None, help="N for the Ray scaling (default: all cores)")
     bs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     bs.set_defaults(func=_cmd_bench_simulate)
+
+    ft = sub.add_parser("finetune", help="supervised stages").add_subparsers(dest="finetune_cmd", required=True)
+    fp = ft.add_parser("pit", help="permutation-invariant training on a corpus (alone or under accelerate launch)")
+    fp.add_argument("--shards", required=True, help="a corpus made by hubbub simulate")
+    fp.add_argument("--model", default=None, help="convtasnet, dprnn, tfgridnet, glaunet")
+    fp.add_argument("--config", default=None, help="built-in config (pit, pit_debug) or YAML (default pit_debug)")
+    fp.add_argument("--init", default=None, help="a pretrained run or model dir: its backbone starts this run")
+    fp.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    fp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    fp.set_defaults(func=_cmd_finetune_pit)
 
     d = sub.add_parser("demo", help="the main job on the built-in default: voices, simulate, verify, stats")
     d.add_argument("--out", default="demo")

@@ -1,0 +1,1 @@
+"""Pretraining stages (MixIT, codec tokens) on the shared trainer."""

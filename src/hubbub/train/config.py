@@ -1,0 +1,134 @@
+"""Training configs: one typed tree for every stage (PIT now; MixIT, codec tokens, AV later).
+
+A stage config is a YAML file under ``hubbub/finetune/configs`` or ``hubbub/pretrain/configs``
+(``base: other`` inherits and changes a few fields), plus ``--set key=value`` overrides. Every
+stage has a ``*_debug`` config: a tiny model that trains in seconds on CPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from hubbub.config import ConfigError, apply_overrides, from_dict, load_yaml, merge
+
+
+@dataclass
+class ModelConfig:
+    name: str = "convtasnet"
+    size: Literal["debug", "paper"] = "debug"
+    num_sources: int = 2
+    kwargs: dict[str, Any] = field(default_factory=dict)   # changes on top of the size's config
+
+    def validate(self):
+        from hubbub.models import MODELS
+
+        if self.name not in MODELS:
+            raise ConfigError("model.name", f"unknown model {self.name!r} (known: {', '.join(sorted(MODELS))})")
+        if not 1 <= self.num_sources <= 16:
+            raise ConfigError("model.num_sources", f"must be within 1..16, got {self.num_sources}")
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""                      # a corpus made by `hubbub simulate` (--shards)
+    train_split: str = "train"
+    valid_split: str = "valid"
+    target: Literal["reverberant", "early", "direct", "dry"] = "reverberant"
+    crop_s: float = 2.0                   # random training crops
+    batch_size: int = 4                   # per process
+    num_workers: int = 0
+    shuffle_buffer: int = 64
+    valid_max_samples: int = 32           # evaluation during training: the first N valid samples
+
+    def validate(self):
+        if self.crop_s <= 0:
+            raise ConfigError("data.crop_s", "must be > 0")
+        if self.batch_size < 1:
+            raise ConfigError("data.batch_size", "must be >= 1")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 5.0                # max gradient norm; 0 disables
+    grad_accum: int = 1                   # micro-batches per optimizer step
+
+    def validate(self):
+        if self.lr <= 0:
+            raise ConfigError("optim.lr", "must be > 0")
+        if self.grad_accum < 1:
+            raise ConfigError("optim.grad_accum", "must be >= 1")
+
+
+@dataclass
+class ScheduleConfig:
+    kind: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.05            # cosine ends at lr * this
+
+
+@dataclass
+class LossConfig:
+    kind: Literal["si_snr", "snr"] = "si_snr"
+    tau: float = 1e-3                     # snr soft threshold (30 dB cap) and absent-source floor
+    zero_ref: Literal["energy", "ignore"] = "energy"
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "pit"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    steps: int = 200                      # optimizer steps
+    log_every: int = 10
+    eval_every: int = 100                 # 0: only at the end
+    ckpt_every: int = 50
+    keep_checkpoints: int = 2
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 0
+    init: str | None = None               # a run or model dir whose backbone starts this run
+    log_sample_keys: bool = False         # write the keys each rank trained on (tests, audits)
+
+    def validate(self):
+        if self.steps < 1:
+            raise ConfigError("steps", "must be >= 1")
+        for name in ("log_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be >= 1")
+
+
+def config_dirs() -> list[Path]:
+    return [Path(str(resources.files(pkg).joinpath("configs"))) for pkg in ("hubbub.finetune", "hubbub.pretrain")]
+
+
+def _find(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    for d in config_dirs():
+        if (d / f"{name}.yaml").exists():
+            return d / f"{name}.yaml"
+    known = sorted(p.stem for d in config_dirs() if d.exists() for p in d.glob("*.yaml"))
+    raise ConfigError("config", f"{name!r} is neither a config file nor a built-in config ({', '.join(known)})")
+
+
+def _load_raw(name: str, seen: tuple = ()) -> dict:
+    data = load_yaml(_find(name))
+    base = data.pop("base", None)
+    if base:
+        if base in seen:
+            raise ConfigError("base", f"config inheritance loops through {base!r}")
+        data = merge(_load_raw(base, seen + (base,)), data)
+    return data
+
+
+def load_train_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """A built-in config name (``pit_debug``) or YAML path, plus overrides -> :class:`TrainConfig`."""
+    return from_dict(TrainConfig, apply_overrides(_load_raw(name_or_path), list(overrides)))

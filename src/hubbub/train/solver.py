@@ -1,0 +1,280 @@
+"""The one training loop. Stages (PIT, MixIT, codec tokens, AV) subclass :class:`Solver`.
+
+The base class owns the loop on Accelerate: device placement and DDP, mixed precision, gradient
+accumulation and clipping, the learning-rate schedule, NaN/inf steps skipped and counted,
+TensorBoard logging through Accelerate's trackers, a progress bar, checkpoints and exact resume
+(model, optimizer, schedule, RNG and the position in the shard stream). A stage overrides four
+hooks: :meth:`build_model`, :meth:`build_datasets`, :meth:`train_step` and :meth:`evaluate`.
+
+A run directory holds::
+
+    run.json            config, stage, data card, final metrics (written at start and end)
+    metrics.jsonl       one row per logged step (the same numbers TensorBoard gets)
+    checkpoints/step_XXXXXXXX/   model.safetensors + config.json, optimizer.pt, scheduler.pt,
+                        trainer.json, rank{r}.json (data position), rng_rank{r}.pt
+    model/              the final model (save_model), what evaluate/separate/publish read
+    tensorboard/
+
+The same command restarts a killed run from its latest checkpoint and logs exactly the losses an
+uninterrupted run logs. Optimizer and RNG states are loaded with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hubbub.config import to_dict
+from hubbub.shards.writer import atomic_write_json
+from hubbub.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def lr_lambda(cfg: TrainConfig):
+    warmup, total, floor = cfg.schedule.warmup_steps, cfg.steps, cfg.schedule.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule.kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class Solver:
+    """Base trainer. Subclasses implement the hooks; :meth:`run` does the rest.
+
+    Example::
+
+        class MyStage(Solver):
+            def build_model(self): ...
+            def build_datasets(self): return train_ds, valid_ds
+            def train_step(self, model, batch): return loss, {"si_snr": ...}
+            def evaluate(self, model): return {"si_snri": ...}
+
+        MyStage(cfg, "runs/x").run()
+    """
+
+    stage = "base"
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def build_datasets(self):
+        """(train ShardDataset, valid dataset or None); rank and world size are set by the loop."""
+        raise NotImplementedError
+
+    def train_step(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def evaluate(self, model) -> dict[str, float]:
+        return {}
+
+    def data_card(self) -> dict:
+        """What the run was trained on (published with the model)."""
+        return {}
+
+    def final_model(self, model) -> torch.nn.Module:
+        """The model saved to RUN/model (stages with extra heads may strip them)."""
+        return model
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+        from tqdm import tqdm
+
+        from hubbub.models import save_model
+        from hubbub.shards.reader import ShardLoader
+
+        cfg = self.cfg
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        acc = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.optim.grad_accum,
+                          log_with="tensorboard", project_dir=str(self.out_dir / "tensorboard"))
+        self.accelerator = acc
+        set_seed(cfg.seed)
+        model = self.build_model()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                      weight_decay=cfg.optim.weight_decay)
+        # Not prepared by Accelerate: its wrapper steps the schedule once per process, so the
+        # learning rate would depend on the number of processes.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+        model, optimizer = acc.prepare(model, optimizer)
+
+        train_ds, _ = self.build_datasets()
+        train_ds.rank, train_ds.world_size = acc.process_index, acc.num_processes
+        loader = ShardLoader(train_ds, num_workers=cfg.data.num_workers)
+
+        state = {"step": 0, "epoch": 0, "skipped_nonfinite": 0}
+        ckpt = self._latest_checkpoint()
+        if ckpt is not None:
+            state = self._load_checkpoint(ckpt, acc, model, optimizer, scheduler, loader)
+            log.info("resumed from %s at step %d", ckpt, state["step"])
+        elif acc.is_main_process:
+            (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if acc.is_main_process:
+            self._write_run_json(status="running")
+        acc.init_trackers("hubbub", config={k: str(v) for k, v in _flatten(to_dict(cfg)).items()})
+
+        keys_file = None
+        if cfg.log_sample_keys:
+            keys_file = open(self.out_dir / f"samples_rank{acc.process_index}.jsonl", "a")
+        bar = tqdm(total=cfg.steps, initial=state["step"], desc=self.stage, disable=not acc.is_local_main_process)
+        model.train()
+        metrics: dict[str, float] = {}
+        while state["step"] < cfg.steps:
+            loader.set_epoch(state["epoch"])
+            for batch in loader:
+                if keys_file:
+                    keys_file.write(json.dumps({"step": state["step"], "epoch": state["epoch"],
+                                                "keys": list(batch["keys"])}) + "\n")
+                with acc.accumulate(model):
+                    loss, logs = self.train_step(model, batch)
+                    # Every rank must take the same branch or DDP's all-reduce hangs.
+                    finite = acc.gather(torch.isfinite(loss.detach()).float().reshape(1)).min() > 0
+                    if finite:
+                        acc.backward(loss)
+                        if acc.sync_gradients and cfg.optim.grad_clip > 0:
+                            acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                        optimizer.step()
+                    else:
+                        state["skipped_nonfinite"] += 1
+                    optimizer.zero_grad(set_to_none=True)
+                if not acc.sync_gradients:
+                    continue
+                scheduler.step()
+                state["step"] += 1
+                bar.update(1)
+                step = state["step"]
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    # note: a CPU-GPU sync point; only on logging steps
+                    row = {"step": step, "epoch": state["epoch"], "loss": acc.reduce(loss.detach(), "mean").item(),
+                           "lr": scheduler.get_last_lr()[0], "skipped_nonfinite": state["skipped_nonfinite"]}
+                    row.update({k: float(acc.reduce(torch.as_tensor(v, device=acc.device), "mean").item())
+                                for k, v in logs.items()})
+                    self._log(acc, row)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}")
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                    metrics = self._evaluate(acc, model, step)
+                if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                    self._save_checkpoint(acc, model, optimizer, scheduler, loader, state)
+                if step >= cfg.steps:
+                    break
+            else:
+                state["epoch"] += 1
+        bar.close()
+        if keys_file:
+            keys_file.close()
+        metrics = self._evaluate(acc, model, state["step"])
+        if acc.is_main_process:
+            save_model(self.final_model(acc.unwrap_model(model)), self.out_dir / "model")
+            self._write_run_json(status="done", final_metrics=metrics, state=state)
+        acc.wait_for_everyone()
+        acc.end_training()
+        return metrics
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _evaluate(self, acc, model, step: int) -> dict[str, float]:
+        metrics = {}
+        if acc.is_main_process:
+            model.eval()
+            with torch.inference_mode():
+                metrics = self.evaluate(acc.unwrap_model(model))
+            model.train()
+            if metrics:
+                self._log(acc, {"step": step, **{f"valid/{k}": v for k, v in metrics.items()}})
+        acc.wait_for_everyone()
+        return metrics
+
+    def _log(self, acc, row: dict) -> None:
+        acc.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+        if acc.is_main_process:
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _write_run_json(self, **extra) -> None:
+        info = {"stage": self.stage, "config": to_dict(self.cfg), "data_card": self.data_card(),
+                "sample_rate_hz": getattr(self, "sample_rate_hz", None), **extra}
+        atomic_write_json(self.out_dir / "run.json", info)
+
+    def _latest_checkpoint(self) -> Path | None:
+        ckpts = sorted((self.out_dir / "checkpoints").glob("step_*[0-9]"))
+        return ckpts[-1] if ckpts else None
+
+    def _save_checkpoint(self, acc, model, optimizer, scheduler, loader, state) -> None:
+        from hubbub.models import save_model
+
+        root = self.out_dir / "checkpoints"
+        final = root / f"step_{state['step']:08d}"
+        tmp = root / f"step_{state['step']:08d}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        r = acc.process_index
+        atomic_write_json(tmp / f"rank{r}.json", loader.state_dict())
+        torch.save(torch.get_rng_state(), tmp / f"rng_rank{r}.pt")
+        if acc.is_main_process:
+            save_model(acc.unwrap_model(model), tmp)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            atomic_write_json(tmp / "trainer.json", {**state, "world_size": acc.num_processes})
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            tmp.rename(final)  # the checkpoint exists only once every file is in it
+            for old in sorted(root.glob("step_*[0-9]"))[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+            self._truncate_metrics(state["step"])
+        acc.wait_for_everyone()
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop logged rows past ``step``: a resumed run logs them again from the checkpoint."""
+        path = self.out_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(r + "\n" for r in rows))
+        tmp.replace(path)
+
+    def _load_checkpoint(self, ckpt: Path, acc, model, optimizer, scheduler, loader) -> dict:
+        from safetensors.torch import load_file
+
+        trainer = json.loads((ckpt / "trainer.json").read_text())
+        if trainer.get("world_size") != acc.num_processes:
+            raise RuntimeError(f"{ckpt} was written by {trainer.get('world_size')} processes, this run has "
+                               f"{acc.num_processes}: resume with the same number of processes")
+        acc.unwrap_model(model).load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(acc.device)))
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=acc.device, weights_only=True))
+        scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+        r = acc.process_index
+        loader.load_state_dict(json.loads((ckpt / f"rank{r}.json").read_text()))
+        torch.set_rng_state(torch.load(ckpt / f"rng_rank{r}.pt", weights_only=True))
+        if acc.is_main_process:
+            self._truncate_metrics(trainer["step"])
+        acc.wait_for_everyone()
+        return {k: trainer[k] for k in ("step", "epoch", "skipped_nonfinite")}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
