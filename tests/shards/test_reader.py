@@ -1,9 +1,12 @@
+import math
 from collections import Counter
 from itertools import islice
 
 import pytest
 import torch
 
+from hubbub.shards import reader
+from hubbub.shards.format import decode_flac
 from hubbub.shards.reader import ShardDataset, ShardLoader, collate_mixtures
 from hubbub.testing import make_dummy_corpus
 
@@ -14,9 +17,10 @@ many_workers = pytest.mark.filterwarnings("ignore:This DataLoader will create:Us
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    # 14 train samples in shards of 4, 4, 4, 2: shards do not divide evenly over 2 ranks x 2 workers.
-    return make_dummy_corpus(tmp_path_factory.mktemp("corpus"), splits={"train": 14, "valid": 3},
-                             samples_per_shard=4, num_speakers=[1, 2, 3], num_mics=2, seconds=0.5,
+    # 16 train samples in shards of 5, 5, 5, 1: no split of ranks x workers divides the shards evenly,
+    # while 16 samples fill global batches of 2, 4 and 8 (and not of 3, 6 or 12).
+    return make_dummy_corpus(tmp_path_factory.mktemp("corpus"), splits={"train": 16, "valid": 3},
+                             samples_per_shard=5, num_speakers=[1, 2, 3], num_mics=2, seconds=0.5,
                              sample_rate_hz=SAMPLE_RATE_HZ)
 
 
@@ -28,16 +32,55 @@ def loader_keys(loader):
     return [k for batch in loader for k in batch["keys"]]
 
 
-def test_each_sample_once_per_epoch_across_ranks_and_workers(corpus):
+def rank_batches(corpus, world_size, batch_size, num_workers=0, state=None, **kwargs):
+    """For each rank, the keys of each batch its ShardLoader yields."""
+    per_rank = []
+    for rank in range(world_size):
+        ds = ShardDataset(corpus, rank=rank, world_size=world_size, batch_size=batch_size, **kwargs)
+        loader = ShardLoader(ds, num_workers=num_workers)
+        if state is not None:
+            loader.load_state_dict(state)
+        per_rank.append([batch["keys"] for batch in loader])
+    return per_rank
+
+
+def global_batches(per_rank):
+    """Rank batches joined into global batches: batch g of every rank, in rank order."""
+    assert len({len(batches) for batches in per_rank}) == 1, "ranks yield different batch counts"
+    return [[k for batch in step for k in batch] for step in zip(*per_rank)]
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_global_batches_do_not_depend_on_world_size(corpus, world_size, num_workers, drop_last):
+    # W ranks x batch 3 must see the batches of 1 rank x batch 3W: what lets a distributed
+    # trainer reproduce a single-process one. 16 samples leave the last global batch incomplete.
+    kwargs = dict(shuffle_buffer=5, epoch=3, drop_last=drop_last)
+    reference = rank_batches(corpus, 1, 3 * world_size, **kwargs)[0]
+    assert global_batches(rank_batches(corpus, world_size, 3, num_workers, **kwargs)) == reference
+
+    size = 3 * world_size
+    assert len(reference) == (16 // size if drop_last else math.ceil(16 / size))
+    assert all(len(batch) == size for batch in reference)
+    epoch = ShardDataset(corpus, **kwargs).global_sequence()  # batch 1: the unpadded sequence
+    assert sorted(epoch) == all_keys("train", 16)
+    keys = [k for batch in reference for k in batch]
+    if drop_last:
+        assert keys == epoch[:len(keys)]
+    else:  # padded by repeating the head
+        assert keys == epoch + epoch[:len(keys) - 16]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_each_sample_once_per_epoch_across_ranks_and_workers(corpus, world_size):
     orders = []
     for epoch in (0, 1):
-        per_rank = []
-        for rank in (0, 1):
-            ds = ShardDataset(corpus, rank=rank, world_size=2, batch_size=2, shuffle_buffer=5, epoch=epoch)
-            per_rank.append(loader_keys(ShardLoader(ds, num_workers=2)))
-        assert [len(k) for k in per_rank] == [7, 7]
-        assert sorted(per_rank[0] + per_rank[1]) == all_keys("train", 14)
-        orders.append(per_rank)
+        per_rank = rank_batches(corpus, world_size, 2, num_workers=2, shuffle_buffer=5, epoch=epoch)
+        keys = [[k for batch in batches for k in batch] for batches in per_rank]
+        assert [len(k) for k in keys] == [16 // world_size] * world_size
+        assert sorted(k for rank in keys for k in rank) == all_keys("train", 16)
+        orders.append(keys)
     assert orders[0] != orders[1]
 
 
@@ -45,19 +88,24 @@ def test_each_sample_once_per_epoch_across_ranks_and_workers(corpus):
 def test_order_does_not_depend_on_workers(corpus):
     ds = ShardDataset(corpus, rank=1, world_size=2, batch_size=2, shuffle_buffer=3, epoch=4)
     expected = ds.rank_sequence()
+    glob = ds.global_sequence()
+    assert expected == [k for g in range(0, len(glob), 4) for k in glob[g + 2:g + 4]]
     assert [s["key"] for s in ds] == expected
     for num_workers in (1, 2, 3):
         assert loader_keys(ShardLoader(ds, num_workers=num_workers)) == expected
 
 
 def test_seed_and_epoch_fix_the_order(corpus):
-    def order(seed, epoch):
-        return ShardDataset(corpus, seed=seed, epoch=epoch).rank_sequence()
+    def order(seed, epoch, **kwargs):
+        return ShardDataset(corpus, seed=seed, epoch=epoch, shuffle_buffer=5, **kwargs).global_sequence()
 
     assert order(0, 0) == order(0, 0)
     assert order(0, 0) != order(0, 1) and order(0, 0) != order(1, 0)
-    assert sorted(order(0, 1)) == sorted(order(1, 0)) == all_keys("train", 14)
-    assert ShardDataset(corpus, shuffle=False).rank_sequence() == all_keys("train", 14)
+    assert sorted(order(0, 1)) == sorted(order(1, 0)) == all_keys("train", 16)
+    # Neither the rank, the world size nor the batch size changes the epoch's sequence.
+    for world_size, batch_size in [(2, 1), (4, 1), (2, 2), (4, 4), (3, 5)]:
+        assert order(0, 1, rank=world_size - 1, world_size=world_size, batch_size=batch_size)[:16] == order(0, 1)
+    assert ShardDataset(corpus, shuffle=False).rank_sequence() == all_keys("train", 16)
 
 
 @pytest.mark.parametrize("drop_last", [False, True])
@@ -72,13 +120,13 @@ def test_uneven_split_gives_every_rank_the_same_count(corpus, drop_last):
         assert [len(k) for k in per_rank] == [2, 2] and set(seen) == set(all_keys("valid", 3))
 
 
-@pytest.mark.parametrize("consumed", [0, 3, 7, 14])
+@pytest.mark.parametrize("consumed", [0, 3, 7, 16])
 def test_resume_in_process(corpus, consumed):
     ds = ShardDataset(corpus, epoch=2, shuffle_buffer=5)
     full = ds.rank_sequence()
     assert [s["key"] for s in islice(iter(ds), consumed)] == full[:consumed]
     state = ds.state_dict()
-    assert state == {"epoch": 2, "consumed": consumed}
+    assert state == {"epoch": 2, "consumed": consumed, "global_consumed": consumed}
     resumed = ShardDataset(corpus, shuffle_buffer=5)
     resumed.load_state_dict(state)
     resumed.set_epoch(2)  # a resumed training loop sets the epoch again: the position stays
@@ -87,26 +135,81 @@ def test_resume_in_process(corpus, consumed):
     assert [s["key"] for s in resumed] == ds.rank_sequence(3)
 
 
-@many_workers
-@pytest.mark.parametrize("resume_workers", [2, 3])
-def test_resume_with_workers(corpus, resume_workers):
+def test_resume_in_process_inside_a_batch(corpus):
     def make():
-        return ShardDataset(corpus, rank=0, world_size=2, batch_size=2, shuffle_buffer=4, epoch=1)
+        return ShardDataset(corpus, rank=1, world_size=2, batch_size=2, epoch=2, shuffle_buffer=5)
+
+    ds = make()
+    full = ds.rank_sequence()
+    assert [s["key"] for s in islice(iter(ds), 3)] == full[:3]
+    # Mid-batch this rank's position is no prefix of the global sequence: no global_consumed.
+    assert ds.state_dict() == {"epoch": 2, "consumed": 3}
+    resumed = make()
+    resumed.load_state_dict(ds.state_dict())
+    assert [s["key"] for s in resumed] == full[3:]
+
+
+@many_workers
+@pytest.mark.parametrize("resume_workers", [0, 1, 3])
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_resume_with_workers(corpus, world_size, resume_workers):
+    def make():
+        return ShardDataset(corpus, rank=world_size - 1, world_size=world_size, batch_size=2,
+                            shuffle_buffer=4, epoch=1)
 
     loader = ShardLoader(make(), num_workers=2)
     full = loader.dataset.rank_sequence()
-    assert len(loader) == 4
+    num_batches = 8 // world_size
+    assert len(loader) == num_batches and len(full) == 16 // world_size
     seen = []
     for batch in islice(loader, 3):
         seen += batch["keys"]
     state = loader.state_dict()
-    assert state == {"epoch": 1, "consumed": 6} and seen == full[:6]
+    assert state == {"epoch": 1, "consumed": 6, "global_consumed": 6 * world_size} and seen == full[:6]
 
     resumed = ShardLoader(make(), num_workers=resume_workers)
     resumed.load_state_dict(state)
-    assert len(resumed) == 1
+    assert len(resumed) == num_batches - 3
     assert loader_keys(resumed) == full[6:]
-    assert resumed.state_dict() == {"epoch": 1, "consumed": 7}
+    assert resumed.state_dict()["consumed"] == len(full)
+
+
+@pytest.mark.parametrize("world_size, batch_size", [(1, 4), (4, 1), (1, 2), (4, 2), (2, 4)])
+def test_resume_with_another_world_size(corpus, world_size, batch_size):
+    kwargs = dict(shuffle_buffer=5, epoch=1)
+    full = ShardDataset(corpus, **kwargs).global_sequence()
+    states = []
+    for rank in (0, 1):  # 2 ranks x batch 2 stop after 2 global batches
+        loader = ShardLoader(ShardDataset(corpus, rank=rank, world_size=2, batch_size=2, **kwargs))
+        assert sum(len(batch["keys"]) for batch in islice(loader, 2)) == 4
+        states.append(loader.state_dict())
+    assert states == [{"epoch": 1, "consumed": 4, "global_consumed": 8}] * 2
+    rest = global_batches(rank_batches(corpus, world_size, batch_size, state=states[0], **kwargs))
+    assert [k for batch in rest for k in batch] == full[8:]
+
+
+def test_resume_with_another_world_size_needs_a_global_batch_boundary(corpus):
+    ds = ShardDataset(corpus, world_size=3, batch_size=1)
+    with pytest.raises(ValueError, match="global_consumed=8"):
+        ds.load_state_dict({"epoch": 0, "consumed": 4, "global_consumed": 8})
+    # A finished epoch stays finished, although the new run would pad it further.
+    ds = ShardDataset(corpus, rank=3, world_size=4, batch_size=3)
+    ds.load_state_dict({"epoch": 0, "consumed": 16, "global_consumed": 16})
+    assert ds.start == ds.num_samples == 6 and list(ds) == []
+
+
+def test_skipped_samples_are_not_decoded(corpus, monkeypatch):
+    # Every rank streams every shard: what it skips must cost no decoding.
+    decoded = []
+
+    def counting_decode_flac(data):
+        decoded.append(len(data))
+        return decode_flac(data)
+
+    monkeypatch.setattr(reader, "decode_flac", counting_decode_flac)
+    items = list(ShardDataset(corpus, rank=3, world_size=4, batch_size=2))
+    assert len(items) == 4
+    assert len(decoded) == sum(1 + item["num_sources"] for item in items)  # mix + sources
 
 
 def test_crops_have_the_length_asked_and_are_deterministic(corpus):

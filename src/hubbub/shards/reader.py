@@ -9,33 +9,52 @@ Typical use in a trainer (one process per rank)::
         loader.set_epoch(epoch)                      # same epoch: keeps the resume position
         for batch in loader:        # batch["mix"] (B, 1, T), batch["sources"]["reverberant"] (B, S, T)
             ...
-            checkpoint["data"] = loader.state_dict() # {"epoch": e, "consumed": n}
+            checkpoint["data"] = loader.state_dict() # {"epoch": e, "consumed": n, "global_consumed": n * W}
 
 How an epoch is laid out (all of it computed from the sidecars' key lists, no tar is opened):
 
-1. Shuffling permutes the shard order with rng(seed, epoch); the shards' keys concatenated are the
-   epoch's global sequence of ``N`` samples.
-2. Ranks get equal shares so DDP never waits on a rank that ran out: with ``drop_last`` the tail
-   is cut to ``N // world_size`` samples per rank (the cut samples change with the epoch's shard
-   order); without it the sequence is padded to ``ceil(N / world_size)`` per rank by repeating its
-   head, so a few samples are seen twice. Either way every sample is seen exactly once per epoch
-   when ``N`` divides evenly.
-3. Rank r takes the contiguous block r (it reads about 1/world_size of the shards) and permutes it
-   within consecutive windows of ``shuffle_buffer`` samples. This *rank sequence* depends on the
-   seed, epoch, rank, world size and shuffle settings, not on the workers or the batch size.
-4. Worker w of ``num_workers`` takes the chunks ``c`` of ``batch_size`` consecutive positions of
-   the rank sequence with ``c % num_workers == w``. The DataLoader requests batches from its
-   workers in the same round-robin, so batches arrive in rank-sequence order and after ``n``
-   samples the consumer has seen exactly the first ``n`` of the rank sequence.
-5. Resume is therefore one number per rank: ``{"epoch", "consumed"}``. ``load_state_dict`` makes
-   the next iteration start at that position, whatever ``num_workers`` is. Only the consumer
-   knows what it consumed when workers run in other processes, so :class:`ShardLoader` counts the
-   batches it hands out; iterating the dataset in-process counts yields instead.
+1. The epoch's *global sequence* of samples is the same in every process, whatever the rank,
+   world size, worker count or batch size: shuffling permutes the shard order with
+   rng(seed, epoch), concatenates the shards' keys, and permutes that within consecutive windows
+   of ``shuffle_buffer`` samples with a second rng(seed, epoch) stream. It is what a one-process
+   run reads (:meth:`ShardDataset.global_sequence`).
+2. With ``B = batch_size`` per rank and ``W = world_size``, global batch ``g`` is positions
+   ``[g*B*W, (g+1)*B*W)`` of the global sequence, cut into ``W`` chunks of ``B``; rank ``r``
+   takes chunk ``r`` of every global batch. So W ranks x batch B see exactly the global batches
+   (same samples, same crops) of one rank x batch B*W, and a distributed run reproduces a
+   single-process one.
+3. Every rank gets the same count, so DDP never waits on a rank that ran out: the global
+   sequence is padded to a multiple of ``B*W`` by repeating its head (up to ``B*W - 1`` samples
+   are seen twice in the epoch; a single rank pads too), or with ``drop_last`` cut to a multiple,
+   dropping the incomplete last global batch (up to ``B*W - 1`` samples unseen; which ones
+   changes with the epoch's order). Every sample is seen exactly once per epoch when ``B*W``
+   divides the split's size; an evaluation that must count each sample once picks such a size
+   or drops repeated keys.
+4. Worker w of ``num_workers`` takes the chunks ``k`` of this rank (its k-th batch) with
+   ``k % num_workers == w``. The DataLoader requests batches from its workers in the same
+   round-robin, so batches arrive in order and after ``n`` samples the consumer has seen exactly
+   the first ``n`` of the rank's sequence (:meth:`ShardDataset.rank_sequence`).
+5. Resume is therefore one number per rank: ``{"epoch", "consumed"}``, in samples of this rank.
+   ``load_state_dict`` makes the next iteration start at that position, whatever
+   ``num_workers`` is. Only the consumer knows what it consumed when workers run in other
+   processes, so :class:`ShardLoader` counts the batches it hands out; iterating the dataset
+   in-process counts yields instead. At a batch boundary the state also carries
+   ``"global_consumed" = consumed * W``, the position in the global sequence, which is right
+   when all ranks are in step (a DDP loop steps every rank once per global batch). As the
+   global sequence does not depend on W, ``load_state_dict`` given ``global_consumed`` resumes
+   exactly even with another world size or batch size, provided the position is a multiple of
+   the new ``B*W``.
 
-Cost: each worker streams all of its rank's shards and skips other workers' samples without
-decoding them; the workers of a rank read the same shards at about the same time, so the disk
-reads are shared through the page cache. A worker holds at most about
-``shuffle_buffer / num_workers`` undecoded samples in memory.
+Cost: every rank streams every shard of the split, and so does every DataLoader worker, skipping
+the samples of other ranks and workers; that is the price of batches that do not depend on the
+world size. Skipping a sample costs reading its tar headers and its bytes through, with no
+decoding (the FLAC decoding, which dominates the CPU cost, is done only for samples yielded) and
+nothing kept. The reads grow with ``W * num_workers`` where a split of the shards between ranks
+would read each once: on one node the page cache serves the ranks and workers that read the same
+shards at about the same time, but each node reads the whole split every epoch, which matters
+with shards on a network file system or object store. A worker holds about
+``shuffle_buffer / (W * num_workers)`` undecoded samples in memory, plus the head samples it
+must repeat as padding at the end of the epoch.
 """
 from __future__ import annotations
 
@@ -43,6 +62,7 @@ import hashlib
 import json
 import math
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -97,19 +117,21 @@ class ShardDataset(IterableDataset):
         crop_s: random crop length in seconds (FLAC members only; shorter samples are zero-padded
             to it); the crop start is drawn from (seed, epoch, key). None returns whole samples.
         shuffle: permute shards and samples per epoch (see the module docstring).
-        shuffle_buffer: window, in samples, within which a rank's samples are permuted.
+        shuffle_buffer: window, in samples, within which the epoch's global sequence is permuted.
         seed: seed of every random choice; with the epoch it fixes the order and the crops.
         epoch: starting epoch (see :meth:`set_epoch`).
         rank, world_size: this process's share; default from ``torch.distributed`` when it is
             initialised at construction, else 0 and 1.
-        drop_last: cut the epoch to a multiple of ``world_size`` instead of padding it.
+        drop_last: cut the epoch's global sequence to a multiple of ``batch_size * world_size``
+            (dropping the incomplete last global batch) instead of padding it with its head.
         mic: microphone channel of FLAC members to keep; None keeps all.
         max_sources: pad every sample's sources with zero sources to this count (models with a
             fixed number of outputs); a sample with more speakers raises ValueError, because
             skipping it would give ranks unequal sample counts.
-        batch_size: the batch size of the DataLoader that reads this dataset. Workers take chunks
-            of this many samples, which is what keeps batches in rank-sequence order (and resume
-            exact) with ``num_workers > 0``; :class:`ShardLoader` batches by it.
+        batch_size: the per-rank batch size of the DataLoader that reads this dataset. Ranks and
+            workers take chunks of this many samples, which makes global batches independent of
+            the world size and keeps batches in order (and resume exact) with
+            ``num_workers > 0``; :class:`ShardLoader` batches by it.
 
     Iteration starts at the position set by :meth:`load_state_dict` until the epoch changes.
     Example: ``ShardDataset(d, "valid", shuffle=False, mic=None)`` gives every valid sample
@@ -167,10 +189,16 @@ class ShardDataset(IterableDataset):
         self._source_member = re.compile(rf"^s(\d+)\.({target_names})\.(flac|npy)$")
 
     @property
+    def global_num_samples(self) -> int:
+        """Samples of the epoch's global sequence over all ranks: the split's size rounded up
+        (padded) or, with ``drop_last``, down to a multiple of ``batch_size * world_size``."""
+        n, per_step = len(self._keys), self.batch_size * self.world_size
+        return (n // per_step if self.drop_last else math.ceil(n / per_step)) * per_step
+
+    @property
     def num_samples(self) -> int:
-        """Samples this rank yields in a full epoch (equal on every rank)."""
-        n = len(self._keys)
-        return n // self.world_size if self.drop_last else math.ceil(n / self.world_size)
+        """Samples this rank yields in a full epoch (equal on every rank, a multiple of batch_size)."""
+        return self.global_num_samples // self.world_size
 
     @property
     def start(self) -> int:
@@ -186,39 +214,76 @@ class ShardDataset(IterableDataset):
             self._start = self._consumed = 0
 
     def state_dict(self) -> dict:
-        """``{"epoch", "consumed"}``: samples of this epoch this rank has yielded in this process.
+        """``{"epoch", "consumed"[, "global_consumed"]}``: samples of this epoch this rank has
+        yielded in this process, and at a batch boundary the global position (module docstring).
 
         Exact when iterated in this process (directly or with ``num_workers=0``); with DataLoader
         workers use :meth:`ShardLoader.state_dict`, which counts what the consumer received.
         """
-        return {"epoch": self.epoch, "consumed": self._consumed}
+        return self._state(self._consumed)
+
+    def _state(self, consumed: int) -> dict:
+        state = {"epoch": self.epoch, "consumed": consumed}
+        # Mid-batch, this rank's consumed samples are not a prefix of the global sequence.
+        if consumed % self.batch_size == 0:
+            state["global_consumed"] = consumed * self.world_size
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Continue epoch ``state["epoch"]`` after its first ``state["consumed"]`` samples on this
-        rank: "skip the first n samples of this epoch" for a resumed run."""
-        consumed = int(state["consumed"])
-        if not 0 <= consumed <= self.num_samples:
-            raise ValueError(f"consumed={consumed} outside this rank's epoch of {self.num_samples}")
+        rank: "skip the first n samples of this epoch" for a resumed run.
+
+        ``state["global_consumed"]``, when present, is used instead: the position in the global
+        sequence, divided among the ranks of this dataset's world size. It must be a multiple of
+        ``batch_size * world_size`` (ValueError otherwise), except that a position at or past
+        the split's end means the epoch is done. Example: a checkpoint of 2 ranks x batch 2 with
+        ``{"epoch": 1, "consumed": 6, "global_consumed": 12}`` resumes 1 rank x batch 4 at
+        sample 12 of epoch 1, and 4 ranks x batch 1 at sample 3 of each rank.
+        """
+        if "global_consumed" in state:
+            position, per_step = int(state["global_consumed"]), self.batch_size * self.world_size
+            if position < 0:
+                raise ValueError(f"global_consumed={position} is negative")
+            if position >= min(len(self._keys), self.global_num_samples):
+                consumed = self.num_samples  # every sample of the epoch was seen: it is done
+            elif position % per_step == 0:
+                consumed = position // self.world_size
+            else:
+                raise ValueError(f"global_consumed={position} is not a multiple of batch_size x world_size "
+                                 f"= {per_step}: it falls inside a global batch of this run, so it cannot "
+                                 "resume there exactly")
+        else:
+            consumed = int(state["consumed"])
+            if not 0 <= consumed <= self.num_samples:
+                raise ValueError(f"consumed={consumed} outside this rank's epoch of {self.num_samples}")
         self.epoch = int(state["epoch"])
         self._start = self._consumed = consumed
+
+    def global_sequence(self, epoch: int | None = None) -> list[str]:
+        """The keys of ``epoch``'s global sequence (default: the current one) over all ranks, in
+        order, padded or cut: what one rank with batch ``batch_size * world_size`` yields."""
+        return [k.decode() for k in self._keys[self._global_ordinals(self.epoch if epoch is None else epoch)]]
 
     def rank_sequence(self, epoch: int | None = None) -> list[str]:
         """The keys this rank yields in ``epoch`` (default: the current one), in order."""
         return [k.decode() for k in self._keys[self._rank_ordinals(self.epoch if epoch is None else epoch)]]
 
-    def _rank_ordinals(self, epoch: int) -> np.ndarray:
+    def _global_ordinals(self, epoch: int) -> np.ndarray:
         order = np.arange(len(self._paths))
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch, _SHARD_ORDER]).permutation(order)
         seq = np.concatenate([np.arange(self._shard_start[s], self._shard_start[s + 1]) for s in order])
-        per_rank = self.num_samples
-        # np.resize repeats the sequence cyclically when it grows: the padding repeats its head.
-        block = np.resize(seq, per_rank * self.world_size)[self.rank * per_rank:(self.rank + 1) * per_rank]
         if self.shuffle:
-            rng = np.random.default_rng([self.seed, epoch, _WINDOWS, self.rank])
-            window = np.arange(len(block)) // self.shuffle_buffer
-            block = block[np.lexsort((rng.random(len(block)), window))]
-        return block
+            rng = np.random.default_rng([self.seed, epoch, _WINDOWS])
+            window = np.arange(len(seq)) // self.shuffle_buffer
+            seq = seq[np.lexsort((rng.random(len(seq)), window))]
+        # np.resize repeats the sequence cyclically when it grows (the padding repeats its head)
+        # and keeps its head when it shrinks (drop_last).
+        return np.resize(seq, self.global_num_samples)
+
+    def _rank_ordinals(self, epoch: int) -> np.ndarray:
+        steps = self._global_ordinals(epoch).reshape(-1, self.world_size, self.batch_size)
+        return steps[:, self.rank].reshape(-1)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -237,12 +302,14 @@ class ShardDataset(IterableDataset):
         """Raw samples (member name -> bytes) for ``ordinals``, in that order, each tar read once.
 
         Shards are opened when first needed and stay open while they still hold samples this
-        worker needs; samples read ahead of their turn wait in ``ready``.
+        worker needs; samples read ahead of their turn wait in ``ready``, and so do samples
+        needed again later (the epoch's padding repeats its head).
         """
         needed: dict[int, set[str]] = {}
         for o in ordinals:
             needed.setdefault(int(self._shard_of[o]), set()).add(self._keys[o].decode())
         pending = {s: len(keys) for s, keys in needed.items()}
+        uses = Counter(int(o) for o in ordinals)
         open_shards: dict[int, tuple] = {}
         ready: dict[str, dict] = {}
         try:
@@ -260,7 +327,8 @@ class ShardDataset(IterableDataset):
                     pending[shard] -= 1
                     if pending[shard] == 0:
                         open_shards.pop(shard)[0].close()
-                yield ready.pop(key)
+                uses[int(o)] -= 1
+                yield ready[key] if uses[int(o)] else ready.pop(key)
         finally:
             for f, _ in open_shards.values():
                 f.close()
@@ -274,7 +342,7 @@ class ShardDataset(IterableDataset):
         return group_by_keys(tar_file_expander([source], select_files=select))
 
     def _wanted(self, member: str) -> bool:
-        # Members nobody asked for are skipped unread: they cost neither memory nor decoding.
+        # Members nobody asked for are read past, not kept: they cost neither memory nor decoding.
         return member in ("json", "mix.flac") or member in self.extras or bool(self._source_member.match(member))
 
     def _decode(self, raw: dict) -> dict:
@@ -382,8 +450,9 @@ class ShardLoader:
     to ``accelerate``'s ``prepare``: the dataset already splits by rank, and prepare would wrap
     it in an ``IterableDatasetShard`` that splits it again. Example::
 
-        loader = ShardLoader(ShardDataset(d, batch_size=4, rank=r, world_size=w), num_workers=2)
-        loader.load_state_dict({"epoch": 3, "consumed": 40})   # resume after 10 batches
+        loader = ShardLoader(ShardDataset(d, batch_size=4, rank=r, world_size=2), num_workers=2)
+        loader.load_state_dict({"epoch": 3, "consumed": 40})         # resume after 10 batches
+        loader.load_state_dict({"epoch": 3, "global_consumed": 80})  # the same, saved by any world size
     """
 
     def __init__(self, dataset: ShardDataset, *, num_workers: int = 0,
@@ -404,8 +473,9 @@ class ShardLoader:
     def __iter__(self) -> Iterator:
         ds = self.dataset
         self._consumed = ds.start
-        # Batches come out in rank-sequence order, every one full except the epoch's last, so the
-        # count is exact without looking inside the (user-collated) batches.
+        # Batches come out in rank-sequence order, every one full except the epoch's last after a
+        # resume inside a batch, so the count is exact without looking inside the (user-collated)
+        # batches.
         for batch in DataLoader(ds, **self._loader_kwargs):
             self._consumed = min(self._consumed + ds.batch_size, ds.num_samples)
             yield batch
@@ -417,10 +487,14 @@ class ShardLoader:
         self.dataset.set_epoch(epoch)
 
     def state_dict(self) -> dict:
-        """``{"epoch", "consumed"}``: samples of the epoch this rank has received, for checkpoints."""
-        return {"epoch": self.dataset.epoch, "consumed": self._consumed}
+        """``{"epoch", "consumed", "global_consumed"}``: samples of the epoch this rank has
+        received, and the position in the global sequence, for checkpoints (see
+        :meth:`ShardDataset.load_state_dict`). ``global_consumed`` is left out only after a
+        resume inside a batch, where this rank's position is no global batch boundary."""
+        return self.dataset._state(self._consumed)
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume: the next iteration starts after ``state["consumed"]`` samples of ``state["epoch"]``."""
+        """Resume: the next iteration starts after ``state["consumed"]`` samples of ``state["epoch"]``
+        (or at ``state["global_consumed"]``, see :meth:`ShardDataset.load_state_dict`)."""
         self.dataset.load_state_dict(state)
-        self._consumed = int(state["consumed"])
+        self._consumed = self.dataset.start
