@@ -103,7 +103,9 @@ class Solver:
 
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        acc = Accelerator(mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.optim.grad_accum,
+        # Without a GPU, processes started by `accelerate launch --multi_gpu` or torchrun must be
+        # told they are CPU ranks, or each would train alone as rank 0 (gloo is used then).
+        acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.optim.grad_accum,
                           log_with="tensorboard", project_dir=str(self.out_dir / "tensorboard"))
         self.accelerator = acc
         set_seed(cfg.seed)

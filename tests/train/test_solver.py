@@ -1,0 +1,120 @@
+"""The trainer: exact resume after a kill, 2 processes == 1 process, NaN steps skipped, init."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hubbub.finetune import PITStage, finetune_pit
+from hubbub.testing import make_dummy_corpus
+from hubbub.train import load_train_config
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_dummy_corpus(tmp_path_factory.mktemp("corpus"), splits={"train": 16, "valid": 4},
+                             samples_per_shard=5, num_speakers=[1, 2], seconds=1.0)
+
+
+def _cfg(corpus, *extra):
+    return load_train_config("pit_debug", [f"data.shards={corpus}", "data.crop_s=0.5", "log_every=1",
+                                           "ckpt_every=4", *extra])
+
+
+def _losses(run: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def test_a_killed_run_resumes_and_logs_the_same_losses(tmp_path, corpus):
+    steps = 40
+    finetune_pit(_cfg(corpus, f"steps={steps}"), tmp_path / "full")
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "hubbub.cli", "finetune", "pit", "--shards", str(corpus), "--out", str(out),
+           "--set", "data.crop_s=0.5", "--set", "log_every=1", "--set", "ckpt_every=4", "--set", f"steps={steps}"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "checkpoints").glob("step_00000008")):
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model").exists(), "killed before the end"
+    resumed_from = max(int(p.name[5:]) for p in (out / "checkpoints").glob("step_*[0-9]"))
+    assert 8 <= resumed_from < steps
+    finetune_pit(_cfg(corpus, f"steps={steps}"), out)  # the same command again
+    assert _losses(out) == _losses(tmp_path / "full")
+    a, b = load_file(str(out / "model" / "model.safetensors")), load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, corpus):
+    steps = 6
+    finetune_pit(_cfg(corpus, f"steps={steps}", "data.batch_size=4", "log_sample_keys=true"), tmp_path / "one")
+    out = tmp_path / "two"
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           "-m", "hubbub.cli", "finetune", "pit", "--shards", str(corpus), "--out", str(out),
+           "--set", "data.crop_s=0.5", "--set", "log_every=1", "--set", "ckpt_every=4", "--set", f"steps={steps}",
+           "--set", "data.batch_size=2", "--set", "log_sample_keys=true"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def keys(run, rank):
+        return [json.loads(line) for line in (run / f"samples_rank{rank}.jsonl").read_text().splitlines()]
+
+    one = keys(tmp_path / "one", 0)
+    r0, r1 = keys(out, 0), keys(out, 1)
+    assert len(one) == len(r0) == len(r1) == steps
+    for a, b, c in zip(one, r0, r1):
+        assert sorted(a["keys"]) == sorted(b["keys"] + c["keys"])  # the same global batch
+    epoch0 = [k for row in r0 + r1 if row["epoch"] == 0 for k in row["keys"]]
+    assert sorted(epoch0) == sorted(set(epoch0)) and len(epoch0) == 16  # each sample once per epoch
+    for (s1, l1), (s2, l2) in zip(_losses(tmp_path / "one"), _losses(out)):
+        assert s1 == s2 and l1 == pytest.approx(l2, rel=1e-4, abs=1e-4)
+    a, b = load_file(str(tmp_path / "one" / "model" / "model.safetensors")), load_file(str(out / "model" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_steps_are_skipped_and_counted(tmp_path, corpus, monkeypatch):
+    real = PITStage.train_step
+    calls = {"n": 0}
+
+    def sometimes_nan(self, model, batch):
+        loss, logs = real(self, model, batch)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] in (3, 5) else loss), logs
+
+    monkeypatch.setattr(PITStage, "train_step", sometimes_nan)
+    finetune_pit(_cfg(corpus, "steps=8"), tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-2]["skipped_nonfinite"] == 2 or rows[-1].get("skipped_nonfinite") == 2
+    weights = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_finetune_from_a_pretrained_backbone_with_more_sources(tmp_path, corpus):
+    finetune_pit(_cfg(corpus, "steps=2"), tmp_path / "pre")
+    cfg = _cfg(corpus, "steps=1", "model.num_sources=3", f"init={tmp_path / 'pre'}")
+    stage = PITStage(cfg, tmp_path / "ft")
+    model = stage.build_model()
+    pre = load_file(str(tmp_path / "pre" / "model" / "model.safetensors"))
+    for k, v in model.state_dict().items():
+        if k.startswith("backbone."):
+            assert torch.equal(v, pre[k])
+    assert model.num_sources == 3
+    finetune_pit(cfg, tmp_path / "ft")
+    assert json.loads((tmp_path / "ft" / "run.json").read_text())["status"] == "done"
+
+
+def test_bad_config_names_the_field(corpus):
+    from hubbub.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.name"):
+        _cfg(corpus, "model.name=nope")
