@@ -1,0 +1,318 @@
+"""Publishing separators: a model directory with a model card that says what the model learnt from.
+
+A published directory (and Hugging Face Hub repository) holds::
+
+    config.json          registered model name + kwargs     (hubbub.models.save_model)
+    model.safetensors    the weights (never pickle: loading cannot run code)
+    README.md            model card: YAML metadata (library_name: hubbub, tags, license) and a
+                         data card: recipe, rooms, RT60/SNR/SIR ranges, noise, speech corpus,
+                         licences, hours and mixtures per split; training stage, steps, metrics
+    data_card.json       the same card, machine-readable
+
+A separation model's behaviour is set by its simulated training data (a model trained on
+anechoic 2-speaker mixtures fails in a reverberant café), so the card carries the data's recipe,
+not only the architecture::
+
+    publish_run("runs/pit", "published/whamr-convtasnet", repo_id="me/whamr-convtasnet")
+    model = from_pretrained("me/whamr-convtasnet")
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from huggingface_hub import HfApi, ModelCard, ModelCardData, snapshot_download
+
+from hubbub.models import Separator, load_model, save_model
+from hubbub.models.io import CONFIG_NAME, WEIGHTS_NAME
+from hubbub.separate import CARD_NAME, RUN_CONFIG_NAME, RUN_MODEL_DIR
+from hubbub.shards.writer import atomic_write_bytes, atomic_write_json, load_index
+
+README_NAME = "README.md"
+TAGS = ["speech-separation", "audio-to-audio"]
+# Suffixes of pickle-based checkpoints (torch.save): refused, since unpickling can run any code.
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
+
+
+def _strip_paths(obj):
+    """Absolute paths -> their last component: a public card must not reveal a machine's layout."""
+    if isinstance(obj, str):
+        return Path(obj).name if os.path.isabs(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _strip_paths(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strip_paths(v) for v in obj]
+    return obj
+
+
+def _span(values, unit: str = "") -> str:
+    """[lo, hi] -> "lo to hi unit" ("lo unit" when equal); a scalar as is."""
+    suffix = f" {unit}" if unit else ""
+    if isinstance(values, (list, tuple)):
+        lo, hi = values
+        return f"{lo:g}{suffix}" if lo == hi else f"{lo:g} to {hi:g}{suffix}"
+    return f"{values:g}{suffix}" if isinstance(values, (int, float)) else str(values)
+
+
+def _recipe_rows(recipe: dict, data: dict) -> list[tuple[str, str]]:
+    """(property, value) rows describing how the training mixtures were simulated.
+
+    A section missing from ``recipe`` gives no row; a present one is complete (recipes are
+    written from the typed config).
+    """
+    rows = []
+    if "sample_rate_hz" in recipe:
+        rows.append(("sample rate", f"{recipe['sample_rate_hz']} Hz"))
+    if speakers := recipe.get("speakers"):
+        dist = speakers["distribution"]
+        rows.append(("speakers per mixture", ", ".join(f"{k}: {p:.0%}" for k, p in dist.items())
+                     if dist else str(speakers["count"])))
+    if duration := recipe.get("duration"):
+        rows.append(("duration", f"{duration['fixed_s']:g} s" if duration["mode"] == "fixed" else
+                     f"{duration['mode']} of the utterances' lengths, at most {duration['max_s']:g} s"))
+    if overlap := recipe.get("overlap"):
+        rows.append(("overlap", "full" if overlap["mode"] == "full"
+                     else f"{overlap['mode']}, ratio {_span(overlap['ratio'])}"))
+    if room := recipe.get("room"):
+        if room["rir_mode"] == "anechoic":
+            rows.append(("room", "anechoic"))
+        else:
+            rows.append(("RT60", f"{_span(room['rt60_s'], 's')} ({room['rir_mode']} RIRs)"))
+            rows.append(("room size", " × ".join(_span(room[k]) for k in ("length_m", "width_m", "height_m")) + " m"))
+    if mics := recipe.get("mics"):
+        rows.append(("microphones", f"{mics['count']} ({mics['array']})"))
+    if mixing := recipe.get("mixing"):
+        rows.append(("SIR", _span(mixing["sir_db"], "dB")))
+    if noise := recipe.get("noise"):
+        kind = noise["kind"]
+        if kind != "none":
+            rows.append(("SNR", _span(mixing["snr_db"], "dB")))
+        if kind == "babble":
+            kind = f"babble of {_span(noise['babble_speakers'])} speakers"
+        elif kind == "coloured":
+            kind = f"coloured, spectral exponent {_span(noise['colour_exponent'])}"
+        elif kind == "folder":
+            kind = f"recordings from {data.get('noise') or noise['folder']}"
+        rows.append(("noise", kind if kind == "none" else f"{kind} ({noise['spatial']})"))
+    return rows
+
+
+def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
+    return ([f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
+            + [f"| {' | '.join(str(c) for c in row)} |" for row in rows])
+
+
+def _flatten(metrics: dict, prefix: str = "") -> list[tuple[str, str]]:
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            rows += _flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", f"{value:.3f}" if isinstance(value, float) else str(value)))
+    return rows
+
+
+def _card_body(model: Separator, card: dict, title: str) -> str:
+    spec = model.spec or {}
+    rate = card.get("sample_rate_hz")
+    params = sum(p.numel() for p in model.parameters())
+    lines = [f"# {title}", "",
+             f"A {spec.get('name', type(model).__name__)} speech separator with {model.num_sources} outputs "
+             f"({params / 1e6:.2f} M parameters" + (f", {rate} Hz" if rate else "") + "), trained with hubbub "
+             "on simulated mixtures.", "",
+             "## Usage", "", "```python",
+             "from hubbub.publish import from_pretrained",
+             "from hubbub.separate import separate_waveform", "",
+             f'model = from_pretrained("{title}")',
+             f"sources = separate_waveform(model, mixture, sample_rate_hz={rate or 'RATE'})   # (T,) -> (S, T)",
+             "```", "", "or from the shell: `hubbub separate DIR mixture.wav --out separated/`."]
+    training = card.get("training") or {}
+    if training:
+        lines += ["", "## Training", ""]
+        lines += _table(("stage", "steps", "target"),
+                        [(training.get("stage", "?"), training.get("steps", "?"), training.get("target", "?"))])
+        if training.get("final_metrics"):
+            lines += ["", "Final metrics:", ""] + _table(("metric", "value"), _flatten(training["final_metrics"]))
+    data = card.get("data") or {}
+    recipe = data.get("recipe") or {}
+    lines += ["", "## Training data", ""]
+    if recipe.get("name"):
+        lines += [f"Mixtures simulated with the hubbub recipe **{recipe['name']}**"
+                  + (f": {recipe['description']}." if recipe.get("description") else "."), ""]
+    rows = _recipe_rows(recipe, data)
+    if rows:
+        lines += _table(("property", "value"), rows) + [""]
+    corpus = data.get("speech_corpus_name") or data.get("speech_corpus")
+    if corpus:
+        lines += [f"Speech: **{corpus}**"
+                  + (f", {data['speech_hours']:g} hours" if data.get("speech_hours") is not None else "")
+                  + (f" in {data['utterances']} utterances" if data.get("utterances") else "") + ".", ""]
+    lines += [f"Licences of the source audio: {', '.join(data.get('licences') or ['not recorded'])}."]
+    splits = data.get("splits") or {}
+    speakers = data.get("speakers_per_split") or {}
+    if splits:
+        lines += ["", "### Splits", ""]
+        lines += _table(("split", "mixtures", "hours", "speakers"),
+                        [(name, s.get("num_samples", "?"), f"{s['hours']:g}" if "hours" in s else "?",
+                          speakers.get(name, "?")) for name, s in splits.items()])
+    return "\n".join(lines) + "\n"
+
+
+def save_pretrained(model: Separator, out_dir: str | Path, *, card: dict) -> Path:
+    """Write ``model`` with its model card: config.json, model.safetensors, README.md, data_card.json.
+
+    Args:
+        model: a separator built by :func:`hubbub.models.build_model` (it needs a spec).
+        out_dir: created if needed; files are written atomically (temporary name, rename).
+        card: what the card says beyond the model itself; every key is optional::
+
+            license          the model's licence, a Hub licence id ("apache-2.0", "cc-by-4.0";
+                             default "other")
+            title            the card's title and the id in its usage example (default: out_dir's name)
+            sample_rate_hz   the model's rate (hubbub separate reads it from data_card.json)
+            training         {"stage", "steps", "target", "final_metrics": {name: value}}
+            data             the data card: {"recipe": recipe dict, "splits": {split:
+                             {"num_samples", "hours"}}, "speech_corpus_name", "speech_hours",
+                             "utterances", "speakers_per_split", "licences", "noise"} (a corpus
+                             index.json's data_card plus its recipe and splits)
+
+            Absolute paths anywhere in it are reduced to their last component.
+
+    Returns:
+        ``out_dir``.
+
+    Example::
+
+        save_pretrained(model, "published/tiny", card={"license": "apache-2.0", "sample_rate_hz": 8000})
+    """
+    out_dir = Path(out_dir)
+    card = _strip_paths(card)
+    save_model(model, out_dir)
+    title = card.get("title") or out_dir.resolve().name
+    metadata = ModelCardData(license=card.get("license") or "other", library_name="hubbub", tags=list(TAGS),
+                             pipeline_tag="audio-to-audio")
+    readme = ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{_card_body(model, card, title)}")
+    atomic_write_bytes(out_dir / README_NAME, str(readme).encode())
+    atomic_write_json(out_dir / CARD_NAME, card)
+    return out_dir
+
+
+def _check_weights(directory: Path, source: str) -> None:
+    if (directory / WEIGHTS_NAME).exists() and (directory / CONFIG_NAME).exists():
+        return
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(f"{source} holds a pickle checkpoint ({', '.join(pickles)}) but no {WEIGHTS_NAME}: "
+                         f"hubbub loads safetensors only, because unpickling a file can run arbitrary code. "
+                         f"If you trust it, load it yourself and write it with hubbub.models.save_model.")
+    raise FileNotFoundError(f"{source} has no {CONFIG_NAME} + {WEIGHTS_NAME} (a hubbub model directory)")
+
+
+def from_pretrained(dir_or_repo_id: str | Path, *, revision: str | None = None) -> Separator:
+    """Load a published separator from a local directory or a Hugging Face Hub repository.
+
+    Args:
+        dir_or_repo_id: a directory written by :func:`save_pretrained` (or :func:`publish_run`,
+            or any ``save_model`` directory), or a Hub model id ``"namespace/name"``; anything
+            that is not an existing directory is treated as a repo id.
+        revision: Hub branch, tag or commit (repo ids only).
+
+    Returns:
+        the separator on CPU, in eval mode.
+
+    Raises:
+        ValueError: the directory has only a pickle checkpoint (``pytorch_model.bin``, ``*.pt``...):
+            those are refused, never unpickled.
+        FileNotFoundError: a path that does not exist, or a directory/repo without
+            config.json + model.safetensors.
+
+    Only config.json, model.safetensors and the card are downloaded from a repo, never other files.
+
+    Example::
+
+        model = from_pretrained("published/whamr-convtasnet")
+        model = from_pretrained("me/whamr-convtasnet")
+    """
+    source = str(dir_or_repo_id)
+    directory = Path(dir_or_repo_id)
+    if not directory.is_dir():
+        # A Hub id is "name" or "namespace/name"; anything path-like that is missing is a typo,
+        # which the Hub's "repository not found" would only obscure.
+        if directory.exists() or directory.is_absolute() or source.startswith(".") or source.count("/") > 1:
+            raise FileNotFoundError(f"{source}: not a model directory")
+        directory = Path(snapshot_download(source, revision=revision,
+                                           allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, README_NAME, CARD_NAME]))
+    _check_weights(directory, source)
+    return load_model(directory).eval()
+
+
+def _licence_id(licences: list[str]) -> str:
+    """The Hub licence id implied by the training audio's licences: the single one, lower-cased
+    (SPDX "CC-BY-4.0" -> Hub "cc-by-4.0"); "other" for none, several or unknown."""
+    distinct = set(licences)
+    if len(distinct) != 1 or "unknown" in distinct:
+        return "other"
+    return distinct.pop().lower()
+
+
+def run_card(run_dir: str | Path, *, license: str | None = None) -> dict:
+    """The card of a training run (see :func:`save_pretrained`), from ``run.json`` and its corpus.
+
+    The data card is the corpus ``index.json``'s (data card, recipe, splits) when the corpus
+    directory named by ``config.data.shards`` still exists, else the ``data_card`` that run.json
+    kept (the trainer copies those three into it). The licence defaults to the training audio's,
+    when it has exactly one.
+    """
+    run_dir = Path(run_dir)
+    run = json.loads((run_dir / RUN_CONFIG_NAME).read_text())
+    config = run.get("config") or {}
+    data = dict(run.get("data_card") or {})
+    shards = (config.get("data") or {}).get("shards")
+    if shards and (Path(shards) / "index.json").exists():
+        index = load_index(shards)
+        data.update(index.get("data_card") or {}, recipe=index.get("recipe", {}), splits=index.get("splits", {}))
+    return {
+        "license": license or _licence_id(data.get("licences") or []),
+        "sample_rate_hz": run.get("sample_rate_hz"),
+        "training": {"stage": run.get("stage"), "steps": run.get("steps"),
+                     "target": (config.get("data") or {}).get("target"), "model": config.get("model"),
+                     "final_metrics": run.get("final_metrics") or {}},
+        "data": data,
+    }
+
+
+def upload(folder: str | Path, repo_id: str, *, private: bool = True) -> str:
+    """Upload a published folder to a Hub model repository (created if missing); returns the
+    commit URL. Needs a token (``huggingface-cli login`` or ``HF_TOKEN``)."""
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload hubbub separator")
+    return commit.commit_url
+
+
+def publish_run(run_dir: str | Path, to_dir: str | Path, *, repo_id: str | None = None, private: bool = True,
+                license: str | None = None) -> Path:
+    """Publish a training run's final model: :func:`save_pretrained` with :func:`run_card`,
+    then, with ``repo_id``, :func:`upload` to the Hub.
+
+    Args:
+        run_dir: a training run (``run.json`` + ``model/``).
+        to_dir: the published directory (created; existing files of the same names replaced).
+        repo_id: Hub model id to upload to, ``"namespace/name"``; None publishes locally only.
+        private: create the Hub repository private (an existing repository keeps its visibility).
+        license: the model's Hub licence id; default from the training audio (see :func:`run_card`).
+
+    Returns:
+        ``to_dir``.
+
+    Example::
+
+        publish_run("runs/pit", "published/whamr-convtasnet", repo_id="me/whamr-convtasnet")
+    """
+    card = run_card(run_dir, license=license)
+    card["title"] = repo_id or Path(to_dir).resolve().name
+    to_dir = save_pretrained(load_model(Path(run_dir) / RUN_MODEL_DIR), to_dir, card=card)
+    if repo_id:
+        upload(to_dir, repo_id, private=private)
+    return to_dir
