@@ -112,10 +112,39 @@ def _cmd_finetune_pit(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    from hubbub.evaluate import evaluate_run, format_markdown
+
+    results = evaluate_run(args.run, args.shards, split=args.split, max_samples=args.max_samples)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        print(format_markdown(results))
+        print(f"written to {results['out_dir']}")
+    return 0
+
+
+def _cmd_separate(args) -> int:
+    from hubbub.separate import separate_file
+
+    for path in separate_file(args.run, args.input, args.out, chunk_s=args.chunk_s, overlap_s=args.overlap_s,
+                              sample_rate_hz=args.sample_rate_hz):
+        print(path)
+    return 0
+
+
+def _cmd_publish(args) -> int:
+    from hubbub.publish import publish_run
+
+    out = publish_run(args.run, args.to, repo_id=args.repo_id, private=not args.public, license=args.license)
+    print(f"published {args.run} to {out}" + (f" and {args.repo_id}" if args.repo_id else ""))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from hubbub.demo import run_demo
 
-    return run_demo(args.out, num=args.num, workers=args.workers)
+    return run_demo(args.out, num=args.num, train_num=args.train_num, steps=args.steps, workers=args.workers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,9 +222,36 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     fp.set_defaults(func=_cmd_finetune_pit)
 
+    ev = sub.add_parser("evaluate", help="SI-SNRi, SDRi, PESQ, STOI overall and by RT60, SNR, overlap, speakers")
+    ev.add_argument("run")
+    ev.add_argument("--shards", required=True)
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--max-samples", type=int, default=None)
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    se = sub.add_parser("separate", help="separate a recording of any length (chunked, bounded memory)")
+    se.add_argument("run", help="a run, or a model/published directory")
+    se.add_argument("input")
+    se.add_argument("--out", required=True)
+    se.add_argument("--chunk-s", type=float, default=8.0)
+    se.add_argument("--overlap-s", type=float, default=2.0)
+    se.add_argument("--sample-rate-hz", type=int, default=None, help="for a bare model directory")
+    se.set_defaults(func=_cmd_separate)
+
+    pu = sub.add_parser("publish", help="save a run as a pretrained model with its data card (and upload)")
+    pu.add_argument("run")
+    pu.add_argument("--to", required=True)
+    pu.add_argument("--repo-id", default=None, help="also upload to the Hugging Face Hub")
+    pu.add_argument("--public", action="store_true")
+    pu.add_argument("--license", default=None)
+    pu.set_defaults(func=_cmd_publish)
+
     d = sub.add_parser("demo", help="the main job on the built-in default: voices, simulate, verify, stats")
     d.add_argument("--out", default="demo")
-    d.add_argument("--num", type=int, default=200)
+    d.add_argument("--num", type=int, default=200, help="WHAMR!-style mixtures")
+    d.add_argument("--train-num", type=int, default=800, help="LibriMix-style mixtures to train on")
+    d.add_argument("--steps", type=int, default=600, help="PIT training steps")
     d.add_argument("--workers", type=int, default=None)
     d.set_defaults(func=_cmd_demo)
     return p

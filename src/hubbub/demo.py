@@ -1,25 +1,49 @@
-"""The README's main job on the built-in default: voices -> simulated corpus -> verify -> stats."""
+"""The README's main job on the built-in default, end to end on a CPU in a few minutes:
+
+1. the built-in voices (espeak-ng + flite);
+2. a WHAMR!-style corpus, verified, with its statistics plot;
+3. a LibriMix-style 8 kHz corpus, a debug Conv-TasNet trained on it with PIT, and its evaluation
+   on the valid split against the unprocessed mixture.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def run_demo(out: str | Path, *, num: int = 200, workers: int | None = None, recipe: str = "whamr") -> int:
+def run_demo(out: str | Path, *, num: int = 200, train_num: int = 800, steps: int = 600,
+             workers: int | None = None) -> int:
+    from hubbub.evaluate import evaluate_run, format_markdown
+    from hubbub.finetune import finetune_pit
     from hubbub.shards.stats import corpus_stats, format_stats, plot_stats
     from hubbub.shards.verify import verify_corpus
     from hubbub.simulate import load_recipe, simulate
+    from hubbub.train import load_train_config
     from hubbub.voices import make_voices
 
     out = Path(out)
     voices = make_voices(out / "voices", progress=True).parent
-    print(f"[1/3] built-in voices in {voices}")
-    res = simulate(load_recipe(recipe, [f"speech.corpus={voices}"]), num=num, out_dir=out / recipe, workers=workers)
-    print(f"[2/3] {num} {recipe} mixtures in {res.out_dir} "
-          f"({len(res.failed_samples)} failed, {len(res.skipped_files)} source files skipped)")
+    print(f"[1/4] built-in voices in {voices}")
+
+    res = simulate(load_recipe("whamr", [f"speech.corpus={voices}"]), num=num, out_dir=out / "whamr", workers=workers)
     report = verify_corpus(res.out_dir)
     print(report.format())
     stats = corpus_stats(res.out_dir)
     plot_stats(stats, res.out_dir / "stats.png")
     print(format_stats(stats))
-    print(f"[3/3] verified; stats plot: {res.out_dir / 'stats.png'}")
-    return 0 if report.ok else 1
+    print(f"[2/4] {num} WHAMR!-style mixtures in {res.out_dir}, verified; stats plot {res.out_dir / 'stats.png'}")
+    if not report.ok:
+        return 1
+
+    train = simulate(load_recipe("librimix", [f"speech.corpus={voices}", "sample_rate_hz=8000"]), num=train_num,
+                     out_dir=out / "librimix8k", workers=workers)
+    print(f"[3/4] {train_num} LibriMix-style mixtures in {train.out_dir}")
+    cfg = load_train_config("pit_debug", [f"data.shards={train.out_dir}", f"steps={steps}", "eval_every=200",
+                                          "data.crop_s=2.0", "log_every=50"])
+    run = out / "runs" / "pit-convtasnet-debug"
+    finetune_pit(cfg, run)
+    results = evaluate_run(run, train.out_dir, split="valid", metrics=("si_snri", "sdri", "stoi"))
+    print(format_markdown(results))
+    gain = results["overall"]["mean"]["si_snri"]
+    print(f"[4/4] PIT run {run}: SI-SNRi on the valid split {gain:+.2f} dB over the unprocessed mixture "
+          f"(report in {results['out_dir']})")
+    return 0

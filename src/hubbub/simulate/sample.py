@@ -335,7 +335,7 @@ def convolve_sources(placed: np.ndarray, filter_sets: list[np.ndarray], n: int) 
     out = []
     for f in filter_sets:
         h = sp_fft.rfft(f.astype(np.float32), nfft, axis=-1)                             # (S, M, F)
-        out.append(sp_fft.irfft(x * h, nfft, axis=-1)[..., :n].astype(np.float64))
+        out.append(sp_fft.irfft(x * h, nfft, axis=-1)[..., :n])
     return out
 
 
@@ -376,12 +376,12 @@ def render(params: dict) -> Rendered:
         gains[k] = math.sqrt(p0 * 10 ** (srcs[k]["sir_db"] / 10) / pk) if pk > 0 else 0.0
     signals: dict[str, Any] = {}
     for name, img in zip(wanted, images):
-        img *= gains[:, None, None]
+        img *= gains[:, None, None].astype(np.float32)
         signals[name] = img
     speech = rev.sum(0)
     delays = [int(round(float(rir_set.direct_delay_samples[k, ref]))) for k in range(len(srcs))]
     if "dry" in targets:
-        dry = np.zeros((len(srcs), n))
+        dry = np.zeros((len(srcs), n), np.float32)
         for k, d in enumerate(delays):
             dry[k, d:] = placed[k, : n - d] * gains[k]
         signals["dry"] = dry
@@ -394,14 +394,15 @@ def render(params: dict) -> Rendered:
             chans = diffuse_mixing(chans, mics, fs)
         pn = _active_power(chans[ref])
         g = math.sqrt(_active_power(speech[ref]) / (pn * 10 ** (params["noise"]["snr_db"] / 10))) if pn > 0 else 0.0
-        noise = chans.astype(np.float64) * g
+        noise = chans.astype(np.float32) * np.float32(g)
     mix = speech + (noise if noise is not None else 0.0)
 
     meter = pyloudnorm.Meter(fs, block_size=min(0.4, n / fs))
     loudness = meter.integrated_loudness(mix[ref])
     scale = 10 ** ((params["mixing"]["loudness_lufs_target"] - loudness) / 20) if np.isfinite(loudness) else 1.0
     everything = [mix] + list(signals.values()) + ([noise] if noise is not None else [])
-    peak = max(float(np.abs(a).max()) for a in everything) * scale
+    # NaN and inf propagate into the peak, so this one pass also checks every signal is finite.
+    peak = max(max(float(a.max()), -float(a.min())) for a in everything) * scale
     limited = peak > params["mixing"]["max_peak"]
     if limited:
         scale *= params["mixing"]["max_peak"] / peak
@@ -421,15 +422,16 @@ def render(params: dict) -> Rendered:
     if noise is not None:
         meta["noise"] = {**params["noise"], "gain_db": round(20 * math.log10(max(g * scale, 1e-12)), 3)}
 
-    if not all(np.all(np.isfinite(a)) for a in everything) or not np.isfinite(scale):
+    if not (np.isfinite(peak) and np.isfinite(scale)):
         raise SampleError("rendering produced NaN or inf (check the source audio and room parameters)")
-    rev_q = [quantize(r * scale) for r in rev]
-    noise_q = quantize(noise * scale) if noise is not None else None
+    scale32 = np.float32(scale)
+    rev_q = [quantize(r * scale32) for r in rev]
+    noise_q = quantize(noise * scale32) if noise is not None else None
     mix_q = sum(rev_q) + (noise_q if noise_q is not None else 0)
     targets_q = {"reverberant": rev_q}
     for name in ("direct", "early", "dry"):
         if name in signals:
-            targets_q[name] = [quantize(x * scale) for x in signals[name]]
+            targets_q[name] = [quantize(x * scale32) for x in signals[name]]
     return Rendered(meta=meta, mix_q=np.asarray(mix_q, np.int32), noise_q=noise_q, targets_q=targets_q,
                     rirs=[rir_set.rirs[k] for k in range(len(srcs))])
 
