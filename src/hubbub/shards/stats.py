@@ -19,12 +19,13 @@ import numpy as np
 
 from hubbub.shards.writer import load_index
 
-# Metric name -> how to read it from one sample's JSON (a list: sir_db has one value per source).
+# Metric name -> how to read it from one sample's JSON (a list: sir_db has one value per further
+# source; the first source is the reference, its SIR is 0 dB by definition).
 METRICS = {
     "rt60_s_measured": lambda m: [m["room"]["rt60_s_measured"]],
     "rt60_s_target": lambda m: [m["room"]["rt60_s_target"]],
     "snr_db": lambda m: [(m.get("noise") or {}).get("snr_db")],
-    "sir_db": lambda m: [s.get("sir_db") for s in m["sources"]],
+    "sir_db": lambda m: [s.get("sir_db") for s in m["sources"][1:]],
     "overlap_ratio": lambda m: [m["mixing"]["overlap_ratio"]],
     "duration_s": lambda m: [m["duration_s"]],
 }
@@ -72,7 +73,7 @@ def corpus_stats(corpus_dir: str | Path, *, splits: Iterable[str] | None = None)
             "num_speakers": {"1": count, "2": count, ...},   # mixtures per speaker count
             "distinct_speakers": int,                        # distinct sources[i].speaker
             "metrics": {name: distribution(...)} for rt60_s_measured, rt60_s_target,
-                       snr_db (noiseless mixtures left out), sir_db (one value per source),
+                       snr_db (noiseless mixtures left out), sir_db (one value per source after the first),
                        overlap_ratio, duration_s}}}
 
     Example: ``corpus_stats(d)["splits"]["train"]["metrics"]["snr_db"]["p50"]`` is the median SNR.
