@@ -187,6 +187,13 @@ class Solver:
             self._write_run_json(status="done", final_metrics=metrics, state=state)
         acc.wait_for_everyone()
         acc.end_training()
+        # Accelerate keeps its state (mixed precision, accumulation) in a process-wide singleton
+        # that refuses a second Accelerator with other settings; forget it so another run in this
+        # process (a notebook, a test, a pretrain-then-finetune script) can choose its own. The
+        # process group (PartialState) is kept.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
         return metrics
 
     # -- helpers ---------------------------------------------------------------------------------
