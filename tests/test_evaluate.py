@@ -10,18 +10,9 @@ from hubbub.metrics import evaluate_separation
 from hubbub.models import build_model, load_model, model_config, save_model
 from hubbub.separate import separate_waveform
 from hubbub.shards.reader import ShardDataset
-from hubbub.testing import make_dummy_corpus
+from hubbub.testing import make_dummy_corpus, make_dummy_run
 
 SR = 8000
-
-
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    # Debug models gain nothing from intra-op threads, and their spin-waiting slows a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +23,7 @@ def corpus(tmp_path_factory):
 
 
 def make_run(run_dir, corpus_dir, *, target="reverberant", sample_rate_hz=SR):
-    """A run directory as the trainer writes it: model/ (debug Conv-TasNet, 2 outputs) + run.json."""
-    torch.manual_seed(0)
-    save_model(build_model("convtasnet", num_sources=2, **model_config("convtasnet", "debug")), run_dir / "model")
-    run = {"stage": "pit", "sample_rate_hz": sample_rate_hz, "steps": 3, "final_metrics": {},
-           "config": {"data": {"shards": str(corpus_dir), "target": target, "train_split": "train"},
-                      "model": {"name": "convtasnet", "size": "debug", "num_sources": 2}},
-           "data_card": {}}
-    (run_dir / "run.json").write_text(json.dumps(run))
-    return run_dir
+    return make_dummy_run(run_dir, corpus_dir, target=target, sample_rate_hz=sample_rate_hz)
 
 
 def strict_json(path):

@@ -12,7 +12,7 @@ from hubbub.models import build_model, load_model, model_config, save_model
 from hubbub.publish import from_pretrained, publish_run, run_card, save_pretrained
 from hubbub.separate import load_separator
 from hubbub.simulate.recipe import load_recipe
-from hubbub.testing import make_dummy_corpus
+from hubbub.testing import make_dummy_corpus, make_dummy_run
 
 SR = 8000
 DATA_CARD = {"speech_corpus": "/data/private/voices", "speech_corpus_name": "builtin-voices",
@@ -31,16 +31,8 @@ def corpus(tmp_path):
 
 
 def make_run(run_dir, corpus_dir, data_card=None):
-    """A run directory as the trainer writes it: model/ (debug Conv-TasNet) + run.json."""
-    torch.manual_seed(0)
-    save_model(build_model("convtasnet", num_sources=2, **model_config("convtasnet", "debug")), run_dir / "model")
-    run = {"stage": "pit", "sample_rate_hz": SR, "steps": 120,
-           "final_metrics": {"valid": {"si_snri": 7.25, "loss": -7.1}},
-           "config": {"data": {"shards": str(corpus_dir), "target": "early", "train_split": "train"},
-                      "model": {"name": "convtasnet", "size": "debug", "num_sources": 2}},
-           "data_card": data_card or {}}
-    (run_dir / "run.json").write_text(json.dumps(run))
-    return run_dir
+    return make_dummy_run(run_dir, corpus_dir, target="early", sample_rate_hz=SR, steps=120,
+                          final_metrics={"valid": {"si_snri": 7.25, "loss": -7.1}}, data_card=data_card)
 
 
 def test_round_trip_gives_identical_outputs(tmp_path, corpus):

@@ -15,15 +15,6 @@ from hubbub.separate import align_sources, load_separator, separate_file, separa
 SR = 8000
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    # Debug models gain nothing from intra-op threads, and their spin-waiting slows a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class SwappingFilterBank(nn.Module):
     """A fake separator: the mixture low-passed and high-passed (a 9-tap moving average and its
     complement), output in a random order on every call, as a PIT-trained model may do."""

@@ -48,6 +48,18 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def load_with_base(name: str, find, seen: tuple = ()) -> dict:
+    """Load the YAML that ``find(name)`` locates; a ``base: other`` key inherits ``other``'s
+    fields (recursively) and this file's fields change them: variants are a small diff."""
+    data = load_yaml(find(name))
+    base = data.pop("base", None)
+    if base:
+        if base in seen:
+            raise ConfigError("base", f"inheritance loops through {base!r}")
+        data = merge(load_with_base(base, find, seen + (base,)), data)
+    return data
+
+
 def merge(base: Mapping, diff: Mapping) -> dict:
     """Recursively merge ``diff`` into a copy of ``base`` (mappings merge, anything else replaces)."""
     out = copy.deepcopy(dict(base))

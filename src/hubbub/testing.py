@@ -143,3 +143,25 @@ def make_bad_files(out_dir: str | Path, sample_rate_hz: int = 16000) -> dict[str
     stereo = np.stack([dummy_speech(rng, 2.0, 44100), dummy_speech(rng, 2.0, 44100)], axis=1)
     sf.write(d / "999-1-0005.wav", stereo, 44100)
     return bad
+
+
+def make_dummy_run(run_dir: str | Path, corpus_dir: str | Path, *, target: str = "reverberant",
+                   sample_rate_hz: int = 8000, steps: int = 3, final_metrics: dict | None = None,
+                   data_card: dict | None = None) -> Path:
+    """A run directory as the trainer writes it: ``model/`` (an untrained debug Conv-TasNet with
+    2 outputs, seeded) and ``run.json``; for testing what reads runs (evaluate, separate, publish)."""
+    import json
+
+    import torch
+
+    from hubbub.models import build_model, model_config, save_model
+
+    run_dir = Path(run_dir)
+    torch.manual_seed(0)
+    save_model(build_model("convtasnet", num_sources=2, **model_config("convtasnet", "debug")), run_dir / "model")
+    run = {"stage": "pit", "sample_rate_hz": sample_rate_hz, "steps": steps, "final_metrics": final_metrics or {},
+           "config": {"data": {"shards": str(corpus_dir), "target": target, "train_split": "train"},
+                      "model": {"name": "convtasnet", "size": "debug", "num_sources": 2}},
+           "data_card": data_card or {}}
+    (run_dir / "run.json").write_text(json.dumps(run))
+    return run_dir

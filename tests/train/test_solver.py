@@ -32,13 +32,23 @@ def _losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
+def _relative_distance(a: dict, b: dict) -> float:
+    """||a - b|| / ||a|| over all weights. Not per element: Adam turns the float noise of a
+    near-zero gradient into a step of +-lr either way, so single weights may differ by ~lr."""
+    diff = sum(float(((a[k] - b[k]) ** 2).sum()) for k in a)
+    norm = sum(float((a[k] ** 2).sum()) for k in a)
+    return (diff / norm) ** 0.5
+
+
 def test_a_killed_run_resumes_and_logs_the_same_losses(tmp_path, corpus):
     steps = 40
     finetune_pit(_cfg(corpus, f"steps={steps}"), tmp_path / "full")
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "hubbub.cli", "finetune", "pit", "--shards", str(corpus), "--out", str(out),
            "--set", "data.crop_s=0.5", "--set", "log_every=1", "--set", "ckpt_every=4", "--set", f"steps={steps}"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # one intra-op thread, like this test process: float sums in the same order, bit-equal losses
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
     while time.time() < deadline and not list((out / "checkpoints").glob("step_00000008")):
         time.sleep(0.01)
@@ -75,10 +85,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, co
     epoch0 = [k for row in r0 + r1 if row["epoch"] == 0 for k in row["keys"]]
     assert sorted(epoch0) == sorted(set(epoch0)) and len(epoch0) == 16  # each sample once per epoch
     for (s1, l1), (s2, l2) in zip(_losses(tmp_path / "one"), _losses(out)):
-        assert s1 == s2 and l1 == pytest.approx(l2, rel=1e-4, abs=1e-4)
+        # equal up to float reassociation (DDP's all-reduce sums in another order), compounded by Adam
+        assert s1 == s2 and l1 == pytest.approx(l2, rel=1e-3, abs=1e-3)
     a, b = load_file(str(tmp_path / "one" / "model" / "model.safetensors")), load_file(str(out / "model" / "model.safetensors"))
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert _relative_distance(a, b) < 1e-3
 
 
 def test_non_finite_steps_are_skipped_and_counted(tmp_path, corpus, monkeypatch):
@@ -124,8 +134,7 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path, corpus):
     finetune_pit(_cfg(corpus, "steps=3", "data.batch_size=2", "optim.grad_accum=2"), tmp_path / "accum")
     a = load_file(str(tmp_path / "big" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "accum" / "model" / "model.safetensors"))
-    for k in a:  # the same 4 samples per optimizer step; float sums in another order
-        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+    assert _relative_distance(a, b) < 1e-3  # the same 4 samples per step; sums in another order
 
 
 def test_bf16_mixed_precision_trains_and_logs_to_tensorboard(tmp_path, corpus):

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from hubbub.config import ConfigError, apply_overrides, check_range, from_dict, load_yaml, merge, to_dict
+from hubbub.config import ConfigError, apply_overrides, check_range, from_dict, load_with_base, to_dict
 
 Range = tuple[float, float]
 SAMPLE_RATES_HZ = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -215,26 +215,19 @@ def preset_names() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
-def _load_raw(name_or_path: str, seen: tuple = ()) -> dict:
+def _find(name_or_path: str):
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.exists():
-        data = load_yaml(path)
-    elif name_or_path in preset_names():
-        data = load_yaml(resources.files("hubbub.simulate").joinpath("recipes", f"{name_or_path}.yaml"))
-    else:
-        raise ConfigError("recipe", f"{name_or_path!r} is neither a recipe file nor a preset "
-                                    f"({', '.join(preset_names())})")
-    base = data.pop("base", None)
-    if base:
-        if base in seen:
-            raise ConfigError("base", f"recipe inheritance loops through {base!r}")
-        data = merge(_load_raw(base, seen + (base,)), data)
-    return data
+        return path
+    if name_or_path in preset_names():
+        return resources.files("hubbub.simulate").joinpath("recipes", f"{name_or_path}.yaml")
+    raise ConfigError("recipe", f"{name_or_path!r} is neither a recipe file nor a preset "
+                                f"({', '.join(preset_names())})")
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """A preset name or YAML path, plus ``key=value`` overrides -> a validated :class:`Recipe`."""
-    data = apply_overrides(_load_raw(name_or_path), list(overrides))
+    data = apply_overrides(load_with_base(name_or_path, _find), list(overrides))
     return from_dict(Recipe, data)
 
 

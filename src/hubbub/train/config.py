@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from hubbub.config import ConfigError, apply_overrides, from_dict, load_yaml, merge
+from hubbub.config import ConfigError, apply_overrides, from_dict, load_with_base
 
 
 @dataclass
@@ -119,16 +119,6 @@ def _find(name: str) -> Path:
     raise ConfigError("config", f"{name!r} is neither a config file nor a built-in config ({', '.join(known)})")
 
 
-def _load_raw(name: str, seen: tuple = ()) -> dict:
-    data = load_yaml(_find(name))
-    base = data.pop("base", None)
-    if base:
-        if base in seen:
-            raise ConfigError("base", f"config inheritance loops through {base!r}")
-        data = merge(_load_raw(base, seen + (base,)), data)
-    return data
-
-
 def load_train_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """A built-in config name (``pit_debug``) or YAML path, plus overrides -> :class:`TrainConfig`."""
-    return from_dict(TrainConfig, apply_overrides(_load_raw(name_or_path), list(overrides)))
+    return from_dict(TrainConfig, apply_overrides(load_with_base(name_or_path, _find), list(overrides)))
