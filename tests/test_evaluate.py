@@ -3,11 +3,10 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from hubbub.evaluate import FACTORS, breakdown, evaluate_run, format_markdown
 from hubbub.metrics import evaluate_separation
-from hubbub.models import build_model, load_model, model_config, save_model
+from hubbub.models import load_model
 from hubbub.separate import separate_waveform
 from hubbub.shards.reader import ShardDataset
 from hubbub.testing import make_dummy_corpus, make_dummy_run

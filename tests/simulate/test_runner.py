@@ -116,3 +116,26 @@ def test_a_two_node_ray_cluster_runs_a_job(tmp_path, speech):
         cluster.shutdown()
     simulate(r, num=12, out_dir=tmp_path / "local", seed=3, workers=0, progress=False)
     assert _tar_bytes(tmp_path / "cluster") == _tar_bytes(tmp_path / "local")
+
+
+def test_a_moved_corpus_gives_the_same_mixtures(tmp_path, speech):
+    import shutil
+
+    import webdataset as wds
+
+    from hubbub.shards.format import decode_sample
+
+    moved = tmp_path / "elsewhere" / "speech"
+    shutil.copytree(speech, moved)
+    simulate(_recipe(speech), num=4, out_dir=tmp_path / "a", seed=2, workers=0, progress=False, splits=["train"])
+    simulate(_recipe(moved), num=4, out_dir=tmp_path / "b", seed=2, workers=0, progress=False, splits=["train"])
+
+    def mixes(d):
+        return [decode_sample(r)["mix"] for r in wds.WebDataset(str(d / "train-000000.tar"), shardshuffle=False,
+                                                                 empty_check=False)]
+
+    for x, y in zip(mixes(tmp_path / "a"), mixes(tmp_path / "b"), strict=True):
+        assert (x == y).all()
+    a = json.loads((tmp_path / "a" / "index.json").read_text())
+    b = json.loads((tmp_path / "b" / "index.json").read_text())
+    assert a["recipe_hash"] == b["recipe_hash"] and a["sources_hash"] == b["sources_hash"]

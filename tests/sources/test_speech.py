@@ -92,7 +92,6 @@ def test_diffuse_noise_has_the_sinc_coherence():
     fs, d = 16000, 0.2
     mics = np.array([[0, 0, 0], [d, 0, 0]], float)
     x = diffuse_mixing(np.random.default_rng(0).standard_normal((2, fs * 8)), mics, fs)
-    from scipy.signal import coherence
     from scipy.signal import csd, welch
     f, pxy = csd(x[0], x[1], fs, nperseg=512)
     _, pxx = welch(x[0], fs, nperseg=512)

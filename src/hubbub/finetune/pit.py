@@ -11,7 +11,6 @@ import json
 import logging
 from pathlib import Path
 
-import torch
 
 from hubbub.train.config import TrainConfig
 from hubbub.train.solver import Solver

@@ -42,11 +42,12 @@ class RirBankJob:
         # Room and array drawing is the mixture simulator's own; it needs no speech pools.
         self._sim = Simulator(recipe, pools={}, seed=seed)
         self.recipe_hash = self._sim.recipe_hash
+        self.seed_key = self._sim.seed_key
 
     def members(self, split: str, index: int) -> tuple[dict, float]:
         from hubbub.simulate.sample import sample_seed
 
-        rng = np.random.default_rng(sample_seed(self.recipe_hash, self.seed, split, index))
+        rng = np.random.default_rng(sample_seed(self.seed_key, self.seed, split, index))
         sources = [{} for _ in range(self.positions)]
         room, mics = self._sim._draw_room(rng, self.positions, sources)
         fs = self.recipe.sample_rate_hz

@@ -203,10 +203,17 @@ class Recipe:
             raise ConfigError("samples_per_shard", "must be >= 1")
 
     def content_hash(self) -> str:
-        """Hash of everything that shapes a sample's content (seeds every sample)."""
+        """Hash of the recipe fields that shape a sample's content (with the sources' own
+        fingerprint, it seeds every sample). Where the inputs live (``speech.corpus``,
+        ``noise.folder``, ``room.rir_bank``) is left out: a corpus moved elsewhere gives the same
+        mixtures; what the inputs hold is fingerprinted by :func:`hubbub.simulate.sample.sources_fingerprint`.
+        """
         d = to_dict(self)
         for k in ("samples_per_shard", "description", "splits"):
             d.pop(k)
+        d["speech"].pop("corpus")
+        d["noise"].pop("folder")
+        d["room"].pop("rir_bank")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

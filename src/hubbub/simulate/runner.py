@@ -156,7 +156,7 @@ def _check_same_corpus(out_dir: Path, identity: dict) -> None:
     if not path.exists():
         return
     old = json.loads(path.read_text())
-    for key in ("kind", "recipe_hash", "seed", "samples_per_shard", "splits", "positions"):
+    for key in ("kind", "recipe_hash", "sources_hash", "seed", "samples_per_shard", "splits", "positions"):
         if old.get(key) != identity.get(key):
             raise ValueError(f"{out_dir} holds a corpus made with a different {key} ({old.get(key)!r} vs "
                              f"{identity.get(key)!r}): use another --out, or delete it to start over")
@@ -194,14 +194,14 @@ def simulate(recipe: Recipe, *, num: int, out_dir: str | Path, seed: int = 0, wo
     """
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    identity = {"recipe_hash": recipe.content_hash(), "seed": seed, "samples_per_shard": recipe.samples_per_shard,
-                "splits": recipe.splits, "recipe": to_dict(recipe)}
+    pools, skipped_files, card = prepare_sources(recipe, seed)
+    simulator = Simulator(recipe, pools, seed)
+    identity = {"recipe_hash": simulator.recipe_hash, "sources_hash": simulator.sources_hash, "seed": seed,
+                "samples_per_shard": recipe.samples_per_shard, "splits": recipe.splits, "recipe": to_dict(recipe)}
     _check_same_corpus(out_dir, identity)
     atomic_write_json(out_dir / "recipe.json", identity)
-
-    pools, skipped_files, card = prepare_sources(recipe, seed)
     plans = plan_shards(recipe, num, splits)
-    records, written, done = run_shards(Simulator(recipe, pools, seed), plans, out_dir, workers=workers,
+    records, written, done = run_shards(simulator, plans, out_dir, workers=workers,
                                         address=address, progress=progress, max_retries=max_retries)
     failed = [f for r in records for f in r.failed]
     for f in failed:
@@ -210,7 +210,8 @@ def simulate(recipe: Recipe, *, num: int, out_dir: str | Path, seed: int = 0, wo
               "summary": {"skipped_files": len(skipped_files), "failed_samples": len(failed)}}
     atomic_write_json(out_dir / "report.json", report)
     index = build_index(out_dir, records, recipe=to_dict(recipe),
-                        extra={"seed": seed, "recipe_hash": identity["recipe_hash"], "num_requested": num,
+                        extra={"seed": seed, "recipe_hash": identity["recipe_hash"],
+                               "sources_hash": identity["sources_hash"], "num_requested": num,
                                "data_card": card})
     return SimulateResult(out_dir, index, written, done, failed, skipped_files)
 

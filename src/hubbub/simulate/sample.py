@@ -18,7 +18,9 @@ Conventions (all targets share the mixture's time axis, time 0 = emission):
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,26 @@ class SplitPool:
         return sorted(self.utterances_by_speaker)
 
 
+def sources_fingerprint(pools: dict[str, "SplitPool"], bank: str | None = None) -> str:
+    """What the sources hold, independent of where they are: per split, each utterance's speaker,
+    path relative to the corpus root and duration, the noise files, and the RIR bank's identity."""
+    paths = [u.path for p in pools.values() for us in p.utterances_by_speaker.values() for u in us]
+    paths += [f.path for p in pools.values() for f in p.noise_files]
+    root = os.path.commonpath(paths) if len(paths) > 1 else (os.path.dirname(paths[0]) if paths else "")
+    rows = []
+    for split in sorted(pools):
+        pool = pools[split]
+        rows += [(split, u.speaker, os.path.relpath(u.path, root), round(u.duration_s, 3))
+                 for spk in sorted(pool.utterances_by_speaker) for u in pool.utterances_by_speaker[spk]]
+        rows += [(split, "noise", os.path.relpath(f.path, root), round(f.duration_s, 3)) for f in pool.noise_files]
+    if bank:
+        from hubbub.shards.writer import load_index
+
+        index = load_index(bank)
+        rows.append(("bank", index.get("recipe_hash"), index.get("seed"), index.get("positions")))
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
 def sample_seed(recipe_hash: str, seed: int, split: str, index: int) -> np.random.SeedSequence:
     """The only source of a sample's randomness: its identity, never the worker or the clock."""
     split_code = int(hashlib.sha256(split.encode()).hexdigest()[:8], 16)
@@ -75,6 +97,8 @@ class Simulator:
         self.pools = pools
         self.seed = seed
         self.recipe_hash = recipe.content_hash()
+        self.sources_hash = sources_fingerprint(pools, recipe.room.rir_bank)
+        self.seed_key = hashlib.sha256(f"{self.recipe_hash}:{self.sources_hash}".encode()).hexdigest()[:16]
         self.bank_rooms = None
         if recipe.room.rir_bank:
             from hubbub.simulate.bank import bank_rooms_per_split
@@ -89,7 +113,7 @@ class Simulator:
     # -- drawing ---------------------------------------------------------------------------------
     def draw(self, split: str, index: int) -> dict:
         r = self.recipe
-        rng = np.random.default_rng(sample_seed(self.recipe_hash, self.seed, split, index))
+        rng = np.random.default_rng(sample_seed(self.seed_key, self.seed, split, index))
         pool = self.pools[split]
         fs = r.sample_rate_hz
         if r.speakers.distribution:
@@ -111,7 +135,8 @@ class Simulator:
             room, mics = self._draw_room(rng, n_spk, sources)
         params: dict[str, Any] = {
             "key": sample_key(split, index), "split": split, "index": index, "seed": self.seed,
-            "recipe": r.name, "recipe_hash": self.recipe_hash, "sample_rate_hz": fs,
+            "recipe": r.name, "recipe_hash": self.recipe_hash, "sources_hash": self.sources_hash,
+            "sample_rate_hz": fs,
             "num_samples": num_samples, "duration_s": num_samples / fs, "num_speakers": n_spk,
             "num_mics": r.mics.count, "targets": list(r.targets), "room": room, "mics": mics,
             "sources": sources,
