@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--recipe", default="whamr")
     bs.add_argument("--num-hubbub", type=int, default=60)
     bs.add_argument("--num-plain", type=int, default=12)
-    bs.add_argument("--ray-num", type=int, default=96, help="mixtures per Ray timing")
+    bs.add_argument("--ray-num", type=int, default=200, help="mixtures per Ray timing")
     bs.add_argument("--workers", type=int, default=None, help="N for the Ray scaling (default: all cores)")
     bs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     bs.set_defaults(func=_cmd_bench_simulate)
