@@ -73,7 +73,8 @@ def _speed(fn, items) -> float:
 
 
 def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 200,
-                   workers: int | None = None, recipe: str = "whamr", overrides: tuple[str, ...] = (), seed: int = 0) -> dict:
+                   workers: int | None = None, recipe: str = "whamr", overrides: tuple[str, ...] = (),
+                   seed: int = 0) -> dict:
     """Mixtures per second per core of hubbub and of the plain path, and Ray scaling 1 -> N.
 
     Defaults: the WHAMR!-style preset at 16 kHz, 4 s fixed-length mixtures, all targets written,
