@@ -7,11 +7,11 @@ speakers are padded with absent (all-zero) sources, which the loss handles (see
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 
+from hubbub.shards.writer import load_index
 from hubbub.train.config import TrainConfig
 from hubbub.train.solver import Solver
 
@@ -29,7 +29,7 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 def corpus_card(shards: str | Path) -> dict:
     """The training corpus's data card: recipe, sources, licences, hours (from its index.json)."""
-    index = json.loads((Path(shards) / "index.json").read_text())
+    index = load_index(shards)
     return {"corpus": str(Path(shards).resolve()), "recipe": index.get("recipe", {}),
             "splits": index.get("splits", {}), "sources": index.get("data_card", {}), "seed": index.get("seed")}
 
@@ -42,7 +42,8 @@ class PITStage(Solver):
 
         super().__init__(cfg, out_dir)
         self.loss = PITLoss(kind=cfg.loss.kind, tau=cfg.loss.tau, zero_ref=cfg.loss.zero_ref)
-        self.sample_rate_hz = json.loads((Path(cfg.data.shards) / "index.json").read_text())["recipe"]["sample_rate_hz"]
+        self.card = corpus_card(cfg.data.shards)  # read once; also fails early on a missing corpus
+        self.sample_rate_hz = self.card["recipe"]["sample_rate_hz"]
 
     def build_model(self):
         from hubbub.models import build_model, load_backbone, model_config
@@ -94,7 +95,7 @@ class PITStage(Solver):
         return {"si_snri_db": float(sum(gains) / len(gains))} if gains else {}
 
     def data_card(self) -> dict:
-        return {**corpus_card(self.cfg.data.shards), "sample_rate_hz": self.sample_rate_hz}
+        return {**self.card, "sample_rate_hz": self.sample_rate_hz}
 
 
 def finetune_pit(cfg: TrainConfig, out_dir: str | Path) -> dict:

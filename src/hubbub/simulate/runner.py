@@ -193,8 +193,8 @@ def simulate(recipe: Recipe, *, num: int, out_dir: str | Path, seed: int = 0, wo
         simulate(load_recipe("whamr", ["speech.corpus=/data/voices"]), num=1000, out_dir="whamr", seed=0)
     """
     out_dir = Path(out_dir).resolve()
+    pools, skipped_files, card = prepare_sources(recipe, seed)  # before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
-    pools, skipped_files, card = prepare_sources(recipe, seed)
     simulator = Simulator(recipe, pools, seed)
     identity = {"recipe_hash": simulator.recipe_hash, "sources_hash": simulator.sources_hash, "seed": seed,
                 "samples_per_shard": recipe.samples_per_shard, "splits": recipe.splits, "recipe": to_dict(recipe)}
