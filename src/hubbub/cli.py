@@ -95,7 +95,7 @@ def _train_config(args, default: str):
     from hubbub.train import load_train_config
 
     overrides = list(args.set)
-    if args.shards:
+    if getattr(args, "shards", None):
         overrides.append(f"data.shards={args.shards}")
     if args.model:
         overrides.append(f"model.name={args.model}")
@@ -107,8 +107,54 @@ def _train_config(args, default: str):
 def _cmd_finetune_pit(args) -> int:
     from hubbub.finetune import finetune_pit
 
+    if args.unlabelled:
+        args.set = [f"semi.unlabelled={args.unlabelled}", *args.set]
     metrics = finetune_pit(_train_config(args, "pit_debug"), args.out)
     print(json.dumps({"run": args.out, **metrics}))
+    return 0
+
+
+def _cmd_pretrain_mixit(args) -> int:
+    from hubbub.pretrain import pretrain_mixit
+
+    if bool(args.shards) == bool(args.recordings):
+        raise ValueError("give one input: --shards (a hubbub corpus) or --recordings (a folder of recordings)")
+    if args.recordings:
+        args.set = [f"mixit.recordings={args.recordings}", *args.set]
+    metrics = pretrain_mixit(_train_config(args, "mixit_debug"), args.out)
+    print(json.dumps({"run": args.out, **metrics}))
+    return 0
+
+
+def _cmd_pretrain_codec(args) -> int:
+    from hubbub.pretrain import pretrain_codec
+
+    if args.codec:
+        args.set = [f"codec.model={args.codec}", *args.set]
+    metrics = pretrain_codec(_train_config(args, "codec_debug"), args.out)
+    print(json.dumps({"run": args.out, **metrics}))
+    return 0
+
+
+def _cmd_shards_tokens(args) -> int:
+    from hubbub.codec import load_codec
+    from hubbub.shards.tokens import add_codec_tokens
+
+    codec = load_codec(args.codec, bandwidth_kbps=args.bandwidth_kbps, device=args.device)
+    summary = add_codec_tokens(args.dir, codec, source_target=args.source_target, batch_size=args.batch_size,
+                               progress=not args.quiet)
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_shards_ingest(args) -> int:
+    from hubbub.shards.ingest import ingest_recordings
+
+    res = ingest_recordings(args.folder, args.out, segment_s=args.segment_s, sample_rate_hz=args.sample_rate_hz,
+                            seed=args.seed, progress=not args.quiet)
+    splits = ", ".join(f"{k}: {v['num_samples']}" for k, v in res.index["splits"].items())
+    print(f"{res.out_dir}: {splits} segments; {res.written} shards written, {res.skipped_complete} already "
+          f"complete; {len(res.skipped_files)} files skipped (see report.json)")
     return 0
 
 
@@ -200,6 +246,23 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.add_argument("--png", default=None, help="plot path (default DIR/stats.png)")
     st.set_defaults(func=_cmd_shards_stats)
+    tk = sh.add_parser("tokens", help="cache EnCodec tokens of mixtures and sources into the shards")
+    tk.add_argument("dir")
+    tk.add_argument("--codec", required=True, help="EnCodec: local directory or hub id (facebook/encodec_24khz)")
+    tk.add_argument("--bandwidth-kbps", type=float, default=None, help="sets the number of codebooks")
+    tk.add_argument("--source-target", default=None, help="source image to tokenise (default: reverberant)")
+    tk.add_argument("--batch-size", type=int, default=16)
+    tk.add_argument("--device", default="cpu")
+    tk.add_argument("--quiet", action="store_true")
+    tk.set_defaults(func=_cmd_shards_tokens)
+    ig = sh.add_parser("ingest", help="cut a folder of unlabelled recordings into a corpus (for MixIT)")
+    ig.add_argument("folder")
+    ig.add_argument("--out", required=True)
+    ig.add_argument("--segment-s", type=float, default=4.0)
+    ig.add_argument("--sample-rate-hz", type=int, default=16000)
+    ig.add_argument("--seed", type=int, default=0)
+    ig.add_argument("--quiet", action="store_true")
+    ig.set_defaults(func=_cmd_shards_ingest)
 
     bench = sub.add_parser("bench", help="speed benchmarks").add_subparsers(dest="bench_cmd", required=True)
     bs = bench.add_parser("simulate", help="mixtures/s/core: hubbub vs plain pyroomacoustics; Ray 1 -> N")
@@ -219,8 +282,30 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--config", default=None, help="built-in config (pit, pit_debug) or YAML (default pit_debug)")
     fp.add_argument("--init", default=None, help="a pretrained run or model dir: its backbone starts this run")
     fp.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    fp.add_argument("--unlabelled", default=None,
+                    help="semi-supervised: a corpus of unlabelled mixtures for MixIT in the same step")
     fp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     fp.set_defaults(func=_cmd_finetune_pit)
+
+    pt = sub.add_parser("pretrain", help="self-supervised stages").add_subparsers(dest="pretrain_cmd", required=True)
+    pm = pt.add_parser("mixit", help="MixIT on unlabelled mixtures (alone or under accelerate launch)")
+    pm.add_argument("--shards", default=None, help="a hubbub corpus (its sources are ignored)")
+    pm.add_argument("--recordings", default=None, help="or a folder of unlabelled recordings, cut into segments")
+    pm.add_argument("--model", default=None, help="convtasnet, dprnn, tfgridnet, glaunet")
+    pm.add_argument("--config", default=None, help="built-in config (mixit, mixit_debug) or YAML (default mixit_debug)")
+    pm.add_argument("--init", default=None, help="a run or model dir whose backbone starts this run")
+    pm.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    pm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pm.set_defaults(func=_cmd_pretrain_mixit)
+    pc = pt.add_parser("codec", help="predict EnCodec tokens: masked mixture spans, or per-source with PIT")
+    pc.add_argument("--shards", required=True, help="a hubbub corpus")
+    pc.add_argument("--codec", default=None, help="EnCodec: local directory or hub id (facebook/encodec_24khz)")
+    pc.add_argument("--model", default=None, help="convtasnet, dprnn, tfgridnet, glaunet")
+    pc.add_argument("--config", default=None, help="built-in config (codec, codec_debug) or YAML (default codec_debug)")
+    pc.add_argument("--init", default=None, help="a run or model dir whose backbone starts this run")
+    pc.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    pc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pc.set_defaults(func=_cmd_pretrain_codec)
 
     ev = sub.add_parser("evaluate", help="SI-SNRi, SDRi, PESQ, STOI overall and by RT60, SNR, overlap, speakers")
     ev.add_argument("run")

@@ -3,7 +3,14 @@
 The model separates the mixture at the reference mic into ``model.num_sources`` estimates of the
 chosen target (``data.target``: reverberant, early, direct or dry images); samples with fewer
 speakers are padded with absent (all-zero) sources, which the loss handles (see
-:class:`hubbub.losses.PITLoss`). ``init`` starts from the backbone of any pretrained run.
+:class:`hubbub.losses.PITLoss`). ``init`` starts from the backbone of any pretrained run (MixIT,
+codec tokens or PIT), its architecture included; its heads are dropped.
+
+Semi-supervised (``semi.unlabelled``, Wisdom et al. 2020): every step also takes a batch of
+unlabelled mixtures, pairs them into mixtures of mixtures and adds ``semi.weight`` times their
+MixIT loss; the model then needs outputs for all the sources of a mixture of mixtures
+(``model.num_sources`` >= twice the unlabelled corpus's most speakers), and the labelled
+examples' surplus outputs are trained to silence by the PIT loss.
 """
 from __future__ import annotations
 
@@ -11,27 +18,11 @@ import logging
 from pathlib import Path
 
 
-from hubbub.shards.writer import load_index
+from hubbub.train.build import build_separator, corpus_card, resolve_model_dir  # noqa: F401 (re-exported)
 from hubbub.train.config import TrainConfig
 from hubbub.train.solver import Solver
 
 log = logging.getLogger(__name__)
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A run directory (its ``model/``), a checkpoint or a model directory -> the model dir."""
-    path = Path(path)
-    for candidate in (path / "model", path):
-        if (candidate / "config.json").exists() and (candidate / "model.safetensors").exists():
-            return candidate
-    raise FileNotFoundError(f"{path} holds no model (config.json + model.safetensors), nor does {path}/model")
-
-
-def corpus_card(shards: str | Path) -> dict:
-    """The training corpus's data card: recipe, sources, licences, hours (from its index.json)."""
-    index = load_index(shards)
-    return {"corpus": str(Path(shards).resolve()), "recipe": index.get("recipe", {}),
-            "splits": index.get("splits", {}), "sources": index.get("data_card", {}), "seed": index.get("seed")}
 
 
 class PITStage(Solver):
@@ -44,17 +35,34 @@ class PITStage(Solver):
         self.loss = PITLoss(kind=cfg.loss.kind, tau=cfg.loss.tau, zero_ref=cfg.loss.zero_ref)
         self.card = corpus_card(cfg.data.shards)  # read once; also fails early on a missing corpus
         self.sample_rate_hz = self.card["recipe"]["sample_rate_hz"]
+        self.semi_card = None
+        if cfg.semi.unlabelled:
+            self.semi_card = self._check_semi()
+
+    def _check_semi(self) -> dict:
+        """The unlabelled corpus's card; its rate must match and the model must have outputs for
+        every source of a mixture of two of its mixtures."""
+        from hubbub.config import ConfigError
+        from hubbub.pretrain.mixit import default_num_outputs
+
+        card = corpus_card(self.cfg.semi.unlabelled)
+        if card["recipe"].get("sample_rate_hz") != self.sample_rate_hz:
+            raise ConfigError("semi.unlabelled", f"{self.cfg.semi.unlabelled} is at "
+                                                 f"{card['recipe'].get('sample_rate_hz')} Hz, the labelled corpus at "
+                                                 f"{self.sample_rate_hz} Hz")
+        if self.cfg.semi.split not in card["splits"]:
+            raise ConfigError("semi.split", f"{self.cfg.semi.unlabelled} has no split {self.cfg.semi.split!r}")
+        if self.cfg.mixit.consistency == "learned":
+            raise ConfigError("mixit.consistency", "semi-supervised PIT supports none or uniform")
+        needed = default_num_outputs(card)
+        if self.cfg.model.num_sources < needed:
+            raise ConfigError("model.num_sources", f"MixIT on {self.cfg.semi.unlabelled} needs {needed} outputs "
+                                                   f"(twice its most speakers per mixture), got "
+                                                   f"{self.cfg.model.num_sources}")
+        return card
 
     def build_model(self):
-        from hubbub.models import build_model, load_backbone, model_config
-
-        m = self.cfg.model
-        model = build_model(m.name, num_sources=m.num_sources, **{**model_config(m.name, m.size), **m.kwargs})
-        if self.cfg.init:
-            report = load_backbone(model, resolve_model_dir(self.cfg.init))
-            log.info("backbone from %s: %d tensors loaded, %d ignored", self.cfg.init, len(report.loaded),
-                     len(report.ignored))
-        return model
+        return build_separator(self.cfg, self.cfg.model.num_sources)
 
     def build_datasets(self):
         from hubbub.shards.reader import ShardDataset
@@ -66,14 +74,42 @@ class PITStage(Solver):
         valid = ShardDataset(d.shards, d.valid_split, targets=(d.target,), crop_s=None, shuffle=False,
                              rank=0, world_size=1, max_sources=m.num_sources, mic=0)
         self.valid = valid
+        if self.semi_card is not None:
+            s = self.cfg.semi
+            # Two mixtures per mixture of mixtures; its own seed stream, so the two orders differ.
+            self.unlabelled = ShardDataset(s.unlabelled, s.split, targets=(), crop_s=d.crop_s, shuffle=True,
+                                           shuffle_buffer=d.shuffle_buffer, seed=self.cfg.seed + 1,
+                                           batch_size=2 * (s.batch_size or d.batch_size), mic=0)
         return train, valid
+
+    def build_loader(self, train_ds):
+        from hubbub.shards.reader import PairedLoader, ShardLoader
+
+        loader = super().build_loader(train_ds)
+        if self.semi_card is None:
+            return loader
+        acc = self.accelerator
+        self.unlabelled.rank, self.unlabelled.world_size = acc.process_index, acc.num_processes
+        return PairedLoader(loader, ShardLoader(self.unlabelled, num_workers=self.cfg.data.num_workers),
+                            key="unlabelled")
 
     def train_step(self, model, batch):
         mix = batch["mix"][:, 0]                                   # (B, T), the reference mic
         ref = batch["sources"][self.cfg.data.target]               # (B, S, T)
         est = model(mix)
         loss, _ = self.loss(est, ref, source_mask=batch["source_mask"], mix=mix)
-        return loss, {}
+        if "unlabelled" not in batch:
+            return loss, {}
+        from hubbub.losses import mixit, mixture_consistency
+        from hubbub.pretrain.mixit import mixit_batch
+
+        mom, mixtures = mixit_batch(batch["unlabelled"]["mix"].to(mix.device))
+        est = model(mom)
+        if self.cfg.mixit.consistency == "uniform":
+            est = mixture_consistency(est, mom)
+        unsupervised, _ = mixit(est, mixtures, tau=self.cfg.mixit.tau)
+        unsupervised = unsupervised.mean()
+        return loss + self.cfg.semi.weight * unsupervised, {"pit_loss": loss.detach(), "mixit_loss": unsupervised.detach()}
 
     def evaluate(self, model) -> dict[str, float]:
         """Mean SI-SNR improvement over the unprocessed mixture on the first valid samples."""
@@ -95,7 +131,10 @@ class PITStage(Solver):
         return {"si_snri_db": float(sum(gains) / len(gains))} if gains else {}
 
     def data_card(self) -> dict:
-        return {**self.card, "sample_rate_hz": self.sample_rate_hz}
+        card = {**self.card, "sample_rate_hz": self.sample_rate_hz}
+        if self.semi_card is not None:
+            card["unlabelled"] = {**self.semi_card, "split": self.cfg.semi.split, "weight": self.cfg.semi.weight}
+        return card
 
 
 def finetune_pit(cfg: TrainConfig, out_dir: str | Path) -> dict:

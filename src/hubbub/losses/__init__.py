@@ -1,4 +1,4 @@
-"""Differentiable separation losses on (B, S, T) tensors: SI-SNR, thresholded SNR, PIT.
+"""Differentiable separation losses on (B, S, T) tensors: SI-SNR, thresholded SNR, PIT, MixIT.
 
 Typical use in a trainer::
 
@@ -13,9 +13,11 @@ Values are in dB; the losses are their negatives (lower is better). Evaluation m
 """
 from hubbub.losses.permutation import (MAX_EXHAUSTIVE_ASSIGNMENTS, PITLoss, pairwise_loss_matrix, pit,
                                pit_from_matrix, reorder)
+from hubbub.losses.mixit import MIXIT_TAU, MixITLoss, mixit, mixit_assignments, mixture_consistency
 from hubbub.losses.ratios import absent_source_loss, neg_si_snr, neg_snr, si_snr, snr
 
 __all__ = [
-    "MAX_EXHAUSTIVE_ASSIGNMENTS", "PITLoss", "absent_source_loss", "neg_si_snr", "neg_snr",
+    "MAX_EXHAUSTIVE_ASSIGNMENTS", "MIXIT_TAU", "MixITLoss", "PITLoss", "mixit", "mixit_assignments",
+    "mixture_consistency", "absent_source_loss", "neg_si_snr", "neg_snr",
     "pairwise_loss_matrix", "pit", "pit_from_matrix", "reorder", "si_snr", "snr",
 ]

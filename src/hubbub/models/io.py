@@ -2,8 +2,14 @@
 
 A checkpoint directory holds::
 
-    config.json         {"name": "convtasnet", "kwargs": {"num_sources": 2, ...}, "hubbub_version": "0.1.0"}
+    config.json         {"name": "convtasnet", "kwargs": {"num_sources": 2, ...}, "hubbub_version": "0.1.0",
+                         "contents": "separator"}
     model.safetensors   the state dict (keys "backbone.*" and "head.*")
+
+A pretraining stage that trains the backbone under other heads (codec-token classifiers) saves
+``"contents": "backbone"`` with its heads' description under ``"heads"``: :func:`load_backbone`
+reads such a checkpoint (the heads are dropped), :func:`load_model` refuses it with a message
+that says how to finetune it.
 
 Loading rebuilds the model from the registered name and kwargs, so moving or renaming a class
 never breaks a checkpoint, and reads tensors with safetensors (never pickle, so loading a
@@ -27,6 +33,9 @@ from hubbub.models.factory import MODELS, build_model
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _BACKBONE = "backbone."
+# What a checkpoint holds: a whole separator (backbone + separation head), or a pretrained backbone
+# with pretraining heads (codec-token classifiers) that finetuning drops.
+SEPARATOR, BACKBONE = "separator", "backbone"
 
 
 def _hubbub_version() -> str:
@@ -55,7 +64,10 @@ def save_model(model: Separator, directory: str | Path) -> Path:
         raise ValueError("model has no spec (name + kwargs); build it with hubbub.models.build_model")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = {"name": model.spec["name"], "kwargs": model.spec["kwargs"], "hubbub_version": _hubbub_version()}
+    config = {"name": model.spec["name"], "kwargs": model.spec["kwargs"], "hubbub_version": _hubbub_version(),
+              "contents": getattr(model, "checkpoint_contents", SEPARATOR)}
+    if getattr(model, "checkpoint_heads", None):
+        config["heads"] = model.checkpoint_heads
     # safetensors refuses non-contiguous and shared-storage tensors; clone() gives each its own.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     tmp = directory / f".{WEIGHTS_NAME}.tmp"
@@ -90,6 +102,10 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu") 
     """
     directory = Path(directory)
     config = read_config(directory)
+    if config.get("contents", SEPARATOR) != SEPARATOR:
+        raise ValueError(f"{directory} holds a pretrained {config['name']} backbone without a separation head "
+                         f"(pretraining heads: {config.get('heads', 'unknown')}); finetune it first, e.g. "
+                         f"`hubbub finetune pit --init {directory}`")
     model = build_model(config["name"], **config["kwargs"])
     model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=str(map_location)))
     return model.to(map_location)

@@ -498,3 +498,48 @@ class ShardLoader:
         (or at ``state["global_consumed"]``, see :meth:`ShardDataset.load_state_dict`)."""
         self.dataset.load_state_dict(state)
         self._consumed = self.dataset.start
+
+
+class PairedLoader:
+    """Two streams stepped together: each batch of ``main`` gets a batch of ``extra`` under ``key``.
+
+    ``extra`` (e.g. unlabelled mixtures next to labelled ones) runs through its own epochs
+    independently: it restarts at its next epoch whenever it ends, however long ``main``'s epoch
+    is. The state is ``main``'s with ``extra``'s under ``key``, so resume is exact for both.
+    Example::
+
+        loader = PairedLoader(ShardLoader(labelled), ShardLoader(unlabelled), key="unlabelled")
+        for batch in loader:                 # batch["mix"], ..., batch["unlabelled"]["mix"]
+            ...
+    """
+
+    def __init__(self, main: ShardLoader, extra: ShardLoader, key: str = "extra"):
+        self.main, self.extra, self.key = main, extra, key
+        self.dataset = main.dataset
+        self._extra_batches: Iterator | None = None
+
+    def _extra_stream(self) -> Iterator:
+        while True:
+            yield from self.extra
+            self.extra.set_epoch(self.extra.dataset.epoch + 1)
+
+    def __len__(self) -> int:
+        return len(self.main)
+
+    def __iter__(self) -> Iterator:
+        if self._extra_batches is None:
+            self._extra_batches = self._extra_stream()
+        for batch in self.main:
+            batch[self.key] = next(self._extra_batches)
+            yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.main.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        return {**self.main.state_dict(), self.key: self.extra.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.main.load_state_dict({k: v for k, v in state.items() if k != self.key})
+        self.extra.load_state_dict(state[self.key])
+        self._extra_batches = None

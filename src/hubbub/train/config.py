@@ -1,4 +1,4 @@
-"""Training configs: one typed tree for every stage (PIT now; MixIT, codec tokens, AV later).
+"""Training configs: one typed tree for every stage (PIT, MixIT, codec tokens; AV later).
 
 A stage config is a YAML file under ``hubbub/finetune/configs`` or ``hubbub/pretrain/configs``
 (``base: other`` inherits and changes a few fields), plus ``--set key=value`` overrides. Every
@@ -79,6 +79,62 @@ class LossConfig:
 
 
 @dataclass
+class MixITConfig:
+    """MixIT (``hubbub pretrain mixit``, and the unlabelled half of semi-supervised PIT)."""
+
+    num_outputs: int = 0                  # M estimates; 0: twice the most speakers per mixture
+    consistency: Literal["none", "uniform", "learned"] = "uniform"   # mixture consistency projection
+    tau: float = 10 ** (-30 / 10)         # soft threshold: SNRs capped at 30 dB (Wisdom et al. 2020)
+    recordings: str = ""                  # a folder of unlabelled recordings instead of data.shards
+    segment_s: float = 4.0                # recordings are cut into segments of this length
+    sample_rate_hz: int = 16000           # ... and resampled to this rate
+
+    def validate(self):
+        if not 0 <= self.num_outputs <= 12:
+            raise ConfigError("mixit.num_outputs", f"must be within 0..12 (0: automatic), got {self.num_outputs}")
+        if self.tau < 0:
+            raise ConfigError("mixit.tau", "must be >= 0")
+        if self.segment_s <= 0:
+            raise ConfigError("mixit.segment_s", "must be > 0")
+
+
+@dataclass
+class CodecConfig:
+    """Codec-token pretraining (``hubbub pretrain codec``)."""
+
+    model: str = ""                       # EnCodec: a local directory or hub id (facebook/encodec_24khz)
+    bandwidth_kbps: float | None = None   # picks the number of codebooks; None: the codec's default
+    task: Literal["masked", "sources"] = "masked"   # mixture tokens at masked spans, or per-source tokens with PIT
+    source_target: str = "reverberant"    # the source image whose tokens "sources" predicts
+    mask_prob: float = 0.08               # probability that a token frame starts a masked span (HuBERT)
+    mask_span: int = 10                   # masked span length in token frames
+    codebook_decay: float = 0.5           # codebook q's loss weight is decay**q (coarse codebooks count more)
+    cached: Literal["auto", "yes", "no"] = "auto"   # read tokens cached in the shards (hubbub shards tokens)
+
+    def validate(self):
+        if not 0 < self.mask_prob < 1:
+            raise ConfigError("codec.mask_prob", "must be within (0, 1)")
+        if self.mask_span < 1:
+            raise ConfigError("codec.mask_span", "must be >= 1")
+        if not 0 < self.codebook_decay <= 1:
+            raise ConfigError("codec.codebook_decay", "must be within (0, 1]")
+
+
+@dataclass
+class SemiConfig:
+    """Semi-supervised PIT: supervised PIT plus MixIT on unlabelled mixtures in the same step."""
+
+    unlabelled: str = ""                  # a corpus of unlabelled mixtures ("" disables)
+    split: str = "train"
+    weight: float = 1.0                   # loss = PIT + weight * MixIT
+    batch_size: int = 0                   # mixtures of mixtures per step; 0: data.batch_size
+
+    def validate(self):
+        if self.weight < 0:
+            raise ConfigError("semi.weight", "must be >= 0")
+
+
+@dataclass
 class TrainConfig:
     stage: str = "pit"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -86,6 +142,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    mixit: MixITConfig = field(default_factory=MixITConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
     steps: int = 200                      # optimizer steps
     log_every: int = 10
     eval_every: int = 100                 # 0: only at the end

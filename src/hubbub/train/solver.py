@@ -78,6 +78,14 @@ class Solver:
         """(train ShardDataset, valid dataset or None); rank and world size are set by the loop."""
         raise NotImplementedError
 
+    def build_loader(self, train_ds):
+        """The training loader over ``train_ds`` for this process: anything with ``__iter__``,
+        ``set_epoch``, ``state_dict`` and ``load_state_dict`` (semi-supervised stages zip two)."""
+        from hubbub.shards.reader import ShardLoader
+
+        train_ds.rank, train_ds.world_size = self.accelerator.process_index, self.accelerator.num_processes
+        return ShardLoader(train_ds, num_workers=self.cfg.data.num_workers)
+
     def train_step(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
@@ -95,11 +103,10 @@ class Solver:
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import send_to_device, set_seed
         from tqdm import tqdm
 
         from hubbub.models import save_model
-        from hubbub.shards.reader import ShardLoader
 
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,8 +125,7 @@ class Solver:
         model, optimizer = acc.prepare(model, optimizer)
 
         train_ds, _ = self.build_datasets()
-        train_ds.rank, train_ds.world_size = acc.process_index, acc.num_processes
-        loader = ShardLoader(train_ds, num_workers=cfg.data.num_workers)
+        loader = self.build_loader(train_ds)
 
         state = {"step": 0, "epoch": 0, "skipped_nonfinite": 0}
         ckpt = self._latest_checkpoint()
@@ -144,6 +150,7 @@ class Solver:
                 if keys_file:
                     keys_file.write(json.dumps({"step": state["step"], "epoch": state["epoch"],
                                                 "keys": list(batch["keys"])}) + "\n")
+                batch = send_to_device(batch, acc.device, non_blocking=True)
                 with acc.accumulate(model):
                     loss, logs = self.train_step(model, batch)
                     # Every rank must take the same branch or DDP's all-reduce hangs.
@@ -225,8 +232,6 @@ class Solver:
         return ckpts[-1] if ckpts else None
 
     def _save_checkpoint(self, acc, model, optimizer, scheduler, loader, state) -> None:
-        from hubbub.models import save_model
-
         root = self.out_dir / "checkpoints"
         final = root / f"step_{state['step']:08d}"
         tmp = root / f"step_{state['step']:08d}.tmp"
@@ -238,7 +243,7 @@ class Solver:
         atomic_write_json(tmp / f"rank{r}.json", loader.state_dict())
         torch.save(torch.get_rng_state(), tmp / f"rng_rank{r}.pt")
         if acc.is_main_process:
-            save_model(acc.unwrap_model(model), tmp)
+            _save_state(acc.unwrap_model(model), tmp)
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             atomic_write_json(tmp / "trainer.json", {**state, "world_size": acc.num_processes})
@@ -277,6 +282,20 @@ class Solver:
             self._truncate_metrics(trainer["step"])
         acc.wait_for_everyone()
         return {k: trainer[k] for k in ("step", "epoch", "skipped_nonfinite")}
+
+
+def _save_state(model: torch.nn.Module, directory: Path) -> None:
+    """The trained module's weights: a registered model as a model directory (config.json too),
+    a stage's training wrapper (extra heads around a separator) as its bare state dict."""
+    from safetensors.torch import save_file
+
+    from hubbub.models import save_model
+
+    if getattr(model, "spec", None) is not None:
+        save_model(model, directory)
+    else:
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -1,0 +1,60 @@
+"""What every stage builds the same way: the separator (fresh, or on a pretrained backbone), the
+corpus's data card, and where a pretrained model lives."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hubbub.shards.writer import load_index
+from hubbub.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A run directory (its ``model/``), a checkpoint, a model or published directory, or a
+    Hugging Face Hub id (downloaded: config.json and model.safetensors only) -> the model dir."""
+    path = Path(path)
+    for candidate in (path / "model", path):
+        if (candidate / "config.json").exists() and (candidate / "model.safetensors").exists():
+            return candidate
+    text = str(path)
+    if not path.exists() and not path.is_absolute() and not text.startswith(".") and text.count("/") == 1:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, allow_patterns=["config.json", "model.safetensors", "*.md", "*.json"]))
+    raise FileNotFoundError(f"{path} holds no model (config.json + model.safetensors), nor does {path}/model")
+
+
+def corpus_card(shards: str | Path) -> dict:
+    """The training corpus's data card: recipe, sources, licences, hours (from its index.json)."""
+    index = load_index(shards)
+    return {"corpus": str(Path(shards).resolve()), "recipe": index.get("recipe", {}),
+            "splits": index.get("splits", {}), "sources": index.get("data_card", {}), "seed": index.get("seed")}
+
+
+def build_separator(cfg: TrainConfig, num_sources: int):
+    """The stage's separator with ``num_sources`` outputs.
+
+    Without ``cfg.init`` the architecture is ``cfg.model`` (name, size, kwargs). With ``cfg.init``
+    (a run, model directory or hub id of any stage, pretraining or finetuning) the architecture is
+    the pretrained one, read from its config.json, and its backbone weights are loaded; the head
+    is new, for ``num_sources`` outputs, and the pretrained run's heads (separation, MixIT or
+    codec-token heads) are dropped.
+    """
+    from hubbub.models import build_model, load_backbone, model_config
+    from hubbub.models.io import read_config
+
+    m = cfg.model
+    if not cfg.init:
+        return build_model(m.name, num_sources=num_sources, **{**model_config(m.name, m.size), **m.kwargs})
+    source = resolve_model_dir(cfg.init)
+    pretrained = read_config(source)
+    kwargs = {k: v for k, v in pretrained["kwargs"].items() if k != "num_sources"}
+    if pretrained["name"] != m.name:
+        log.info("init %s is a %s model: using its architecture, not model.name=%s", cfg.init, pretrained["name"], m.name)
+    model = build_model(pretrained["name"], num_sources=num_sources, **kwargs)
+    report = load_backbone(model, source)
+    log.info("backbone from %s: %d tensors loaded, %d ignored (heads dropped)", source, len(report.loaded),
+             len(report.ignored))
+    return model
