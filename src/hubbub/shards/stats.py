@@ -20,13 +20,14 @@ import numpy as np
 from hubbub.shards.writer import load_index
 
 # Metric name -> how to read it from one sample's JSON (a list: sir_db has one value per further
-# source; the first source is the reference, its SIR is 0 dB by definition).
+# source; the first source is the reference, its SIR is 0 dB by definition). Unlabelled samples
+# (cut from recordings by hubbub.shards.ingest) have no room, mixing or sources: None, left out.
 METRICS = {
-    "rt60_s_measured": lambda m: [m["room"]["rt60_s_measured"]],
-    "rt60_s_target": lambda m: [m["room"]["rt60_s_target"]],
+    "rt60_s_measured": lambda m: [(m.get("room") or {}).get("rt60_s_measured")],
+    "rt60_s_target": lambda m: [(m.get("room") or {}).get("rt60_s_target")],
     "snr_db": lambda m: [(m.get("noise") or {}).get("snr_db")],
-    "sir_db": lambda m: [s.get("sir_db") for s in m["sources"][1:]],
-    "overlap_ratio": lambda m: [m["mixing"]["overlap_ratio"]],
+    "sir_db": lambda m: [s.get("sir_db") for s in m.get("sources", [])[1:]],
+    "overlap_ratio": lambda m: [(m.get("mixing") or {}).get("overlap_ratio")],
     "duration_s": lambda m: [m["duration_s"]],
 }
 HISTOGRAM_BINS = 20
@@ -92,7 +93,7 @@ def corpus_stats(corpus_dir: str | Path, *, splits: Iterable[str] | None = None)
                 for name, read in METRICS.items():
                     values[name] += read(meta)
                 speaker_counts[meta["num_speakers"]] += 1
-                speakers.update(s["speaker"] for s in meta["sources"])
+                speakers.update(s["speaker"] for s in meta.get("sources", []))
         out["splits"][split] = {
             "num_samples": sum(speaker_counts.values()),
             "hours": sum(values["duration_s"]) / 3600.0,

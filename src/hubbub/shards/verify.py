@@ -35,6 +35,9 @@ REQUIRED_FIELDS = ("key", "split", "index", "sample_rate_hz", "num_samples", "du
                    "num_speakers", "num_mics", "targets", "room.rt60_s_target",
                    "room.rt60_s_measured", "mixing.overlap_ratio", "sources")
 REQUIRED_SOURCE_FIELDS = ("speaker", "sir_db")
+# Drawn only for simulated mixtures: unlabelled samples ("labelled": false, cut from recordings by
+# hubbub.shards.ingest) have no room or mixing parameters, and no sources.
+SIMULATION_FIELDS = ("room.rt60_s_target", "room.rt60_s_measured", "mixing.overlap_ratio")
 MIXTURE_TOLERANCE = 1e-6
 _SIDECAR = re.compile(r"^[A-Za-z0-9]+-\d{6}\.json$")
 _IMAGE_TARGETS = ("mix", "noise", "direct", "early", "reverberant")  # (num_mics, num_samples)
@@ -233,9 +236,13 @@ def _check_sample(raw: dict, split: str, sidecar_duration_s: float | None, check
         meta = json.loads(raw["json"])
     except ValueError as e:
         return [f"json does not parse: {e}"]
-    faults = [f"json lacks {f}" for f in REQUIRED_FIELDS if _get(meta, f) is _MISSING]
+    unlabelled = meta.get("labelled", True) is False
+    required = [f for f in REQUIRED_FIELDS if not (unlabelled and f in SIMULATION_FIELDS)]
+    faults = [f"json lacks {f}" for f in required if _get(meta, f) is _MISSING]
     if faults:
         return faults
+    if unlabelled and (meta["num_speakers"] != 0 or meta["targets"]):
+        faults.append(f"unlabelled sample with num_speakers={meta['num_speakers']}, targets={meta['targets']}")
     if meta["key"] != key:
         faults.append(f"json key {meta['key']!r} differs from the member names' key")
     if "." in meta["key"]:

@@ -1,0 +1,476 @@
+"""Unlabelled recordings -> a hubbub corpus of mixtures only, for MixIT pretraining.
+
+:func:`ingest_recordings` walks a folder of recordings (meetings, podcasts, real noisy speech),
+cuts each into consecutive non-overlapping segments of ``segment_s`` and writes every segment as
+one sample of the standard shard format (:mod:`hubbub.shards.format`) with only two members::
+
+    {key}.json       {"labelled": false, "num_speakers": 0, "targets": [], "sources": [],
+                      "source_file": "meeting1/array.wav", "offset_s": 8.0, ...}
+    {key}.mix.flac   (T,) the segment, i.e. an (M=1, T) image at the reference mic, 24-bit
+
+so the reader yields ``batch["mix"]`` (B, 1, T) with ``num_sources`` 0, and ``hubbub shards
+verify`` / ``stats`` work on it as on a simulated corpus.
+
+Choices, and why:
+
+* Multichannel files keep **channel 0**. An average of the channels of a microphone array is a
+  signal no microphone recorded (its comb filtering is an artefact the model would learn); one
+  channel is a real recording, and it is what a simulated corpus stores at its reference mic.
+* The **plan is made from the file headers** (frames, rate): each file's segment count, the
+  split of each file, the sample index of each segment and so the shard of each sample are known
+  before any audio is decoded. A segment later found silent or non-finite (or a file that fails
+  to decode) is recorded as a failed sample in its shard's sidecar, as ``hubbub simulate`` records
+  a failed mixture, and the plan stays fixed. That is what makes a rerun resumable and exact:
+  complete shards are kept without decoding the files that fill them.
+* Each file is decoded **once per run, streamed in blocks** and resampled block by block
+  (with enough context that the result equals resampling the whole file), so an hours-long
+  multichannel recording never sits in memory.
+* **Splits are per file** (every segment of a recording in one split), drawn deterministically
+  from the seed and the files' paths relative to ``folder``
+  (:func:`hubbub.sources.speech.assign_splits`).
+
+Next to the shards: ``recipe.json`` (the identity of the corpus: a rerun with other settings or
+other files is refused), ``report.json`` (skipped files and segments, each with its reason) and
+``index.json`` (recipe ``{"kind": "recordings", ...}`` and a data card).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+
+from hubbub.audio import AudioError, probe, resample
+from hubbub.shards.format import encode_flac, encode_json, quantize, sample_key, shard_name
+from hubbub.shards.writer import (ShardRecord, ShardWriter, atomic_write_json, build_index, read_sidecar,
+                                  shard_is_complete, sidecar_path, write_sidecar)
+from hubbub.sources.speech import _walk_audio, assign_splits
+
+log = logging.getLogger(__name__)
+
+KIND = "recordings"
+LICENCE = "unknown (user recordings)"
+CHANNEL = 0
+# A segment whose peak is below -80 dBFS holds nothing a separation model can learn from.
+SILENT_PEAK = 1e-4
+# Output samples resampled per block: a few MB of float32, whatever the file's length.
+_BLOCK_S = 30.0
+
+
+@dataclass
+class IngestResult:
+    out_dir: Path
+    index: dict
+    written: int                 # shards written by this run
+    skipped_complete: int        # shards found complete and kept
+    skipped_files: list[dict]    # {"path" (relative to the folder), "reason", "detail"}
+    skipped_segments: list[dict] = field(default_factory=list)  # of files that were otherwise used
+
+
+@dataclass
+class _File:
+    """One recording as its header describes it, and its place in the plan."""
+
+    path: Path
+    rel: str
+    sample_rate_hz: int
+    frames: int
+    channels: int
+    num_segments: int
+    split: str = ""
+    first_index: int = 0  # sample index of its first segment within its split
+
+
+def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s: float = 1.0,
+                      sample_rate_hz: int = 16000, splits: dict[str, float] | None = None,
+                      samples_per_shard: int = 200, seed: int = 0, progress: bool = False) -> IngestResult:
+    """Cut the recordings under ``folder`` into segments and write them as a corpus in ``out_dir``.
+
+    Args:
+        folder: searched recursively for audio files (the extensions of
+            :data:`hubbub.sources.speech.AUDIO_EXTENSIONS`).
+        out_dir: the corpus directory (created; a rerun of the same call finishes or keeps it).
+        segment_s: segment length in seconds; segments are consecutive and do not overlap.
+        min_segment_s: a recording's last, shorter piece is kept when at least this long, else
+            dropped; a recording shorter than this is skipped as ``too-short``.
+        sample_rate_hz: every segment is resampled to this rate.
+        splits: split name -> fraction of the files (default ``{"train": 0.95, "valid": 0.05}``);
+            every split with a positive fraction gets at least one file.
+        samples_per_shard: segments per shard.
+        seed: picks which files go to which split (nothing else is random).
+        progress: show a progress bar over the files decoded.
+
+    Files that cannot be used are skipped with a reason (``unreadable``, ``empty``,
+    ``too-short``, ``non-finite``, ``silent``, ``truncated``), as are single silent or
+    non-finite segments; both are listed in ``report.json``. Raises ValueError, with nothing
+    written, when the folder holds no usable audio or fewer usable files than splits, and when
+    ``out_dir`` holds a corpus made with other settings or files.
+
+    Example::
+
+        res = ingest_recordings("/data/meetings", "corpora/meetings", segment_s=4.0)
+        ds = ShardDataset("corpora/meetings", "train", targets=(), crop_s=3.0, batch_size=8)
+    """
+    splits = dict({"train": 0.95, "valid": 0.05} if splits is None else splits)
+    _check_settings(segment_s, min_segment_s, sample_rate_hz, splits, samples_per_shard)
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"recordings folder {folder} does not exist or is not a directory")
+    out_dir = Path(out_dir).expanduser().resolve()
+    segment_len = int(round(segment_s * sample_rate_hz))
+    min_len = max(1, int(round(min_segment_s * sample_rate_hz)))
+
+    # Everything up to the first write is header reads: a folder with no usable audio, or too
+    # few files for the splits, is refused before out_dir is touched.
+    files, header_skipped, sources_hash = _index_files(folder, sample_rate_hz, segment_len, min_len,
+                                                       min_segment_s)
+    if not files:
+        raise ValueError(f"no usable audio under {folder}: {len(header_skipped)} file(s) skipped "
+                         f"({_reasons(header_skipped)}); nothing written")
+    by_split = _assign(files, splits, seed)
+    # Normalised types: segment_s=4 and segment_s=4.0 are the same corpus.
+    recipe = {"kind": KIND, "sample_rate_hz": int(sample_rate_hz), "segment_s": float(segment_s),
+              "min_segment_s": float(min_segment_s), "source": folder.name}
+    # The folder's name is provenance, not identity: a renamed copy of the same files is the same corpus.
+    recipe_hash = _hash({k: v for k, v in recipe.items() if k != "source"} | {"channel": CHANNEL})
+    identity = {"kind": KIND, "recipe_hash": recipe_hash, "sources_hash": sources_hash, "seed": seed,
+                "samples_per_shard": samples_per_shard, "splits": splits, "recipe": recipe}
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_corpus(out_dir, identity)
+    atomic_write_json(out_dir / "recipe.json", identity)
+    for stale in out_dir.glob("*.tar.tmp"):  # partial shards of a killed run
+        stale.unlink()
+
+    plans = {split: _plan_shards(split, sum(f.num_segments for f in fs), samples_per_shard)
+             for split, fs in by_split.items()}
+    pending = {p.name for ps in plans.values() for p in ps
+               if not shard_is_complete(out_dir, p.name, p.num_planned)}
+    to_decode = [f for fs in by_split.values() for f in fs
+                 if any(shard_name(f.split, k) in pending for k in _shards_of(f, samples_per_shard))]
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(to_decode), desc="recordings", unit="file", disable=not progress)
+    for split, fs in by_split.items():
+        _write_split(fs, plans[split], pending, out_dir, bar, sample_rate_hz, segment_len, min_len,
+                     samples_per_shard)
+    bar.close()
+
+    records = [read_sidecar(sidecar_path(out_dir / p.name)) for ps in plans.values() for p in ps]
+    decode_skipped, skipped_segments = _failures(records, files)
+    skipped_files = header_skipped + decode_skipped
+    if not any(r.keys for r in records):
+        _remove_written(out_dir, plans, created)
+        raise ValueError(f"no usable audio under {folder}: every segment of {len(files)} file(s) was "
+                         f"skipped ({_reasons(skipped_files)}); nothing written")
+    empty = [s for s in plans if not any(r.keys for r in records if r.split == s)]
+    for s in empty:
+        log.warning("split %s holds no usable segment: all its files were skipped (see report.json)", s)
+    atomic_write_json(out_dir / "report.json", {
+        "folder": str(folder), "skipped_files": skipped_files, "skipped_segments": skipped_segments,
+        "summary": {"files_found": len(files) + len(header_skipped), "skipped_files": len(skipped_files),
+                    "skipped_segments": len(skipped_segments), "empty_splits": empty}})
+    index = build_index(out_dir, records, recipe=recipe, extra={
+        "kind": KIND, "seed": seed, "recipe_hash": recipe_hash, "sources_hash": sources_hash,
+        "data_card": _data_card(folder, by_split, records, skipped_files, decode_skipped)})
+    written = len(pending)
+    log.info("%d shards written, %d complete kept; %d files skipped", written,
+             len(records) - written, len(skipped_files))
+    return IngestResult(out_dir, index, written, len(records) - written, skipped_files, skipped_segments)
+
+
+def _check_settings(segment_s, min_segment_s, sample_rate_hz, splits, samples_per_shard) -> None:
+    if not segment_s > 0 or not 0 < min_segment_s <= segment_s:
+        raise ValueError(f"need 0 < min_segment_s <= segment_s, got {min_segment_s} and {segment_s}")
+    if int(sample_rate_hz) != sample_rate_hz or sample_rate_hz <= 0:
+        raise ValueError(f"sample_rate_hz must be a positive integer, got {sample_rate_hz}")
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be positive, got {samples_per_shard}")
+    if not splits or any(f < 0 for f in splits.values()) or not any(f > 0 for f in splits.values()):
+        raise ValueError(f"splits must map names to fractions >= 0, one of them positive; got {splits}")
+    for name in splits:
+        sample_key(name, 0)  # raises for names a key cannot hold
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _reasons(skipped: list[dict]) -> str:
+    counts = Counter(s["reason"] for s in skipped)
+    return ", ".join(f"{n} {r}" for r, n in sorted(counts.items())) or "none"
+
+
+def _resampled_length(frames: int, from_hz: int, to_hz: int) -> int:
+    ratio = Fraction(to_hz, from_hz)
+    return -(-frames * ratio.numerator // ratio.denominator)  # resample_poly's ceil(n * up / down)
+
+
+def _index_files(folder: Path, sample_rate_hz: int, segment_len: int, min_len: int,
+                 min_segment_s: float) -> tuple[list[_File], list[dict], str]:
+    """Read every header: (usable files, skipped files, fingerprint of what the folder holds)."""
+    files, skipped, rows = [], [], []
+    for path in _walk_audio(folder):
+        rel = path.relative_to(folder).as_posix()
+        try:
+            sr, frames, channels = probe(path)
+            if frames == 0:
+                raise AudioError(path, "empty")
+        except AudioError as exc:
+            rows.append([rel, path.stat().st_size])
+            skipped.append({"path": rel, "reason": exc.reason, "detail": exc.detail})
+            continue
+        rows.append([rel, path.stat().st_size, sr, frames, channels])
+        n = _resampled_length(frames, sr, sample_rate_hz)
+        count = n // segment_len + (n % segment_len >= min_len)
+        if count == 0:
+            skipped.append({"path": rel, "reason": "too-short",
+                            "detail": f"{frames / sr:.3f} s < {min_segment_s} s"})
+            continue
+        files.append(_File(path, rel, sr, frames, channels, count))
+    return files, skipped, _hash(rows)
+
+
+def _assign(files: list[_File], splits: dict[str, float], seed: int) -> dict[str, list[_File]]:
+    names = [n for n, f in splits.items() if f > 0]
+    if len(files) < len(names):
+        raise ValueError(f"{len(files)} usable recording(s) cannot fill {len(names)} splits {names} "
+                         f"with one file each: add recordings or use fewer splits; nothing written")
+    try:
+        assigned = assign_splits([f.rel for f in files], splits, seed=seed)
+    except ValueError:
+        raise ValueError(f"{len(files)} usable recordings are too few for the split fractions {splits}; "
+                         f"nothing written") from None
+    by_rel = {f.rel: f for f in files}
+    out = {}
+    for split, rels in assigned.items():
+        first = 0
+        for rel in rels:  # sorted: a split's samples follow the files' path order
+            f = by_rel[rel]
+            f.split, f.first_index = split, first
+            first += f.num_segments
+        out[split] = [by_rel[r] for r in rels]
+    return out
+
+
+def _check_same_corpus(out_dir: Path, identity: dict) -> None:
+    path = out_dir / "recipe.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    for key in ("kind", "recipe_hash", "sources_hash", "seed", "samples_per_shard", "splits"):
+        if old.get(key) != identity.get(key):
+            what = "recordings" if key == "sources_hash" else key
+            raise ValueError(f"{out_dir} holds a corpus made with different {what} ({old.get(key)!r} vs "
+                             f"{identity.get(key)!r}): use another output folder, or delete it to start over")
+
+
+@dataclass
+class _ShardPlan:
+    split: str
+    shard_index: int
+    first_sample: int
+    num_planned: int
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.shard_index)
+
+
+def _plan_shards(split: str, num: int, per: int) -> list[_ShardPlan]:
+    return [_ShardPlan(split, i, first, min(per, num - first)) for i, first in enumerate(range(0, num, per))]
+
+
+def _shards_of(f: _File, per: int) -> set[int]:
+    return set(range(f.first_index // per, (f.first_index + f.num_segments - 1) // per + 1))
+
+
+def _write_split(files: list[_File], plans: list[_ShardPlan], pending: set[str], out_dir: Path, bar,
+                 sample_rate_hz: int, segment_len: int, min_len: int, per: int) -> None:
+    """Write the pending shards of one split, decoding only the files that fill them.
+
+    Sample indices only grow along the split's files, so one shard is open at a time.
+    """
+    current: tuple[ShardWriter, ShardRecord] | None = None
+
+    def close(exc_info=(None, None, None)):
+        nonlocal current
+        if current is not None:
+            writer, rec = current
+            current = None
+            writer.__exit__(*exc_info)
+            if exc_info[0] is None:
+                write_sidecar(rec, out_dir)
+
+    try:
+        for f in files:
+            if not any(plans[k].name in pending for k in _shards_of(f, per)):
+                continue
+            for i, segment, reason, detail in _segments(f, sample_rate_hz, segment_len, min_len):
+                index = f.first_index + i
+                plan = plans[index // per]
+                if plan.name not in pending:
+                    continue  # decoded for a later shard; this one is complete
+                if current is None or current[1].shard_index != plan.shard_index:
+                    close()
+                    current = (ShardWriter(out_dir / plan.name).__enter__(),
+                               ShardRecord(name=plan.name, split=plan.split, shard_index=plan.shard_index,
+                                           first_sample=plan.first_sample, num_planned=plan.num_planned))
+                writer, rec = current
+                key = sample_key(f.split, index)
+                offset_samples = i * segment_len
+                if segment is None:
+                    rec.failed.append({"index": index, "key": key, "split": f.split, "source_file": f.rel,
+                                       "offset_s": round(offset_samples / sample_rate_hz, 6), "reason": reason,
+                                       "error": f"{reason}: {detail}" if detail else reason})
+                    continue
+                members = _members(f, key, index, segment, offset_samples, sample_rate_hz)
+                writer.write(members)
+                rec.keys.append(key)
+                rec.durations_s.append(len(segment) / sample_rate_hz)
+            bar.update(1)
+        close()
+    except BaseException:
+        close(sys.exc_info())  # the open shard's .tmp is removed, never renamed
+        raise
+
+
+def _members(f: _File, key: str, index: int, segment: np.ndarray, offset_samples: int,
+             sample_rate_hz: int) -> dict:
+    n = len(segment)
+    meta = {
+        "key": key, "split": f.split, "index": index, "kind": KIND, "labelled": False,
+        "sample_rate_hz": sample_rate_hz, "num_samples": n, "duration_s": n / sample_rate_hz,
+        "num_speakers": 0, "num_mics": 1, "targets": [], "sources": [],
+        "source_file": f.rel, "offset_s": round(offset_samples / sample_rate_hz, 6),
+        "offset_samples": offset_samples, "channel": CHANNEL, "source_channels": f.channels,
+        "source_sample_rate_hz": f.sample_rate_hz,
+    }
+    return {"__key__": key, "json": encode_json(meta), "mix.flac": encode_flac(quantize(segment), sample_rate_hz)}
+
+
+def _segments(f: _File, sample_rate_hz: int, segment_len: int, min_len: int
+              ) -> Iterator[tuple[int, np.ndarray | None, str | None, str]]:
+    """Exactly ``f.num_segments`` items ``(i, segment or None, reason, detail)``, in order.
+
+    The header's plan wins over what the decoder delivers: audio beyond the planned length is
+    dropped, planned segments the file cannot deliver are failures (``truncated``, ``unreadable``).
+    """
+    done, buffer, filled = 0, np.zeros(segment_len, np.float32), 0
+    try:
+        for block in _stream_channel(f.path, f.sample_rate_hz, sample_rate_hz, f.frames):
+            while block.size and done < f.num_segments:
+                take = min(segment_len - filled, block.size)
+                buffer[filled:filled + take] = block[:take]
+                filled, block = filled + take, block[take:]
+                if filled == segment_len:
+                    yield (done, *_judge(buffer.copy()))
+                    done, filled = done + 1, 0
+        if done < f.num_segments and filled >= min_len:
+            yield (done, *_judge(buffer[:filled].copy()))
+            done += 1
+        reason, detail = "truncated", f"decoded fewer samples than its header's {f.frames}"
+    except Exception as exc:  # libsndfile raises several types for damaged data
+        reason, detail = "unreadable", (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    for i in range(done, f.num_segments):
+        yield i, None, reason, detail
+
+
+def _judge(segment: np.ndarray) -> tuple[np.ndarray | None, str | None, str]:
+    if not np.isfinite(segment).all():
+        return None, "non-finite", "NaN or inf samples"
+    peak = float(np.abs(segment).max())
+    if peak < SILENT_PEAK:
+        return None, "silent", f"peak {peak:.2g} < {SILENT_PEAK:g}"
+    return segment, None, ""
+
+
+def _stream_channel(path: Path, from_hz: int, to_hz: int, frames: int) -> Iterator[np.ndarray]:
+    """Channel ``CHANNEL`` of a file at ``to_hz``, as consecutive float32 blocks whose
+    concatenation equals :func:`hubbub.audio.resample` of the whole channel (to float rounding).
+
+    Each block is resampled with ``margin`` input samples of context on both sides (zeros past
+    the file's ends, as ``resample_poly`` pads), more than the half-length of its filter; the
+    margin and the block are multiples of the decimation factor so block outputs land on the
+    whole signal's output grid.
+    """
+    ratio = Fraction(to_hz, from_hz)
+    up, down = ratio.numerator, ratio.denominator
+    out_block = up * max(1, round(_BLOCK_S * to_hz / up))
+    in_block = out_block // up * down
+    # resample_poly's filter reaches 10 * max(up, down) samples of the upsampled signal each way.
+    margin = 0 if up == down else down * -(-(10 * max(up, down) // up + 2) // down)
+    trim = margin // down * up
+    limit = _resampled_length(frames, from_hz, to_hz)  # the header's length: audio past it is dropped
+    emitted, read, eof = 0, 0, False
+    buffer = np.zeros(margin, np.float32)  # input from (block start - margin) on
+    with sf.SoundFile(str(path)) as audio:
+        while emitted < limit:
+            while not eof and buffer.size < in_block + 2 * margin:
+                chunk = audio.read(in_block, dtype="float32", always_2d=True)[:, CHANNEL]
+                eof, read = chunk.size < in_block, read + chunk.size
+                buffer = np.concatenate([buffer, chunk])
+                if eof:  # a file shorter than its header ends here (the caller reports it truncated)
+                    limit = min(limit, _resampled_length(read, from_hz, to_hz))
+            window = buffer[:in_block + 2 * margin]
+            window = np.pad(window, (0, in_block + 2 * margin - window.size))
+            out = resample(window, from_hz, to_hz)[trim:trim + out_block][:limit - emitted]
+            if out.size == 0:
+                return
+            emitted += out.size
+            yield out
+            buffer = buffer[in_block:]
+
+
+def _failures(records: list[ShardRecord], files: list[_File]) -> tuple[list[dict], list[dict]]:
+    """From the sidecars (so a resumed run reports what the first run found): files none of
+    whose segments were usable, and the skipped segments of the other files."""
+    failed_by_file: dict[str, list[dict]] = {}
+    for rec in records:
+        for entry in rec.failed:
+            failed_by_file.setdefault(entry["source_file"], []).append(entry)
+    files_out, segments_out = [], []
+    for f in files:
+        failed = failed_by_file.get(f.rel, [])
+        if failed and len(failed) == f.num_segments:
+            reason = Counter(e["reason"] for e in failed).most_common(1)[0][0]
+            files_out.append({"path": f.rel, "reason": reason,
+                              "detail": f"all {f.num_segments} segment(s) skipped: {failed[0]['error']}"})
+        else:
+            segments_out += [{"path": e["source_file"], "offset_s": e["offset_s"], "key": e["key"],
+                              "split": e["split"], "reason": e["reason"], "error": e["error"]} for e in failed]
+    return files_out, segments_out
+
+
+def _data_card(folder: Path, by_split: dict[str, list[_File]], records: list[ShardRecord],
+               skipped_files: list[dict], decode_skipped: list[dict]) -> dict:
+    unusable = {s["path"] for s in decode_skipped}
+    return {
+        "kind": KIND, "source": folder.name, "licence": LICENCE,
+        "files": sum(f.rel not in unusable for fs in by_split.values() for f in fs),
+        "files_per_split": {s: sum(f.rel not in unusable for f in fs) for s, fs in by_split.items()},
+        "hours_per_split": {s: round(sum(sum(r.durations_s) for r in records if r.split == s) / 3600, 4)
+                            for s in by_split},
+        "channel": f"channel {CHANNEL} of multichannel files",
+        "skipped_files": len(skipped_files),
+    }
+
+
+def _remove_written(out_dir: Path, plans: dict[str, list[_ShardPlan]], created: bool) -> None:
+    """Undo a run that found no usable segment, so that it leaves nothing behind."""
+    if created:
+        shutil.rmtree(out_dir)
+        return
+    for p in (p for ps in plans.values() for p in ps):
+        (out_dir / p.name).unlink(missing_ok=True)
+        sidecar_path(out_dir / p.name).unlink(missing_ok=True)
+    (out_dir / "recipe.json").unlink(missing_ok=True)
