@@ -24,8 +24,11 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData, snapshot_download
 
-from hubbub.models import Separator, load_model, save_model
-from hubbub.models.io import CONFIG_NAME, WEIGHTS_NAME
+import torch
+from safetensors.torch import load_file
+
+from hubbub.models import Separator, build_model, load_model, save_model
+from hubbub.models.io import BACKBONE, CONFIG_NAME, SEPARATOR, WEIGHTS_NAME, read_config
 from hubbub.separate import CARD_NAME, RUN_CONFIG_NAME, RUN_MODEL_DIR
 from hubbub.shards.writer import atomic_write_bytes, atomic_write_json, load_index
 
@@ -113,21 +116,36 @@ def _flatten(metrics: dict, prefix: str = "") -> list[tuple[str, str]]:
     return rows
 
 
-def _card_body(model: Separator, card: dict, title: str) -> str:
+STAGE_WORDS = {"pit": "supervised PIT on simulated mixtures", "mixit": "MixIT (unsupervised) on unlabelled mixtures",
+               "codec": "codec-token prediction (self-supervised)"}
+
+
+def _card_body(model, card: dict, title: str) -> str:
     spec = model.spec or {}
     rate = card.get("sample_rate_hz")
     params = sum(p.numel() for p in model.parameters())
-    lines = [f"# {title}", "",
-             f"A {spec.get('name', type(model).__name__)} speech separator with {model.num_sources} outputs "
-             f"({params / 1e6:.2f} M parameters" + (f", {rate} Hz" if rate else "") + "), trained with hubbub "
-             "on simulated mixtures.", "",
-             "## Usage", "", "```python",
-             "from hubbub.publish import from_pretrained",
-             "from hubbub.separate import separate_waveform", "",
-             f'model = from_pretrained("{title}")',
-             f"sources = separate_waveform(model, mixture, sample_rate_hz={rate or 'RATE'})   # (T,) -> (S, T)",
-             "```", "", "or from the shell: `hubbub separate DIR mixture.wav --out separated/`."]
     training = card.get("training") or {}
+    how = STAGE_WORDS.get(training.get("stage"), "hubbub")
+    if getattr(model, "checkpoint_contents", "separator") == "backbone":
+        lines = [f"# {title}", "",
+                 f"A pretrained {spec.get('name', '?')} separator **backbone** "
+                 f"({sum(p.numel() for p in model.backbone.parameters()) / 1e6:.2f} M parameters"
+                 + (f", {rate} Hz" if rate else "") + f"), trained with hubbub by {how}. It has no separation "
+                 "head (its pretraining heads are dropped when it is loaded): finetune it.", "",
+                 "## Usage", "", "```bash",
+                 f"hubbub finetune pit --init {title} --shards CORPUS --out runs/finetuned",
+                 "```"]
+    else:
+        lines = [f"# {title}", "",
+                 f"A {spec.get('name', type(model).__name__)} speech separator with {model.num_sources} outputs "
+                 f"({params / 1e6:.2f} M parameters" + (f", {rate} Hz" if rate else "") + f"), trained with hubbub "
+                 f"by {how}. Its backbone can start finetuning: `hubbub finetune pit --init {title} ...`.", "",
+                 "## Usage", "", "```python",
+                 "from hubbub.publish import from_pretrained",
+                 "from hubbub.separate import separate_waveform", "",
+                 f'model = from_pretrained("{title}")',
+                 f"sources = separate_waveform(model, mixture, sample_rate_hz={rate or 'RATE'})   # (T,) -> (S, T)",
+                 "```", "", "or from the shell: `hubbub separate DIR mixture.wav --out separated/`."]
     if training:
         lines += ["", "## Training", ""]
         lines += _table(("stage", "steps", "target"),
@@ -156,7 +174,36 @@ def _card_body(model: Separator, card: dict, title: str) -> str:
         lines += _table(("split", "mixtures", "hours", "speakers"),
                         [(name, s.get("num_samples", "?"), f"{s['hours']:g}" if "hours" in s else "?",
                           speakers.get(name, "?")) for name, s in splits.items()])
+    lines += _pretraining_lines(data)
     return "\n".join(lines) + "\n"
+
+
+def _pretraining_lines(data: dict) -> list[str]:
+    """What self-supervised stages add to the data card: unlabelled data, MixIT and codec settings."""
+    lines = []
+    recipe = data.get("recipe") or {}
+    if recipe.get("kind") == "recordings":
+        lines += ["", f"Unlabelled recordings from **{recipe.get('source', '?')}**, cut into "
+                      f"{recipe.get('segment_s', '?')} s segments at {recipe.get('sample_rate_hz', '?')} Hz "
+                      "(no sources known)."]
+    if mixit := data.get("mixit"):
+        lines += ["", f"MixIT: {mixit.get('num_outputs')} outputs, mixture consistency {mixit.get('consistency')}, "
+                      f"SNR threshold tau = {mixit.get('tau'):g}."]
+    if codec := data.get("codec"):
+        lines += ["", f"Codec tokens ({data.get('codec_task', '?')} task): EnCodec {codec.get('name', '?')}, "
+                      f"{codec.get('num_codebooks', '?')} codebooks of {codec.get('codebook_size', '?')} at "
+                      f"{codec.get('frame_rate_hz', '?')} Hz."]
+    if unlabelled := data.get("unlabelled"):
+        if isinstance(unlabelled, dict):
+            u_recipe = unlabelled.get("recipe") or {}
+            hours = sum(s.get("hours", 0) for s in (unlabelled.get("splits") or {}).values())
+            lines += ["", "## Unlabelled data (semi-supervised MixIT)", "",
+                      f"Corpus **{u_recipe.get('name') or u_recipe.get('source') or '?'}** "
+                      f"({hours:g} hours), MixIT loss weight {unlabelled.get('weight')}."]
+            rows = _recipe_rows(u_recipe, unlabelled.get("sources") or {})
+            if rows:
+                lines += [""] + _table(("property", "value"), rows)
+    return lines
 
 
 def save_pretrained(model: Separator, out_dir: str | Path, *, card: dict) -> Path:
@@ -247,6 +294,34 @@ def from_pretrained(dir_or_repo_id: str | Path, *, revision: str | None = None) 
     return load_model(directory).eval()
 
 
+class _PretrainedBackbone(torch.nn.Module):
+    """A backbone checkpoint (pretraining heads included) as a module that save_model rewrites."""
+
+    checkpoint_contents = BACKBONE
+
+    def __init__(self, directory: Path):
+        super().__init__()
+        config = read_config(directory)
+        self.spec = {"name": config["name"], "kwargs": config["kwargs"]}
+        self.checkpoint_heads = config.get("heads")
+        self.backbone = build_model(config["name"], **config["kwargs"]).backbone
+        self.state = load_file(str(directory / WEIGHTS_NAME))
+        self.backbone.load_state_dict({k[len("backbone."):]: v for k, v in self.state.items()
+                                       if k.startswith("backbone.")})
+
+    def state_dict(self, *args, **kwargs):
+        return dict(self.state)
+
+
+def load_checkpoint(directory: str | Path):
+    """A model directory as a module to publish: the separator, or a pretrained backbone with its
+    pretraining heads (``"contents": "backbone"``, written back unchanged)."""
+    directory = Path(directory)
+    if read_config(directory).get("contents", SEPARATOR) == BACKBONE:
+        return _PretrainedBackbone(directory)
+    return load_model(directory)
+
+
 def _licence_id(licences: list[str]) -> str:
     """The Hub licence id implied by the training audio's licences: the single one, lower-cased
     (SPDX "CC-BY-4.0" -> Hub "cc-by-4.0"); "other" for none, several or unknown."""
@@ -312,7 +387,7 @@ def publish_run(run_dir: str | Path, to_dir: str | Path, *, repo_id: str | None 
     """
     card = run_card(run_dir, license=license)
     card["title"] = repo_id or Path(to_dir).resolve().name
-    to_dir = save_pretrained(load_model(Path(run_dir) / RUN_MODEL_DIR), to_dir, card=card)
+    to_dir = save_pretrained(load_checkpoint(Path(run_dir) / RUN_MODEL_DIR), to_dir, card=card)
     if repo_id:
         upload(to_dir, repo_id, private=private)
     return to_dir

@@ -15,8 +15,10 @@ published. It checks, and keeps going after a fault so one run lists everything 
   reverberant, noise) the same shape, dry sources (num_samples,), RIRs (num_mics, L); and
   ``mix == sum(reverberant) + noise`` to 1e-6 (exact in the 24-bit format).
 
-Members it does not know (a later stage's ``s0.lips.npy``, ``mix.codec.npy``) are decoded by
-extension and otherwise left alone.
+Members it does not know (a later stage's ``s0.lips.npy``) are decoded by extension and otherwise
+left alone. Codec tokens (``mix.codec.npy``, ``s{i}.codec.npy``, see :mod:`hubbub.shards.tokens`)
+must be non-negative 2-D integer arrays; where ``index.json`` has a ``"codec"`` entry every sample
+must carry them, with (Q, L) = (num_codebooks, frames of num_samples) and codes < codebook_size.
 """
 from __future__ import annotations
 
@@ -127,7 +129,8 @@ def verify_corpus(corpus_dir: str | Path, *, check_audio: bool = True) -> Verify
         if name not in sidecars:
             report.fault(sidecar_path(name).name, None, "sidecar missing")
         if name in tars:
-            _check_shard(corpus_dir, name, (listed or {}).get(name), name in sidecars, owner_of_key, report)
+            _check_shard(corpus_dir, name, (listed or {}).get(name), name in sidecars, owner_of_key, report,
+                         codec=(index or {}).get("codec"))
     if index:
         _check_split_totals(index, report)
     return report
@@ -161,7 +164,7 @@ def _check_split_totals(index: dict, report: VerifyReport) -> None:
 
 
 def _check_shard(corpus_dir: Path, name: str, entry: dict | None, has_sidecar: bool,
-                 owner_of_key: dict[str, str], report: VerifyReport) -> None:
+                 owner_of_key: dict[str, str], report: VerifyReport, codec: dict | None = None) -> None:
     tar_path = corpus_dir / name
     size, sha = tar_path.stat().st_size, sha256_file(tar_path)
     report.num_shards += 1
@@ -201,7 +204,7 @@ def _check_shard(corpus_dir: Path, name: str, entry: dict | None, has_sidecar: b
                 report.fault(name, key, f"duplicate key, also in {owner_of_key[key]}")
             owner_of_key[key] = name
             try:
-                messages = _check_sample(raw, split, sidecar_durations_s.get(key), report.checked_audio)
+                messages = _check_sample(raw, split, sidecar_durations_s.get(key), report.checked_audio, codec)
             except Exception as e:  # e.g. a field of the wrong type: a fault of this sample, read on
                 messages = [f"cannot be checked: {type(e).__name__}: {e}"]
             for message in messages:
@@ -227,7 +230,8 @@ def _get(meta: dict, dotted: str):
     return meta
 
 
-def _check_sample(raw: dict, split: str, sidecar_duration_s: float | None, check_audio: bool) -> list[str]:
+def _check_sample(raw: dict, split: str, sidecar_duration_s: float | None, check_audio: bool,
+                  codec: dict | None = None) -> list[str]:
     """Faults of one raw sample (member name -> bytes), as messages."""
     key = raw["__key__"]
     if "json" not in raw:
@@ -268,17 +272,21 @@ def _check_sample(raw: dict, split: str, sidecar_duration_s: float | None, check
         for i in range(num_speakers):
             if not {f"s{i}.{target}.flac", f"s{i}.{target}.npy"} & members:
                 faults.append(f"target {target} of source {i} missing")
+    if codec:  # index.json's "codec": every sample carries tokens of the mixture and its sources
+        expected.add("mix.codec.npy")
+        if codec.get("source_target"):
+            expected.update(f"s{i}.codec.npy" for i in range(num_speakers))
     faults += [f"member {m} missing" for m in sorted(expected - members)]
     for m in sorted(members):
         parsed = parse_source_member(m)
         if parsed and parsed[0] >= num_speakers:
             faults.append(f"member {m} for a mixture of {num_speakers} speaker(s)")
     if check_audio:
-        faults += _check_audio(raw, members, meta)
+        faults += _check_audio(raw, members, meta, codec)
     return faults
 
 
-def _check_audio(raw: dict, members: set[str], meta: dict) -> list[str]:
+def _check_audio(raw: dict, members: set[str], meta: dict, codec: dict | None = None) -> list[str]:
     num_mics, num_samples, sample_rate_hz = meta["num_mics"], meta["num_samples"], meta["sample_rate_hz"]
     image = (num_mics, num_samples)
     faults, audio = [], {}
@@ -314,6 +322,8 @@ def _check_audio(raw: dict, members: set[str], meta: dict) -> list[str]:
                 faults.append(f"{m} has {x.shape[-1]} samples, json says {num_samples}")
         elif target == "rir" and (x.ndim != 2 or x.shape[0] != num_mics):
             faults.append(f"{m} has shape {x.shape}, expected ({num_mics}, L)")
+        elif m.endswith(".codec.npy"):
+            faults += _check_codes(m, x, num_samples, sample_rate_hz, codec)
 
     reverberant = [audio.get(f"s{i}.reverberant.flac") for i in range(meta["num_speakers"])]
     has_noise = "noise.flac" in audio
@@ -328,4 +338,26 @@ def _check_audio(raw: dict, members: set[str], meta: dict) -> list[str]:
             return faults  # shape faults already reported
         if error > MIXTURE_TOLERANCE:
             faults.append(f"mix differs from sum(reverberant) + noise by up to {error:.3g}")
+    return faults
+
+
+def _check_codes(m: str, codes: np.ndarray, num_samples: int, sample_rate_hz: int,
+                 codec: dict | None) -> list[str]:
+    """Codec tokens (hubbub.shards.tokens): non-negative (Q, L) integers; with index.json's "codec"
+    entry also Q == num_codebooks, L == the frame count of num_samples, codes < codebook_size."""
+    if codes.ndim != 2 or codes.dtype.kind not in "iu":
+        return [f"{m} is {codes.dtype} of shape {codes.shape}, expected 2-D integer (Q, L) codes"]
+    codec = codec or {}
+    faults = []
+    if "num_codebooks" in codec and "frame_rate_hz" in codec:
+        from hubbub.codec import frame_count
+
+        expected = (codec["num_codebooks"], frame_count(num_samples, sample_rate_hz, codec["frame_rate_hz"]))
+        if codes.shape != expected:
+            faults.append(f"{m} has shape {codes.shape}, expected {expected} (Q, frames) for {num_samples} "
+                          f"samples at {codec['frame_rate_hz']} frames/s")
+    limit = codec.get("codebook_size")
+    if codes.size and (codes.min() < 0 or (limit is not None and codes.max() >= limit)):
+        upper = "inf" if limit is None else limit
+        faults.append(f"{m} has codes in [{codes.min()}, {codes.max()}], outside [0, {upper})")
     return faults
