@@ -152,14 +152,14 @@ class Codec:
                 (``scipy.signal.resample_poly``; a device round trip for CUDA input).
 
         Returns (B, Q, L) int64 codes in ``[0, codebook_size)`` on ``wave``'s device, with
-        ``L == num_frames(T, sample_rate_hz)``. Runs under ``torch.inference_mode``.
+        ``L == num_frames(T, sample_rate_hz)``. Runs under ``torch.no_grad`` (the codes may serve as targets in autograd).
         """
         if wave.ndim != 2:
             raise ValueError(f"wave must be (B, T), got shape {tuple(wave.shape)}")
         if wave.shape[-1] == 0:
             raise ValueError("cannot encode empty waveforms")
         num_samples = wave.shape[-1]
-        with torch.inference_mode():
+        with torch.no_grad():
             x = wave.detach()
             if sample_rate_hz != self.sample_rate_hz:
                 x = torch.from_numpy(resample(x.to("cpu", torch.float32).numpy(), sample_rate_hz,

@@ -130,10 +130,12 @@ class CodecStage(Solver):
         self.task = cfg.codec.task
         if self.task == "sources":
             recipe = self.card["recipe"]
-            if not recipe.get("targets") or (not self.cached and cfg.codec.source_target not in recipe["targets"]):
+            targets = recipe.get("targets", [cfg.codec.source_target])     # a recipe that does not say: try
+            if recipe.get("kind") == "recordings" or (not self.cached and cfg.codec.source_target not in targets):
                 raise ConfigError("codec.task", f"'sources' needs a labelled corpus storing the "
                                                 f"{cfg.codec.source_target!r} target; {cfg.data.shards} stores "
-                                                f"{recipe.get('targets') or 'no sources'} (use task=masked)")
+                                                f"{targets if recipe.get('kind') != 'recordings' else 'no sources'} "
+                                                "(use task=masked)")
             self.num_streams = cfg.model.num_sources
         else:
             self.num_streams = 1
@@ -142,13 +144,16 @@ class CodecStage(Solver):
         from hubbub.shards.writer import load_index
 
         stored = load_index(self.cfg.data.shards).get("codec")
-        same = bool(stored) and {k: v for k, v in stored.items() if k != "source_target"} == self.codec.info()
+        def identity(info: dict) -> dict:   # the same model at another path is the same codec
+            return {k: v for k, v in info.items() if k not in ("name", "source_target")}
+
+        same = bool(stored) and identity(stored) == identity(self.codec.info())
         if self.cfg.codec.task == "sources" and same and stored.get("source_target") != self.cfg.codec.source_target:
             same = False
-        if self.cfg.codec.cached == "yes" and not same:
+        if self.cfg.codec.cached == "require" and not same:
             raise ConfigError("codec.cached", f"{self.cfg.data.shards} holds no tokens of this codec "
                                               "(run `hubbub shards tokens` first, or set codec.cached=auto)")
-        use = same and self.cfg.codec.cached != "no"
+        use = same and self.cfg.codec.cached != "never"
         log.info("codec tokens: %s", "read from the shards" if use else "computed on the fly")
         return use
 

@@ -109,7 +109,9 @@ class CodecConfig:
     mask_prob: float = 0.08               # probability that a token frame starts a masked span (HuBERT)
     mask_span: int = 10                   # masked span length in token frames
     codebook_decay: float = 0.5           # codebook q's loss weight is decay**q (coarse codebooks count more)
-    cached: Literal["auto", "yes", "no"] = "auto"   # read tokens cached in the shards (hubbub shards tokens)
+    # tokens cached in the shards (hubbub shards tokens): "auto" uses them when they are of this
+    # codec, "require" fails without them, "never" computes them on the fly
+    cached: Literal["auto", "require", "never"] = "auto"
 
     def validate(self):
         if not 0 < self.mask_prob < 1:
