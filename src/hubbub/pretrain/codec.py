@@ -212,7 +212,7 @@ class CodecStage(Solver):
         return tokens.unflatten(0, refs.shape[:2])
 
     def _loss(self, model, batch, generator=None) -> tuple[torch.Tensor, dict]:
-        mix = batch["mix"][:, 0].to(self.accelerator.device if hasattr(self, "accelerator") else batch["mix"].device)
+        mix = batch["mix"][:, 0]
         tokens = self.targets(batch, mix)
         num_frames = tokens.shape[-1]
         if self.task == "masked":
@@ -237,10 +237,13 @@ class CodecStage(Solver):
 
     def evaluate(self, model) -> dict[str, float]:
         """Token cross-entropy and codebook-0 accuracy on the first valid samples (fixed masks)."""
+        from accelerate.utils import send_to_device
+
         from hubbub.shards.reader import collate_mixtures
 
         if self.valid is None:
             return {}
+        device = next(model.parameters()).device
         generator = torch.Generator().manual_seed(self.cfg.seed)
         losses, accs, items = [], [], []
         for i, item in enumerate(self.valid):
@@ -248,7 +251,7 @@ class CodecStage(Solver):
                 break
             items.append(item)
         for start in range(0, len(items), self.cfg.data.batch_size):
-            batch = collate_mixtures(items[start:start + self.cfg.data.batch_size])
+            batch = send_to_device(collate_mixtures(items[start:start + self.cfg.data.batch_size]), device)
             loss, logs = self._loss(model, batch, generator)
             losses.append(loss.item())
             accs.append(float(logs["accuracy_q0"]))
