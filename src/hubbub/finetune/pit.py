@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 
 from hubbub.train.build import build_separator, corpus_card, resolve_model_dir  # noqa: F401 (re-exported)
 from hubbub.train.config import TrainConfig
@@ -96,20 +98,23 @@ class PITStage(Solver):
     def train_step(self, model, batch):
         mix = batch["mix"][:, 0]                                   # (B, T), the reference mic
         ref = batch["sources"][self.cfg.data.target]               # (B, S, T)
-        est = model(mix)
-        loss, _ = self.loss(est, ref, source_mask=batch["source_mask"], mix=mix)
         if "unlabelled" not in batch:
+            loss, _ = self.loss(model(mix), ref, source_mask=batch["source_mask"], mix=mix)
             return loss, {}
         from hubbub.losses import mixit, mixture_consistency
         from hubbub.pretrain.mixit import mixit_batch
 
-        mom, mixtures = mixit_batch(batch["unlabelled"]["mix"].to(mix.device))
-        est = model(mom)
+        # One forward over labelled mixtures and mixtures of mixtures together (equal crops): DDP
+        # expects one forward per backward.
+        mom, mixtures = mixit_batch(batch["unlabelled"]["mix"])
+        est = model(torch.cat([mix, mom]))
+        supervised, _ = self.loss(est[:len(mix)], ref, source_mask=batch["source_mask"], mix=mix)
+        est_mom = est[len(mix):]
         if self.cfg.mixit.consistency == "uniform":
-            est = mixture_consistency(est, mom)
-        unsupervised, _ = mixit(est, mixtures, tau=self.cfg.mixit.tau)
-        unsupervised = unsupervised.mean()
-        return loss + self.cfg.semi.weight * unsupervised, {"pit_loss": loss.detach(), "mixit_loss": unsupervised.detach()}
+            est_mom = mixture_consistency(est_mom, mom)
+        unsupervised = mixit(est_mom, mixtures, tau=self.cfg.mixit.tau)[0].mean()
+        return supervised + self.cfg.semi.weight * unsupervised, {"pit_loss": supervised.detach(),
+                                                                  "mixit_loss": unsupervised.detach()}
 
     def evaluate(self, model) -> dict[str, float]:
         """Mean SI-SNR improvement over the unprocessed mixture on the first valid samples."""
