@@ -246,3 +246,15 @@ def test_too_few_files_for_the_splits(tmp_path):
     assert not (tmp_path / "out").exists()
     result = ingest_recordings(folder, tmp_path / "out", **{**SETTINGS, "splits": {"train": 1.0, "valid": 0.0}})
     assert list(result.index["splits"]) == ["train"] and verify_corpus(result.out_dir).ok
+
+
+def test_cli_ingest_verify_and_stats(tmp_path, capsys):
+    from hubbub.cli import main
+    from hubbub.testing import make_speech_folder
+
+    folder = make_speech_folder(tmp_path / "rec", num_speakers=3, utterances_per_speaker=2)
+    assert main(["shards", "ingest", str(folder), "--out", str(tmp_path / "corpus"), "--segment-s", "1.0",
+                 "--quiet"]) == 0
+    assert "shards written" in capsys.readouterr().out
+    assert main(["shards", "verify", str(tmp_path / "corpus")]) == 0
+    assert main(["shards", "stats", str(tmp_path / "corpus"), "--json"]) == 0

@@ -149,7 +149,8 @@ def plot_stats(stats: dict, png_path: str | Path) -> Path:
     ax.set(title="hours per split", ylabel="hours")
     for ax in axes[panels:]:
         ax.set_visible(False)
-    axes[0].legend()
+    if axes[0].get_legend_handles_labels()[0]:   # unlabelled recordings have no RT60s to plot
+        axes[0].legend()
     png_path = Path(png_path)
     tmp = png_path.with_name(png_path.name + ".tmp")
     fig.savefig(tmp, format="png", dpi=100)
