@@ -1,3 +1,4 @@
+import inspect
 import time
 
 import pytest
@@ -154,6 +155,11 @@ def test_count_av_and_paper_size(debug_model):
     audio = sum(p.numel() for p in paper.audio_parameters())
     assert abs(audio / 6.22e6 - 1) < 0.05
     assert abs((audio + sum(p.numel() for p in paper.video_parameters()) - decoder) / 7.00e6 - 1) < 0.05
+
+
+def test_builder_defaults_are_the_paper_config():
+    defaults = {k: v.default for k, v in inspect.signature(avextractor).parameters.items() if k != "num_sources"}
+    assert defaults == AV_CONFIGS["paper"]
 
 
 def test_invalid_arguments():
