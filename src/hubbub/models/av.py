@@ -11,8 +11,9 @@ Given a mixture and the target speaker's mouth-region video (grayscale crops, 88
 
 The audio path *is* a :class:`~hubbub.models.glaunet.GLAUNetBackbone` built by
 :func:`~hubbub.models.glaunet.glaunet` with the same kwargs, so a backbone pretrained by any hubbub
-stage (``backbone.*`` keys) loads into ``AVExtractor.backbone`` unchanged; the extractor only runs
-the backbone's modules in its own order to insert the fusion after ``fusion_layer`` blocks.
+stage (``backbone.*`` keys) loads into ``AVExtractor.backbone`` unchanged; the extractor runs the
+backbone's modules itself, in the backbone's order, to insert the fusion after ``fusion_layer``
+block applications.
 
 Video encoders (``forward(video) -> VideoFeatures``):
 
