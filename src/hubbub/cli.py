@@ -104,14 +104,18 @@ def _train_config(args, default: str):
     return load_train_config(args.config or default, overrides)
 
 
+def _train(stage, args, default: str, *overrides: str) -> int:
+    """Run a training stage function on the config from ``args`` and print its final metrics."""
+    args.set = [*overrides, *args.set]
+    metrics = stage(_train_config(args, default), args.out)
+    print(json.dumps({"run": args.out, **metrics}))
+    return 0
+
+
 def _cmd_finetune_pit(args) -> int:
     from hubbub.finetune import finetune_pit
 
-    if args.unlabelled:
-        args.set = [f"semi.unlabelled={args.unlabelled}", *args.set]
-    metrics = finetune_pit(_train_config(args, "pit_debug"), args.out)
-    print(json.dumps({"run": args.out, **metrics}))
-    return 0
+    return _train(finetune_pit, args, "pit_debug", *([f"semi.unlabelled={args.unlabelled}"] if args.unlabelled else []))
 
 
 def _cmd_pretrain_mixit(args) -> int:
@@ -119,21 +123,14 @@ def _cmd_pretrain_mixit(args) -> int:
 
     if bool(args.shards) == bool(args.recordings):
         raise ValueError("give one input: --shards (a hubbub corpus) or --recordings (a folder of recordings)")
-    if args.recordings:
-        args.set = [f"mixit.recordings={args.recordings}", *args.set]
-    metrics = pretrain_mixit(_train_config(args, "mixit_debug"), args.out)
-    print(json.dumps({"run": args.out, **metrics}))
-    return 0
+    return _train(pretrain_mixit, args, "mixit_debug",
+                  *([f"mixit.recordings={args.recordings}"] if args.recordings else []))
 
 
 def _cmd_pretrain_codec(args) -> int:
     from hubbub.pretrain import pretrain_codec
 
-    if args.codec:
-        args.set = [f"codec.model={args.codec}", *args.set]
-    metrics = pretrain_codec(_train_config(args, "codec_debug"), args.out)
-    print(json.dumps({"run": args.out, **metrics}))
-    return 0
+    return _train(pretrain_codec, args, "codec_debug", *([f"codec.model={args.codec}"] if args.codec else []))
 
 
 def _cmd_shards_tokens(args) -> int:

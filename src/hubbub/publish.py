@@ -27,7 +27,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData, snapshot_download
 import torch
 from safetensors.torch import load_file
 
-from hubbub.models import Separator, build_model, load_model, save_model
+from hubbub.models import Separator, build_model, load_backbone, load_model, save_model
 from hubbub.models.io import BACKBONE, CONFIG_NAME, SEPARATOR, WEIGHTS_NAME, read_config
 from hubbub.separate import CARD_NAME, RUN_CONFIG_NAME, RUN_MODEL_DIR
 from hubbub.shards.writer import atomic_write_bytes, atomic_write_json, load_index
@@ -123,10 +123,9 @@ STAGE_WORDS = {"pit": "supervised PIT on simulated mixtures", "mixit": "MixIT (u
 def _card_body(model, card: dict, title: str) -> str:
     spec = model.spec or {}
     rate = card.get("sample_rate_hz")
-    params = sum(p.numel() for p in model.parameters())
     training = card.get("training") or {}
     how = STAGE_WORDS.get(training.get("stage"), "hubbub")
-    if getattr(model, "checkpoint_contents", "separator") == "backbone":
+    if getattr(model, "checkpoint_contents", SEPARATOR) == BACKBONE:
         lines = [f"# {title}", "",
                  f"A pretrained {spec.get('name', '?')} separator **backbone** "
                  f"({sum(p.numel() for p in model.backbone.parameters()) / 1e6:.2f} M parameters"
@@ -136,6 +135,7 @@ def _card_body(model, card: dict, title: str) -> str:
                  f"hubbub finetune pit --init {title} --shards CORPUS --out runs/finetuned",
                  "```"]
     else:
+        params = sum(p.numel() for p in model.parameters())
         lines = [f"# {title}", "",
                  f"A {spec.get('name', type(model).__name__)} speech separator with {model.num_sources} outputs "
                  f"({params / 1e6:.2f} M parameters" + (f", {rate} Hz" if rate else "") + f"), trained with hubbub "
@@ -306,8 +306,7 @@ class _PretrainedBackbone(torch.nn.Module):
         self.checkpoint_heads = config.get("heads")
         self.backbone = build_model(config["name"], **config["kwargs"]).backbone
         self.state = load_file(str(directory / WEIGHTS_NAME))
-        self.backbone.load_state_dict({k[len("backbone."):]: v for k, v in self.state.items()
-                                       if k.startswith("backbone.")})
+        load_backbone(self, self.state)
 
     def state_dict(self, *args, **kwargs):
         return dict(self.state)

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-
-from hubbub.train.build import build_separator, corpus_card, resolve_model_dir  # noqa: F401 (re-exported)
+from hubbub.train.build import build_separator, corpus_card
 from hubbub.train.config import TrainConfig
 from hubbub.train.solver import Solver
 

@@ -68,15 +68,23 @@ def save_model(model: Separator, directory: str | Path) -> Path:
               "contents": getattr(model, "checkpoint_contents", SEPARATOR)}
     if getattr(model, "checkpoint_heads", None):
         config["heads"] = model.checkpoint_heads
-    # safetensors refuses non-contiguous and shared-storage tensors; clone() gives each its own.
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = directory / f".{WEIGHTS_NAME}.tmp"
-    save_file(state, str(tmp), metadata={"name": config["name"]})
-    os.replace(tmp, directory / WEIGHTS_NAME)
+    save_weights(model, directory, metadata={"name": config["name"]})
     tmp = directory / f".{CONFIG_NAME}.tmp"
     tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, directory / CONFIG_NAME)
     return directory
+
+
+def save_weights(module: torch.nn.Module, directory: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``module``'s state dict to ``directory/model.safetensors`` atomically (any module:
+    :func:`save_model` adds the config.json that makes it loadable by name)."""
+    # safetensors refuses non-contiguous and shared-storage tensors; clone() gives each its own.
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    path = Path(directory) / WEIGHTS_NAME
+    tmp = path.with_name(f".{WEIGHTS_NAME}.tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
 
 
 def read_config(directory: str | Path) -> dict:

@@ -158,6 +158,7 @@ class CodecStage(Solver):
         return use
 
     def build_model(self):
+        self.codec.to(self.accelerator.device)   # targets are computed where the batches are
         separator = build_separator(self.cfg, self.cfg.model.num_sources)
         head = CodecTokenHead(separator.backbone.feature_dim, self.num_streams, self.codec.num_codebooks,
                               self.codec.codebook_size)
@@ -203,12 +204,12 @@ class CodecStage(Solver):
             if self.cached:
                 tokens = self._crop_tokens(batch["extras"]["mix.codec.npy"], batch["start_sample"], mix.shape[-1])
             else:
-                tokens = self.codec.to(device).encode(mix, self.sample_rate_hz)
+                tokens = self.codec.encode(mix, self.sample_rate_hz)
             return tokens[:, None].to(device)
         if self.cached:
             return self._crop_tokens(batch["sources"]["codec"], batch["start_sample"], mix.shape[-1]).to(device)
         refs = batch["sources"][self.cfg.codec.source_target].to(device)                          # (B, S, T)
-        tokens = self.codec.to(device).encode(refs.flatten(0, 1), self.sample_rate_hz)
+        tokens = self.codec.encode(refs.flatten(0, 1), self.sample_rate_hz)
         return tokens.unflatten(0, refs.shape[:2])
 
     def _loss(self, model, batch, generator=None) -> tuple[torch.Tensor, dict]:

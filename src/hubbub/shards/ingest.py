@@ -51,8 +51,8 @@ import soundfile as sf
 
 from hubbub.audio import AudioError, probe, resample
 from hubbub.shards.format import encode_flac, encode_json, quantize, sample_key, shard_name
-from hubbub.shards.writer import (ShardRecord, ShardWriter, atomic_write_json, build_index, read_sidecar,
-                                  shard_is_complete, sidecar_path, write_sidecar)
+from hubbub.shards.writer import (ShardPlan, ShardRecord, ShardWriter, atomic_write_json, build_index, plan_split,
+                                  read_sidecar, shard_is_complete, sidecar_path, write_sidecar)
 from hubbub.sources.speech import _walk_audio, assign_splits
 
 log = logging.getLogger(__name__)
@@ -151,10 +151,10 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
     for stale in out_dir.glob("*.tar.tmp"):  # partial shards of a killed run
         stale.unlink()
 
-    plans = {split: _plan_shards(split, sum(f.num_segments for f in fs), samples_per_shard)
+    plans = {split: plan_split(split, sum(f.num_segments for f in fs), samples_per_shard)
              for split, fs in by_split.items()}
     pending = {p.name for ps in plans.values() for p in ps
-               if not shard_is_complete(out_dir, p.name, p.num_planned)}
+               if not shard_is_complete(out_dir, p.name, p.num_samples)}
     to_decode = [f for fs in by_split.values() for f in fs
                  if any(shard_name(f.split, k) in pending for k in _shards_of(f, samples_per_shard))]
     from tqdm import tqdm
@@ -274,27 +274,11 @@ def _check_same_corpus(out_dir: Path, identity: dict) -> None:
                              f"{identity.get(key)!r}): use another output folder, or delete it to start over")
 
 
-@dataclass
-class _ShardPlan:
-    split: str
-    shard_index: int
-    first_sample: int
-    num_planned: int
-
-    @property
-    def name(self) -> str:
-        return shard_name(self.split, self.shard_index)
-
-
-def _plan_shards(split: str, num: int, per: int) -> list[_ShardPlan]:
-    return [_ShardPlan(split, i, first, min(per, num - first)) for i, first in enumerate(range(0, num, per))]
-
-
 def _shards_of(f: _File, per: int) -> set[int]:
     return set(range(f.first_index // per, (f.first_index + f.num_segments - 1) // per + 1))
 
 
-def _write_split(files: list[_File], plans: list[_ShardPlan], pending: set[str], out_dir: Path, bar,
+def _write_split(files: list[_File], plans: list[ShardPlan], pending: set[str], out_dir: Path, bar,
                  sample_rate_hz: int, segment_len: int, min_len: int, per: int) -> None:
     """Write the pending shards of one split, decoding only the files that fill them.
 
@@ -324,7 +308,7 @@ def _write_split(files: list[_File], plans: list[_ShardPlan], pending: set[str],
                     close()
                     current = (ShardWriter(out_dir / plan.name).__enter__(),
                                ShardRecord(name=plan.name, split=plan.split, shard_index=plan.shard_index,
-                                           first_sample=plan.first_sample, num_planned=plan.num_planned))
+                                           first_sample=plan.first_sample, num_planned=plan.num_samples))
                 writer, rec = current
                 key = sample_key(f.split, index)
                 offset_samples = i * segment_len
@@ -465,7 +449,7 @@ def _data_card(folder: Path, by_split: dict[str, list[_File]], records: list[Sha
     }
 
 
-def _remove_written(out_dir: Path, plans: dict[str, list[_ShardPlan]], created: bool) -> None:
+def _remove_written(out_dir: Path, plans: dict[str, list[ShardPlan]], created: bool) -> None:
     """Undo a run that found no usable segment, so that it leaves nothing behind."""
     if created:
         shutil.rmtree(out_dir)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from hubbub.shards.format import shard_name
+
 INDEX_NAME = "index.json"
 FORMAT_VERSION = 1
 
@@ -44,6 +46,26 @@ def atomic_write_json(path: str | Path, obj) -> None:
 def sidecar_path(tar_path: str | Path) -> Path:
     tar_path = Path(tar_path)
     return tar_path.with_suffix(".json")
+
+
+@dataclass
+class ShardPlan:
+    """One shard to write: samples ``first_sample .. first_sample + num_samples - 1`` of ``split``."""
+
+    split: str
+    shard_index: int
+    first_sample: int
+    num_samples: int
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.shard_index)
+
+
+def plan_split(split: str, num_samples: int, samples_per_shard: int) -> list[ShardPlan]:
+    """The shards of a split of ``num_samples``, ``samples_per_shard`` each (the last may be short)."""
+    return [ShardPlan(split, i, first, min(samples_per_shard, num_samples - first))
+            for i, first in enumerate(range(0, num_samples, samples_per_shard))]
 
 
 @dataclass

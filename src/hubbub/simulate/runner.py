@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubbub.config import to_dict
-from hubbub.shards.format import shard_name
-from hubbub.shards.writer import (ShardRecord, ShardWriter, atomic_write_json, build_index, read_sidecar,
-                                  shard_is_complete, sidecar_path, write_sidecar)
+from hubbub.shards.writer import (ShardPlan, ShardRecord, ShardWriter, atomic_write_json, build_index, plan_split,
+                                  read_sidecar, shard_is_complete, sidecar_path, write_sidecar)
 from hubbub.simulate.recipe import Recipe
 from hubbub.simulate.sample import Simulator, SplitPool
 from hubbub.sources.noise import index_noise, split_noise_files
@@ -35,18 +34,6 @@ log = logging.getLogger(__name__)
 # them oversubscribe the cores and make every task slower.
 SINGLE_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                             "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")}
-
-
-@dataclass
-class ShardPlan:
-    split: str
-    shard_index: int
-    first_sample: int
-    num_samples: int
-
-    @property
-    def name(self) -> str:
-        return shard_name(self.split, self.shard_index)
 
 
 @dataclass
@@ -71,15 +58,8 @@ def split_counts(num: int, fractions: dict[str, float]) -> dict[str, int]:
 
 
 def plan_shards(recipe: Recipe, num: int, splits: list[str] | None = None) -> list[ShardPlan]:
-    counts = split_counts(num, recipe.splits)
-    plans = []
-    for split, n in counts.items():
-        if splits and split not in splits:
-            continue
-        per = recipe.samples_per_shard
-        for i, first in enumerate(range(0, n, per)):
-            plans.append(ShardPlan(split, i, first, min(per, n - first)))
-    return plans
+    return [plan for split, n in split_counts(num, recipe.splits).items() if not splits or split in splits
+            for plan in plan_split(split, n, recipe.samples_per_shard)]
 
 
 def builtin_voices_dir() -> Path:

@@ -287,15 +287,13 @@ class Solver:
 def _save_state(model: torch.nn.Module, directory: Path) -> None:
     """The trained module's weights: a registered model as a model directory (config.json too),
     a stage's training wrapper (extra heads around a separator) as its bare state dict."""
-    from safetensors.torch import save_file
-
     from hubbub.models import save_model
+    from hubbub.models.io import save_weights
 
     if getattr(model, "spec", None) is not None:
         save_model(model, directory)
     else:
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"))
+        save_weights(model, directory)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
