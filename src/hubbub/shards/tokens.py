@@ -35,13 +35,12 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from hubbub.codec import Codec
 from hubbub.shards.format import decode_flac, encode_npy
@@ -204,23 +203,12 @@ def _already_tokenised(tar_path: Path, entry: dict) -> bool:
     return False
 
 
-def _read_samples(tar_path: Path) -> Iterator[dict]:
-    """The shard's samples in order, as ``{"__key__", member: bytes}`` (member bytes untouched)."""
-    current: dict | None = None
-    with tarfile.open(tar_path, mode="r|") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, _, member = info.name.partition(".")
-            if current is None or key != current["__key__"]:
-                if current is not None:
-                    yield current
-                current = {"__key__": key}
-            if member in current:
-                raise ValueError(f"{tar_path}: member {info.name} occurs twice")
-            current[member] = tar.extractfile(info).read()
-    if current is not None:
-        yield current
+def _read_samples(tar_path: Path) -> list[dict]:
+    """The shard's samples in order, as ``{"__key__", member: bytes}`` (member bytes untouched);
+    webdataset's grouping, as the reader uses, which refuses a member name that occurs twice."""
+    with open(tar_path, "rb") as f:
+        return [{k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")}
+                for sample in group_by_keys(tar_file_expander([{"url": str(tar_path), "stream": f}]))]
 
 
 def _reference_channel(data: bytes) -> tuple[np.ndarray, int]:
@@ -232,7 +220,7 @@ def _tokenise_shard(tar_path: Path, codec: Codec, source_target: str | None, bat
                     overwrite: bool) -> int:
     """Rewrite one shard with tokens (see the module docstring for the order of the steps)."""
     sidecar: ShardRecord = read_sidecar(sidecar_path(tar_path))
-    samples = list(_read_samples(tar_path))
+    samples = _read_samples(tar_path)
     keys = [s["__key__"] for s in samples]
     if keys != sidecar.keys:
         raise RuntimeError(f"{tar_path} holds keys {keys[:3]}... in an order its sidecar does not list; "
