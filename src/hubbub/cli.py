@@ -118,6 +118,12 @@ def _cmd_finetune_pit(args) -> int:
     return _train(finetune_pit, args, "pit_debug", *([f"semi.unlabelled={args.unlabelled}"] if args.unlabelled else []))
 
 
+def _cmd_finetune_av(args) -> int:
+    from hubbub.finetune import finetune_av
+
+    return _train(finetune_av, args, "av_debug")
+
+
 def _cmd_pretrain_mixit(args) -> int:
     from hubbub.pretrain import pretrain_mixit
 
@@ -171,7 +177,7 @@ def _cmd_separate(args) -> int:
     from hubbub.separate import separate_file
 
     for path in separate_file(args.run, args.input, args.out, chunk_s=args.chunk_s, overlap_s=args.overlap_s,
-                              sample_rate_hz=args.sample_rate_hz):
+                              sample_rate_hz=args.sample_rate_hz, lips=args.lips):
         print(path)
     return 0
 
@@ -283,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="semi-supervised: a corpus of unlabelled mixtures for MixIT in the same step")
     fp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     fp.set_defaults(func=_cmd_finetune_pit)
+    fa = ft.add_parser("av", help="audio-visual target-speaker extraction from the target's lips (Dolphin-style)")
+    fa.add_argument("--shards", required=True, help="a corpus with lip streams (hubbub simulate --recipe av)")
+    fa.add_argument("--config", default=None, help="built-in config (av, av_debug) or YAML (default av_debug)")
+    fa.add_argument("--init", default=None, help="a pretrained glaunet run or model dir (its backbone is the "
+                                                 "audio path), or an AV run")
+    fa.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    fa.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    fa.set_defaults(func=_cmd_finetune_av, model=None)
 
     pt = sub.add_parser("pretrain", help="self-supervised stages").add_subparsers(dest="pretrain_cmd", required=True)
     pm = pt.add_parser("mixit", help="MixIT on unlabelled mixtures (alone or under accelerate launch)")
@@ -319,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--chunk-s", type=float, default=8.0)
     se.add_argument("--overlap-s", type=float, default=2.0)
     se.add_argument("--sample-rate-hz", type=int, default=None, help="for a bare model directory")
+    se.add_argument("--lips", default=None, help="AV models: the target speaker's mouth ROIs over the recording "
+                                                 "(.npy/.npz of (frames, H, W) at 25 fps, or a folder of frame images)")
     se.set_defaults(func=_cmd_separate)
 
     pu = sub.add_parser("publish", help="save a run as a pretrained model with its data card (and upload)")

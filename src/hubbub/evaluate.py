@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from hubbub.finetune.av import fit_frames
 from hubbub.metrics import METRICS, evaluate_separation
 from hubbub.separate import RUN_CONFIG_NAME, load_separator, separate_waveform
 from hubbub.shards.reader import ShardDataset
@@ -154,12 +155,19 @@ def evaluate_run(run_dir: str | Path, shards_dir: str | Path, *, split: str = "t
         out_dir: default ``RUN/eval/{corpus directory name}-{split}``.
         chunk_s, overlap_s: chunking of long samples (see :func:`hubbub.separate.separate_waveform`).
 
+    An audio-visual run (``hubbub finetune av``) is scored per source: each is extracted with its
+    own lip stream (centre crop) and, for ``mismatched_lips``, with another utterance's; the
+    estimate is scored against that source only (no permutation: the lips pick the speaker).
+
     Returns:
         A JSON-ready dict (missing values are None, not nan)::
 
-            run, shards, corpus, split, target, sample_rate_hz, model {name, num_sources}, metrics
+            run, shards, corpus, split, target, sample_rate_hz, metrics,
+            model        {name, num_sources, audio_visual}
             overall      {"count": n, "mean": {score: float | None}}  scores as in COLUMNS:
                          si_snri, si_snr, sdri, sdr (dB), pesq, pesq_mix, stoi, stoi_mix
+            mismatched_lips  (audio-visual runs) the same scores when each source is extracted
+                         with another utterance's lips (the previous mixture's first source)
             breakdowns   {"rt60" | "snr" | "overlap" | "speakers": [{"bin", "count", "mean"}]}
                          RT60 bins of room.rt60_s_measured (< 0.3, 0.3–0.6, ≥ 0.6 s, anechoic),
                          SNR bins of noise.snr_db (< 0, 0–5, 5–10, ≥ 10 dB, no noise), overlap
@@ -187,30 +195,55 @@ def evaluate_run(run_dir: str | Path, shards_dir: str | Path, *, split: str = "t
     model, sample_rate_hz = load_separator(run_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     corpus = Path(shards_dir).resolve().name
-    dataset = ShardDataset(shards_dir, split, targets=(target,), shuffle=False, mic=0)
+    audio_visual = hasattr(model, "video")
+    targets = (target, "lips") if audio_visual else (target,)
+    dataset = ShardDataset(shards_dir, split, targets=targets, shuffle=False, mic=0, roi_crop="center")
 
-    rows, skipped = [], []
+    def extract(mix: np.ndarray, lips: torch.Tensor) -> np.ndarray:
+        return np.concatenate([separate_waveform(model, mix, sample_rate_hz=sample_rate_hz, chunk_s=chunk_s,
+                                                 overlap_s=overlap_s, device=device, video=frames)
+                               for frames in lips])
+
+    rows, skipped, mismatched = [], [], []
+    first = previous_lips = None
     for item in itertools.islice(dataset, max_samples):
         key, meta = item["key"], item["meta"]
         if int(meta["sample_rate_hz"]) != sample_rate_hz:
             raise ValueError(f"{shards_dir} is at {meta['sample_rate_hz']} Hz, the model at {sample_rate_hz} Hz")
-        if item["num_sources"] > model.num_sources:
-            skipped.append({"key": key, "reason": f"{item['num_sources']} speakers > {model.num_sources} "
-                                                  f"model outputs"})
-            continue
-        mix = item["mix"][0].numpy()
-        est = separate_waveform(model, mix, sample_rate_hz=sample_rate_hz, chunk_s=chunk_s,
-                                overlap_s=overlap_s, device=device)
-        scores = evaluate_separation(est, item["sources"][target].numpy(), mix, sample_rate_hz, metrics=metrics)
+        mix, ref = item["mix"][0].numpy(), item["sources"][target].numpy()
+        if audio_visual:
+            lips = item["sources"]["lips"]
+            est = extract(mix, lips)
+            scores = evaluate_separation(est, ref, mix, sample_rate_hz, metrics=metrics, assign=False)
+            if previous_lips is None:
+                first = (mix, ref, lips)
+            else:
+                other = extract(mix, [fit_frames(previous_lips, lips.shape[1])] * len(lips))
+                mismatched.append(evaluate_separation(other, ref, mix, sample_rate_hz, metrics=metrics, assign=False))
+            previous_lips = lips[0]
+        else:
+            if item["num_sources"] > model.num_sources:
+                skipped.append({"key": key, "reason": f"{item['num_sources']} speakers > {model.num_sources} "
+                                                      f"model outputs"})
+                continue
+            est = separate_waveform(model, mix, sample_rate_hz=sample_rate_hz, chunk_s=chunk_s,
+                                    overlap_s=overlap_s, device=device)
+            scores = evaluate_separation(est, ref, mix, sample_rate_hz, metrics=metrics)
         rows.append(_sample_row(key, meta, scores))
         log.info("%s: SI-SNRi %s", key, scores["mean"].get("si_snri"))
+    if first is not None and len(rows) > 1:  # the first mixture gets the last one's lips
+        mix, ref, lips = first
+        other = extract(mix, [fit_frames(previous_lips, lips.shape[1])] * len(lips))
+        mismatched.insert(0, evaluate_separation(other, ref, mix, sample_rate_hz, metrics=metrics, assign=False))
 
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval" / f"{corpus}-{split}"
     results = _no_nan({
         "run": str(run_dir), "shards": str(shards_dir), "corpus": corpus, "split": split, "target": target,
-        "sample_rate_hz": sample_rate_hz, "model": {"name": model.spec["name"], "num_sources": model.num_sources},
+        "sample_rate_hz": sample_rate_hz, "model": {"name": model.spec["name"], "num_sources": model.num_sources,
+                                                    "audio_visual": audio_visual},
         "metrics": list(metrics),
         "overall": _summary(rows),
+        **({"mismatched_lips": _summary(mismatched)} if audio_visual else {}),
         "breakdowns": {f.name: breakdown(rows, f) for f in FACTORS},
         "samples": rows,
         "skipped": skipped,
@@ -249,6 +282,12 @@ def format_markdown(results: dict) -> str:
              f"samples scored, {len(results['skipped'])} skipped.", "",
              "## Overall", ""]
     lines += _table("", [("all", results["overall"])], names)
+    if "mismatched_lips" in results:
+        lines += ["", "## Lips: the target's own vs another utterance's", "",
+                  "Each source extracted with its own lip stream, and with the first source's lips of the "
+                  "previous mixture (an utterance not in this one): the gap is what the video contributes.", ""]
+        lines += _table("lips", [("own", results["overall"]), ("another utterance's", results["mismatched_lips"])],
+                        names)
     by_name = {f.name: f for f in FACTORS}
     for name, bins in results["breakdowns"].items():
         title = by_name[name].title if name in by_name else name

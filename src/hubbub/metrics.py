@@ -266,7 +266,7 @@ def _mean(values: list[float]) -> float:
 
 
 def evaluate_separation(est, ref, mix, sample_rate_hz: int,
-                        metrics: Sequence[str] = METRICS) -> dict:
+                        metrics: Sequence[str] = METRICS, assign: bool = True) -> dict:
     """Score one separated mixture: best permutation by SI-SNR, then per-source and mean metrics.
 
     Args:
@@ -275,6 +275,8 @@ def evaluate_separation(est, ref, mix, sample_rate_hz: int,
         mix: (T,) the mixture that was separated (the reference microphone).
         sample_rate_hz: rate of all signals.
         metrics: any of "si_snri", "sdri", "pesq", "stoi".
+        assign: find the best permutation (separators); False scores ``est[j]`` against
+            ``ref[j]`` (target-speaker extraction, where the cue fixes the order).
 
     Returns:
         A dict of plain Python values (lists, floats, str)::
@@ -300,7 +302,7 @@ def evaluate_separation(est, ref, mix, sample_rate_hz: int,
     ref, mix = _float64(ref), _float64(mix)
     if mix.shape != ref.shape[1:]:
         raise ValueError(f"expected mix (T,) with T = {ref.shape[1]}, got {mix.shape}")
-    perm = best_permutation(est, ref)
+    perm = best_permutation(est, ref) if assign else np.arange(len(ref))
     est = _float64(est)[perm]
 
     per_source: dict[str, list[float]] = {}

@@ -15,6 +15,11 @@ they share before the chunks are cross-faded together::
 per source out, at the model's sample rate::
 
     separate_file("runs/pit", "meeting.wav", "out")   # [out/meeting_s0.wav, out/meeting_s1.wav]
+
+An audio-visual extractor (``hubbub finetune av``) takes the target speaker's mouth regions of
+interest too, and returns that one speaker; chunks then start on video frames::
+
+    separate_file("runs/av", "meeting.wav", "out", lips="speaker_a_mouth.npy")   # [out/meeting_s0.wav]
 """
 from __future__ import annotations
 
@@ -77,7 +82,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def separate_waveform(model: nn.Module, mix, *, sample_rate_hz: int, chunk_s: float = 8.0,
-                      overlap_s: float = 2.0, device: str | torch.device | None = None) -> np.ndarray:
+                      overlap_s: float = 2.0, device: str | torch.device | None = None,
+                      video=None, fps: int = 25) -> np.ndarray:
     """Separate a mixture of any length with bounded memory.
 
     The mixture is cut into chunks of ``chunk_s`` seconds, ``chunk_s - overlap_s`` apart (the
@@ -97,6 +103,10 @@ def separate_waveform(model: nn.Module, mix, *, sample_rate_hz: int, chunk_s: fl
         overlap_s: overlap between consecutive chunks, ``0 < overlap_s <= chunk_s / 2``. Longer
             overlaps align chunks more reliably (more shared signal) at the cost of more passes.
         device: where to run the model (moved there); default: where its parameters are.
+        video: for an audio-visual extractor, ``model(mix (1, T), video (1, F, H, W))``: the
+            target's (F, H, W) mouth frames at ``fps``, frame ``j`` covering samples
+            ``[j, j + 1) * sample_rate_hz / fps`` of ``mix`` (``F = ceil(T * fps / sample_rate_hz)``).
+            Chunk and overlap are then rounded to whole frames and each chunk gets its frames.
 
     Returns:
         (S, T) float32 numpy array, the sources in the first chunk's order.
@@ -115,6 +125,13 @@ def separate_waveform(model: nn.Module, mix, *, sample_rate_hz: int, chunk_s: fl
     """
     chunk = round(chunk_s * sample_rate_hz)
     overlap = round(overlap_s * sample_rate_hz)
+    per_frame = 1
+    if video is not None:
+        from hubbub.shards.reader import samples_per_frame
+
+        per_frame = samples_per_frame(sample_rate_hz, fps)
+        chunk, overlap = chunk // per_frame * per_frame, overlap // per_frame * per_frame
+        video = torch.as_tensor(video)
     if not 0 < overlap <= chunk // 2:
         raise ValueError(f"need 0 < overlap_s <= chunk_s / 2 (chunks are aligned on their overlap), "
                          f"got chunk_s={chunk_s}, overlap_s={overlap_s} at {sample_rate_hz} Hz")
@@ -137,7 +154,12 @@ def separate_waveform(model: nn.Module, mix, *, sample_rate_hz: int, chunk_s: fl
         for k, start in enumerate(starts):
             piece = mix[start:start + chunk]
             with torch.inference_mode():
-                est = model(piece[None].to(device))
+                if video is None:
+                    est = model(piece[None].to(device))
+                else:
+                    first = start // per_frame
+                    frames = video[first:first + math.ceil(len(piece) / per_frame)]
+                    est = model(piece[None].to(device), frames[None].to(device))
             if est.dim() != 3 or est.shape[0] != 1 or est.shape[-1] != len(piece):
                 raise ValueError(f"model returned shape {tuple(est.shape)} for input (1, {len(piece)}); "
                                  f"expected (1, S, {len(piece)})")
@@ -191,9 +213,33 @@ def load_separator(run_or_model_dir: str | Path, sample_rate_hz: int | None = No
     return load_model(directory).eval(), int(rate)
 
 
+def load_lips(path: str | Path, num_samples: int, sample_rate_hz: int, fps: int = 25,
+              tolerance_frames: int = 2) -> np.ndarray:
+    """The target's mouth ROIs for an ``num_samples`` recording: (F, 88, 88) uint8, centre-cropped,
+    ``F = ceil(num_samples * fps / sample_rate_hz)`` (a file a frame or two short or long, as
+    video and audio tracks often are, is cut or its last frame repeated).
+
+    ``path`` is anything :func:`hubbub.video.load_roi` reads: a ``.npy``/``.npz`` of (F, H, W)
+    frames, or a folder of frame images, at ``fps``.
+
+    Raises:
+        ValueError: the frames cover a duration more than ``tolerance_frames`` off the audio's.
+    """
+    from hubbub.video import load_roi
+    from hubbub.voices.lips import crop_roi, num_video_frames
+
+    frames = load_roi(path)
+    expected = num_video_frames(num_samples, sample_rate_hz, fps)
+    if abs(len(frames) - expected) > tolerance_frames:
+        raise ValueError(f"{path}: {len(frames)} frames at {fps} fps, but the recording needs {expected} "
+                         f"({num_samples / sample_rate_hz:.2f} s): give the mouth ROIs of this recording")
+    index = np.minimum(np.arange(expected), len(frames) - 1)
+    return np.ascontiguousarray(crop_roi(frames[index], train=False))
+
+
 def separate_file(run_or_model_dir: str | Path, in_path: str | Path, out_dir: str | Path, *,
                   chunk_s: float = 8.0, overlap_s: float = 2.0, sample_rate_hz: int | None = None,
-                  device: str | torch.device | None = None) -> list[Path]:
+                  device: str | torch.device | None = None, lips: str | Path | None = None) -> list[Path]:
     """Separate an audio file into one float WAV per source, ``{out_dir}/{stem}_s{k}.wav``.
 
     The file (any format libsndfile reads, any rate, any channel count) is downmixed to mono and
@@ -208,6 +254,9 @@ def separate_file(run_or_model_dir: str | Path, in_path: str | Path, out_dir: st
         chunk_s, overlap_s: see :func:`separate_waveform`.
         sample_rate_hz: the model's rate, for a bare model directory (see :func:`load_separator`).
         device: default CUDA when available, else CPU.
+        lips: for an audio-visual extractor (required there, refused elsewhere): the target
+            speaker's mouth ROIs over the whole recording (see :func:`load_lips`); the one
+            output is that speaker.
 
     Returns:
         the written paths, source k at index k.
@@ -223,7 +272,13 @@ def separate_file(run_or_model_dir: str | Path, in_path: str | Path, out_dir: st
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     mix = load_audio(in_path, rate)
-    est = separate_waveform(model, mix, sample_rate_hz=rate, chunk_s=chunk_s, overlap_s=overlap_s, device=device)
+    audio_visual = hasattr(model, "video")
+    if audio_visual != (lips is not None):
+        raise ValueError(f"{run_or_model_dir} is an audio-visual extractor: pass the target's mouth ROIs (--lips)"
+                         if audio_visual else f"{run_or_model_dir} is an audio-only separator: it takes no lips")
+    video = load_lips(lips, len(mix), rate) if audio_visual else None
+    est = separate_waveform(model, mix, sample_rate_hz=rate, chunk_s=chunk_s, overlap_s=overlap_s, device=device,
+                            video=video)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -5,8 +5,9 @@ import torch
 from safetensors.torch import load_file
 
 from hubbub.models import MODELS, Separator, build_model, load_backbone, load_model, model_config, save_model
+from hubbub.models.factory import AUDIO_VISUAL
 
-NAMES = sorted(MODELS)
+NAMES = sorted(set(MODELS) - AUDIO_VISUAL)  # the AV extractor: tests/models/test_av.py
 
 
 def debug_model(name: str, num_sources: int = 2, seed: int = 0) -> Separator:
@@ -77,15 +78,31 @@ def test_load_backbone_strictness():
 
 def test_load_backbone_rejects_another_model(tmp_path):
     save_model(debug_model("dprnn"), tmp_path)
-    with pytest.raises(ValueError, match="holds a 'dprnn' model, not 'glaunet'"):
+    with pytest.raises(ValueError, match="holds a 'dprnn' model, whose backbone does not fit a 'glaunet' model"):
         load_backbone(debug_model("glaunet"), tmp_path)
+
+
+def test_glaunet_backbone_loads_into_the_av_extractor_and_back(tmp_path):
+    """The AV extractor's audio path is a GLA U-Net backbone: pretrained glaunet checkpoints start
+    it, and its audio path can serve as a glaunet separator's backbone; other models refuse."""
+    glaunet = debug_model("glaunet")
+    save_model(glaunet, tmp_path / "g")
+    av = build_model("avextractor", num_sources=1, **model_config("avextractor", "debug"))
+    report = load_backbone(av, tmp_path / "g")
+    assert report.loaded and not report.missing
+    for key, value in glaunet.backbone.state_dict().items():
+        assert torch.equal(av.backbone.state_dict()[key], value)
+    save_model(av, tmp_path / "av")
+    assert load_backbone(debug_model("glaunet"), tmp_path / "av").loaded == report.loaded
+    with pytest.raises(ValueError, match="does not fit"):
+        load_backbone(av, save_model(debug_model("convtasnet"), tmp_path / "c"))
 
 
 def test_load_model_rejects_unknown_names(tmp_path):
     save_model(debug_model("convtasnet"), tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(config | {"name": "TasNetV9"}))
-    with pytest.raises(ValueError, match=r"config\.json: unknown model 'TasNetV9'; registered models: conv"):
+    with pytest.raises(ValueError, match=r"config\.json: unknown model 'TasNetV9'; registered models: avextractor, conv"):
         load_model(tmp_path)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
+from hubbub.models.av import AV_CONFIGS, avextractor
 from hubbub.models.base import Separator
 from hubbub.models.convtasnet import convtasnet
 from hubbub.models.dprnn import dprnn
@@ -15,7 +16,16 @@ MODELS: dict[str, Callable[..., Separator]] = {
     "dprnn": dprnn,
     "tfgridnet": tfgridnet,
     "glaunet": glaunet,
+    "avextractor": avextractor,   # target-speaker extraction from the mix and the target's lips
 }
+
+# Models that take the target speaker's video with the mixture (``model(mix, video)``) and return
+# that one speaker; every other model is a separator, ``model(mix) -> (B, S, T)``.
+AUDIO_VISUAL: frozenset[str] = frozenset({"avextractor"})
+
+# Models whose backbone is another registered model's: a pretrained backbone of the key's value
+# loads into the key's model (the audio path of the AV extractor is a GLA U-Net backbone).
+BACKBONE_OF: dict[str, str] = {"avextractor": "glaunet"}
 
 # Paper configs repeat the builders' defaults on purpose: a config (and so a checkpoint) must not
 # change meaning if a default is changed later. Debug configs run a 1 s, 8 kHz batch of 2 in well
@@ -45,6 +55,7 @@ CONFIGS: dict[str, dict[str, dict]] = {
         "debug": dict(num_filters=32, kernel_size=16, bottleneck_dim=16, hidden_dim=32, num_levels=3,
                       level_kernel_size=5, num_heads=2, num_blocks=1, num_repeats=2),
     },
+    "avextractor": AV_CONFIGS,
 }
 
 

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hubbub.models.base import Separator
-from hubbub.models.factory import MODELS, build_model
+from hubbub.models.factory import BACKBONE_OF, MODELS, build_model
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -136,6 +136,12 @@ class LoadReport:
     missing: list[str]
 
 
+def backbone_compatible(source_name: str, model_name: str) -> bool:
+    """Whether a ``source_name`` checkpoint's backbone can load into a ``model_name`` model."""
+    return source_name == model_name or BACKBONE_OF.get(model_name) == source_name or \
+        BACKBONE_OF.get(source_name) == model_name
+
+
 def load_backbone(model: Separator, source: Mapping[str, torch.Tensor] | str | Path,
                   strict: bool = True) -> LoadReport:
     """Load only the backbone of a pretrained separator into ``model``, whatever its head.
@@ -154,8 +160,11 @@ def load_backbone(model: Separator, source: Mapping[str, torch.Tensor] | str | P
         a :class:`LoadReport`: the ``backbone.*`` keys loaded, the source keys ignored, the
         backbone keys missing from the source.
 
+    A model whose backbone is another model's (:data:`hubbub.models.factory.BACKBONE_OF`: the AV
+    extractor's audio path is a GLA U-Net backbone) loads that model's checkpoints too.
+
     Raises:
-        ValueError: the checkpoint directory holds a different registered model than ``model``.
+        ValueError: the checkpoint directory holds a registered model whose backbone differs.
         RuntimeError: key or shape mismatch.
 
     Example::
@@ -165,8 +174,9 @@ def load_backbone(model: Separator, source: Mapping[str, torch.Tensor] | str | P
     """
     if isinstance(source, (str, Path)):
         config = read_config(source)
-        if model.spec is not None and config["name"] != model.spec["name"]:
-            raise ValueError(f"{source} holds a {config['name']!r} model, not {model.spec['name']!r}")
+        if model.spec is not None and not backbone_compatible(config["name"], model.spec["name"]):
+            raise ValueError(f"{source} holds a {config['name']!r} model, whose backbone does not fit a "
+                             f"{model.spec['name']!r} model")
         source = load_file(str(Path(source) / WEIGHTS_NAME))
     backbone_state = {k[len(_BACKBONE):]: v for k, v in source.items() if k.startswith(_BACKBONE)}
     result = model.backbone.load_state_dict(backbone_state, strict=strict)

@@ -64,7 +64,7 @@ import math
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -75,12 +75,19 @@ from hubbub.shards.format import decode_flac, decode_npy
 from hubbub.shards.writer import load_index, read_sidecar, sidecar_path
 
 # Tags that keep the three random streams of an epoch independent of each other.
-_SHARD_ORDER, _WINDOWS, _CROP = 0, 1, 2
+_SHARD_ORDER, _WINDOWS, _CROP, _ROI = 0, 1, 2, 3
 
 
 def _key_seed(key: str) -> int:
     # Python's hash() is salted per process; a digest is the same in every worker and every run.
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def samples_per_frame(sample_rate_hz: int, fps: int = 25) -> int:
+    """Audio samples per video frame (640 at 16 kHz); the rate must hold whole frames."""
+    if sample_rate_hz % fps:
+        raise ValueError(f"{sample_rate_hz} Hz does not hold a whole number of samples per {fps} fps frame")
+    return sample_rate_hz // fps
 
 
 def stack_padded(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -116,6 +123,13 @@ class ShardDataset(IterableDataset):
         extras: sample-level members to return, by member name ("noise.flac", "mix.codec.npy").
         crop_s: random crop length in seconds (FLAC members only; shorter samples are zero-padded
             to it); the crop start is drawn from (seed, epoch, key). None returns whole samples.
+            With "lips" among the targets the crop starts on a video frame (a multiple of
+            ``sample_rate_hz / 25`` samples) and must last whole frames; the lip frames are cut
+            with it (frame ``j`` covers samples ``[j, j + 1) * sample_rate_hz / 25``), a short
+            sample's last frame repeated where its audio is zero-padded.
+        roi_crop: how "lips" frames (96x96 as stored) are cropped to 88x88: ``"center"``
+            (evaluation), ``"random"`` (training: one offset per sample and epoch, drawn from
+            (seed, epoch, key), the same for all its frames and sources), or None (kept at 96x96).
         shuffle: permute shards and samples per epoch (see the module docstring).
         shuffle_buffer: window, in samples, within which the epoch's global sequence is permuted.
         seed: seed of every random choice; with the epoch it fixes the order and the crops.
@@ -143,7 +157,8 @@ class ShardDataset(IterableDataset):
                  crop_s: float | None = None, shuffle: bool = True, shuffle_buffer: int = 256,
                  seed: int = 0, epoch: int = 0, rank: int | None = None,
                  world_size: int | None = None, drop_last: bool = False, mic: int | None = 0,
-                 max_sources: int | None = None, batch_size: int = 1):
+                 max_sources: int | None = None, batch_size: int = 1,
+                 roi_crop: Literal["center", "random"] | None = "center"):
         if "noise" in targets:
             raise ValueError('noise is not a per-source target: pass extras=("noise.flac",)')
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -153,6 +168,8 @@ class ShardDataset(IterableDataset):
             world_size = torch.distributed.get_world_size() if distributed else 1
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
+        if roi_crop not in ("center", "random", None):
+            raise ValueError(f"roi_crop must be 'center', 'random' or None, got {roi_crop!r}")
         if batch_size < 1 or shuffle_buffer < 1:
             raise ValueError("batch_size and shuffle_buffer must be positive")
         self.corpus_dir = Path(corpus_dir)
@@ -169,6 +186,7 @@ class ShardDataset(IterableDataset):
         self.mic = mic
         self.max_sources = max_sources
         self.batch_size = batch_size
+        self.roi_crop = roi_crop
         self.epoch = epoch
         self._start = 0  # first rank-sequence position of the next iteration
         self._consumed = 0  # samples of this epoch yielded in this process, counting _start
@@ -361,7 +379,10 @@ class ShardDataset(IterableDataset):
                     name = f"s{i}.{target}.npy"
                 if name not in raw:
                     raise KeyError(f"{key} has no member s{i}.{target}.*; it stores targets {meta['targets']}")
-                per_source.append(self._member(name, raw[name], crop))
+                if target == "lips":
+                    per_source.append(self._lips(key, raw[name], crop, int(meta["sample_rate_hz"])))
+                else:
+                    per_source.append(self._member(name, raw[name], crop))
             if self.max_sources is not None:
                 per_source += [torch.zeros_like(per_source[0])] * (self.max_sources - num_sources)
             sources[target] = stack_padded(per_source)
@@ -383,7 +404,30 @@ class ShardDataset(IterableDataset):
             return None
         length = round(self.crop_s * sample_rate_hz)
         rng = np.random.default_rng([self.seed, self.epoch, _CROP, _key_seed(key)])
-        return int(rng.integers(0, max(num_samples - length, 0) + 1)), length
+        if "lips" not in self.targets:
+            return int(rng.integers(0, max(num_samples - length, 0) + 1)), length
+        per_frame = samples_per_frame(sample_rate_hz)
+        if length % per_frame:
+            raise ValueError(f"crop_s={self.crop_s} is not a whole number of 25 fps video frames "
+                             f"({per_frame} samples at {sample_rate_hz} Hz): lip frames could not be cut with the audio")
+        return int(rng.integers(0, max(num_samples - length, 0) // per_frame + 1)) * per_frame, length
+
+    def _lips(self, key: str, data: bytes, crop: tuple[int, int] | None, sample_rate_hz: int) -> torch.Tensor:
+        """A source's stored (F, 96, 96) lip frames, cut to the audio crop and cropped by roi_crop."""
+        from hubbub.voices.lips import crop_roi
+
+        frames = decode_npy(data)
+        if frames.ndim != 3:
+            raise ValueError(f"{key}: lip frames must be (frames, height, width), got shape {frames.shape}")
+        if crop is not None:
+            per_frame = samples_per_frame(sample_rate_hz)
+            first, count = crop[0] // per_frame, crop[1] // per_frame
+            index = np.clip(np.arange(first, first + count), 0, len(frames) - 1)  # repeat the last frame
+            frames = frames[index]
+        if self.roi_crop is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, _ROI, _key_seed(key)])
+            frames = crop_roi(frames, train=self.roi_crop == "random", rng=rng)
+        return torch.from_numpy(np.ascontiguousarray(frames))
 
     def _member(self, name: str, data: bytes, crop: tuple[int, int] | None) -> torch.Tensor:
         if name.endswith(".npy"):

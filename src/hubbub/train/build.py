@@ -40,20 +40,31 @@ def build_separator(cfg: TrainConfig, num_sources: int):
     (a run, model directory or hub id of any stage, pretraining or finetuning) the architecture is
     the pretrained one, read from its config.json, and its backbone weights are loaded; the head
     is new, for ``num_sources`` outputs, and the pretrained run's heads (separation, MixIT or
-    codec-token heads) are dropped.
+    codec-token heads) are dropped. A model built around another model's backbone
+    (:data:`hubbub.models.factory.BACKBONE_OF`: ``avextractor`` on a ``glaunet``) takes the
+    pretrained backbone's kwargs and the rest (video encoder, fusion) from ``cfg.model``.
     """
     from hubbub.models import build_model, load_backbone, model_config
+    from hubbub.models.factory import BACKBONE_OF
     from hubbub.models.io import read_config
 
     m = cfg.model
+    own = {**model_config(m.name, m.size), **m.kwargs}
     if not cfg.init:
-        return build_model(m.name, num_sources=num_sources, **{**model_config(m.name, m.size), **m.kwargs})
+        return build_model(m.name, num_sources=num_sources, **own)
     source = resolve_model_dir(cfg.init)
     pretrained = read_config(source)
     kwargs = {k: v for k, v in pretrained["kwargs"].items() if k != "num_sources"}
-    if pretrained["name"] != m.name:
-        log.info("init %s is a %s model: using its architecture, not model.name=%s", cfg.init, pretrained["name"], m.name)
-    model = build_model(pretrained["name"], num_sources=num_sources, **kwargs)
+    name = pretrained["name"]
+    if BACKBONE_OF.get(m.name) == name:
+        name, kwargs = m.name, {**own, **kwargs}
+    elif name in BACKBONE_OF and BACKBONE_OF.get(m.name) != BACKBONE_OF[name]:
+        # An AV extractor's audio path, finetuned as a plain separator of its backbone's model.
+        name = BACKBONE_OF[name]
+        kwargs = {k: v for k, v in kwargs.items() if k in model_config(name, "paper")}
+    elif name != m.name:
+        log.info("init %s is a %s model: using its architecture, not model.name=%s", cfg.init, name, m.name)
+    model = build_model(name, num_sources=num_sources, **kwargs)
     report = load_backbone(model, source)
     log.info("backbone from %s: %d tensors loaded, %d ignored (heads dropped)", source, len(report.loaded),
              len(report.ignored))

@@ -1,4 +1,4 @@
-"""Training configs: one typed tree for every stage (PIT, MixIT, codec tokens; AV later).
+"""Training configs: one typed tree for every stage (PIT, MixIT, codec tokens, AV).
 
 A stage config is a YAML file under ``hubbub/finetune/configs`` or ``hubbub/pretrain/configs``
 (``base: other`` inherits and changes a few fields), plus ``--set key=value`` overrides. Every
@@ -137,6 +137,18 @@ class SemiConfig:
 
 
 @dataclass
+class AVConfig:
+    """Audio-visual target-speaker extraction (``hubbub finetune av``)."""
+
+    vq_weight: float = 0.1                # loss += vq_weight * the lip-token quantiser's loss
+    recon_weight: float = 0.1             # ... + recon_weight * the lip-frame reconstruction L1
+
+    def validate(self):
+        if self.vq_weight < 0 or self.recon_weight < 0:
+            raise ConfigError("av.vq_weight", "auxiliary loss weights must be >= 0")
+
+
+@dataclass
 class TrainConfig:
     stage: str = "pit"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -147,6 +159,7 @@ class TrainConfig:
     mixit: MixITConfig = field(default_factory=MixITConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     semi: SemiConfig = field(default_factory=SemiConfig)
+    av: AVConfig = field(default_factory=AVConfig)
     steps: int = 200                      # optimizer steps
     log_every: int = 10
     eval_every: int = 100                 # 0: only at the end

@@ -1,0 +1,144 @@
+"""Audio-visual target-speaker extraction: the mixture and one speaker's lips -> that speaker.
+
+Trained on a corpus simulated with lip streams (a recipe whose targets include ``"lips"``, e.g.
+the ``av`` preset): every source of a training mixture with a lip stream is a target in turn, so
+a batch of B mixtures of S speakers is B * S extraction examples, each the mixture at the
+reference mic, the source's 88x88 lip frames (random crop in training, centre crop in
+evaluation) and the source's ``data.target`` image as reference. The loss is the PIT stage's
+(``loss.kind``, SI-SNR by default) on that one source, a crop in which the target is silent
+scored by its energy relative to the mixture, plus ``av.vq_weight`` times the lip-token
+quantiser's loss and ``av.recon_weight`` times the lip-frame reconstruction loss.
+
+``init`` starts the audio path from a pretrained GLA U-Net backbone (``hubbub pretrain mixit`` or
+``codec`` or ``finetune pit`` with ``model.name=glaunet``), whose architecture it takes; the video
+encoder and the fusion come from ``model`` (``size`` and ``kwargs``). An AV run as ``init`` gives
+the whole extractor but its head.
+
+Evaluation reports SI-SNRi with each target's own lips and with the lips of another utterance
+(the first source of the next evaluated mixture): the gap is what the video contributes.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from hubbub.config import ConfigError
+from hubbub.train.build import build_separator, corpus_card, resolve_model_dir
+from hubbub.train.config import TrainConfig
+from hubbub.train.solver import Solver
+
+log = logging.getLogger(__name__)
+
+LIPS = "lips"
+
+
+def fit_frames(frames: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """(F, H, W) lip frames cut, or extended by repeating the last frame, to ``num_frames``: how
+    another utterance's lips stand in for the target's (the mismatched-lips evaluation)."""
+    return frames[torch.arange(num_frames).clamp(max=frames.shape[0] - 1)]
+
+
+class AVStage(Solver):
+    stage = "av"
+
+    def __init__(self, cfg: TrainConfig, out_dir):
+        from hubbub.losses import PITLoss
+
+        super().__init__(cfg, out_dir)
+        if cfg.model.name != "avextractor":
+            raise ConfigError("model.name", f"the AV stage trains 'avextractor', got {cfg.model.name!r}")
+        self.loss = PITLoss(kind=cfg.loss.kind, tau=cfg.loss.tau, zero_ref=cfg.loss.zero_ref)
+        self.card = corpus_card(cfg.data.shards)
+        self.sample_rate_hz = self.card["recipe"]["sample_rate_hz"]
+        targets = self.card["recipe"].get("targets", [])
+        if LIPS not in targets:
+            raise ConfigError("data.shards", f"{cfg.data.shards} has no lip streams (its recipe's targets are "
+                                             f"{targets}); simulate one with lips, e.g. `hubbub simulate --recipe av`")
+        if cfg.data.target not in targets:
+            raise ConfigError("data.target", f"{cfg.data.shards} does not store {cfg.data.target!r} sources "
+                                             f"(targets {targets})")
+
+    def build_model(self):
+        from hubbub.models.av import AVExtractor
+
+        model = build_separator(self.cfg, 1)
+        if not isinstance(model, AVExtractor):
+            raise ConfigError("init", f"{self.cfg.init} holds a {model.spec['name']} model: the AV extractor's audio "
+                                      "path is a GLA U-Net, so pretrain with model.name=glaunet (or start from scratch)")
+        if self.cfg.init:
+            self._load_video(model)
+        return model
+
+    def _load_video(self, model) -> None:
+        """From an AV run as init, also its video encoder and fusion (build_separator loads only the
+        audio backbone)."""
+        from safetensors.torch import load_file
+
+        from hubbub.models.io import WEIGHTS_NAME, read_config
+
+        source = resolve_model_dir(self.cfg.init)
+        if read_config(source)["name"] != "avextractor":
+            return
+        state = load_file(str(source / WEIGHTS_NAME))
+        for part in ("video", "fusion"):
+            prefix = part + "."
+            getattr(model, part).load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                                  if k.startswith(prefix)})
+
+    def build_datasets(self):
+        from hubbub.shards.reader import ShardDataset
+
+        d = self.cfg.data
+        train = ShardDataset(d.shards, d.train_split, targets=(d.target, LIPS), crop_s=d.crop_s, shuffle=True,
+                             shuffle_buffer=d.shuffle_buffer, seed=self.cfg.seed, batch_size=d.batch_size, mic=0,
+                             roi_crop="random")
+        valid = ShardDataset(d.shards, d.valid_split, targets=(d.target, LIPS), crop_s=None, shuffle=False,
+                             rank=0, world_size=1, mic=0, roi_crop="center")
+        self.valid = valid
+        return train, valid
+
+    def train_step(self, model, batch):
+        mix = batch["mix"][:, 0]                                       # (B, T), the reference mic
+        ref = batch["sources"][self.cfg.data.target]                   # (B, S, T)
+        lips = batch["sources"][LIPS]                                  # (B, S, F, 88, 88) uint8
+        b, s = batch["source_mask"].nonzero(as_tuple=True)             # every real source, in turn
+        est = model(mix[b], lips[b, s])                                # (N, 1, T)
+        extraction, _ = self.loss(est, ref[b, s][:, None], mix=mix[b])
+        aux = self.accelerator.unwrap_model(model).aux_losses
+        weights = {"vq": self.cfg.av.vq_weight, "recon": self.cfg.av.recon_weight}
+        loss = extraction + sum(weights[k] * v for k, v in aux.items())
+        return loss, {"extraction_loss": extraction.detach(), **{f"{k}_loss": v.detach() for k, v in aux.items()}}
+
+    def evaluate(self, model) -> dict[str, float]:
+        """Mean SI-SNRi of the first valid mixtures' sources, with their own lips and with another
+        utterance's: source 0 of the next mixture, fitted by :func:`fit_frames`."""
+        from hubbub.losses import si_snr
+
+        device = next(model.parameters()).device
+        items = [item for _, item in zip(range(self.cfg.data.valid_max_samples), self.valid)]
+        if len(items) < 2:
+            return {}
+        gains = {"true": [], "mismatched": []}
+        for i, item in enumerate(items):
+            mix = item["mix"][0][None].to(device)
+            other = items[(i + 1) % len(items)]["sources"][LIPS][0]
+            for k in range(item["num_sources"]):
+                ref = item["sources"][self.cfg.data.target][k][None].to(device)
+                own = item["sources"][LIPS][k]
+                base = si_snr(mix, ref)
+                for name, video in (("true", own), ("mismatched", fit_frames(other, own.shape[0]))):
+                    est = model(mix, video[None].to(device))[:, 0]
+                    gains[name].append((si_snr(est, ref) - base).item())
+        return {"si_snri_db": sum(gains["true"]) / len(gains["true"]),
+                "si_snri_mismatched_db": sum(gains["mismatched"]) / len(gains["mismatched"])}
+
+    def data_card(self) -> dict:
+        return {**self.card, "sample_rate_hz": self.sample_rate_hz}
+
+
+def finetune_av(cfg: TrainConfig, out_dir: str | Path) -> dict:
+    """Train (or resume) an AV target-speaker extraction run in ``out_dir``; returns the final
+    validation metrics (``si_snri_db``, ``si_snri_mismatched_db``)."""
+    return AVStage(cfg, out_dir).run()
