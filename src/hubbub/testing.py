@@ -1,4 +1,4 @@
-"""Small factories for tests and demos: dummy audio, dummy corpora, tiny speech folders.
+"""Small factories for tests and demos: dummy audio, dummy corpora, tiny speech and AV folders.
 
 Everything here is deterministic from its ``seed`` and makes its own data (nothing downloads).
 """
@@ -25,11 +25,14 @@ def dummy_speech(rng: np.random.Generator, seconds: float, sample_rate_hz: int =
 
 
 def make_dummy_sample(split: str, index: int, *, num_speakers: int = 2, num_mics: int = 1,
-                      seconds: float = 1.0, sample_rate_hz: int = 8000, seed: int = 0) -> dict:
+                      seconds: float = 1.0, sample_rate_hz: int = 8000, seed: int = 0,
+                      lips: bool = False) -> dict:
     """One sample in shard member form (``__key__`` + member bytes), without room simulation.
 
     Reverberant images are the dry sources through a random short decaying filter, so the sample
     satisfies the format's invariants (mix == sum of reverberant images + noise, exactly).
+    ``lips=True`` adds the target "lips": ``s{k}.lips.npy`` (F, 96, 96) uint8 mouths that open
+    where source k is loud, and their ``sources[k]["lips"]`` entries (the rest is unchanged).
     """
     rng = np.random.default_rng([seed, index, sum(map(ord, split))])
     n = int(seconds * sample_rate_hz)
@@ -37,8 +40,10 @@ def make_dummy_sample(split: str, index: int, *, num_speakers: int = 2, num_mics
     members: dict = {"__key__": key}
     q_rev = []
     sources_meta = []
+    drys = []
     for s in range(num_speakers):
         dry = dummy_speech(rng, seconds, sample_rate_hz)
+        drys.append(dry)
         rir = (rng.standard_normal((num_mics, 64)) * np.exp(-np.arange(64) / 10.0)).astype(np.float32)
         rir[:, 0] = 1.0
         rev = np.stack([np.convolve(dry, rir[m])[:n] for m in range(num_mics)]) * 0.5
@@ -64,16 +69,77 @@ def make_dummy_sample(split: str, index: int, *, num_speakers: int = 2, num_mics
         "mixing": {"overlap_ratio": float(rng.uniform(0, 1))},
         "sources": sources_meta,
     }
+    if lips:  # after every draw from rng: samples without lips stay as they were
+        from hubbub.voices.lips import num_video_frames
+
+        meta["targets"].append("lips")
+        num_frames = num_video_frames(n, sample_rate_hz)
+        for s, dry in enumerate(drys):
+            phonemes = envelope_phonemes(dry, sample_rate_hz)
+            sources_meta[s]["lips"] = {"kind": "phonemes", "fps": 25, "num_frames": num_frames, "seed": index,
+                                       "phoneme_set": "cmu", "phonemes": phonemes}
+            members[f"s{s}.lips.npy"] = encode_npy(_mouths(sources_meta[s]["speaker"], phonemes, num_frames, index))
     members["json"] = encode_json(meta)
     return members
 
 
+def envelope_phonemes(x: np.ndarray, sample_rate_hz: int) -> list[list]:
+    """Fake CMU phoneme timings for a signal: ``aa`` (open mouth) over 40 ms frames whose RMS is
+    above a quarter of the loudest frame's, ``pau`` (closed) elsewhere; ``[[name, start_s, end_s]]``."""
+    hop = sample_rate_hz // 25
+    num = -(-len(x) // hop)
+    padded = np.pad(np.asarray(x, np.float64), (0, num * hop - len(x)))
+    rms = np.sqrt((padded.reshape(num, hop) ** 2).mean(axis=1))
+    loud = rms > 0.25 * (rms.max() + 1e-12)
+    rows: list[list] = []
+    for j, on in enumerate(loud):
+        name = "aa" if on else "pau"
+        if rows and rows[-1][0] == name:
+            rows[-1][2] = round((j + 1) / 25, 6)
+        else:
+            rows.append([name, round(j / 25, 6), round((j + 1) / 25, 6)])
+    return rows
+
+
+def _mouths(speaker: str, phonemes: list, num_frames: int, seed: int) -> np.ndarray:
+    from hubbub.voices.lips import lip_stream
+
+    return lip_stream({"speaker": speaker, "phoneme_set": "cmu", "phonemes": phonemes}, num_frames, seed=seed)
+
+
+def make_corpus_from_samples(out_dir: str | Path, samples: list[dict]) -> Path:
+    """One shard per split of hand-made samples (member dicts, e.g. damaged copies of
+    :func:`make_dummy_sample`'s), with sidecars and ``index.json``: hashes match, so only the
+    content checks of :func:`hubbub.shards.verify.verify_corpus` can find what a test broke."""
+    import json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for split in dict.fromkeys(json.loads(m["json"])["split"] for m in samples):
+        rec = ShardRecord(name=shard_name(split, 0), split=split, shard_index=0, first_sample=0, num_planned=0)
+        with ShardWriter(out_dir / rec.name) as w:
+            for m in samples:
+                meta = json.loads(m["json"])
+                if meta["split"] == split:
+                    w.write(m)
+                    rec.keys.append(m["__key__"])
+                    rec.durations_s.append(meta["duration_s"])
+        rec.num_planned = rec.num_samples
+        write_sidecar(rec, out_dir)
+        records.append(rec)
+    build_index(out_dir, records, recipe={"name": "test"})
+    return out_dir
+
+
 def make_dummy_corpus(out_dir: str | Path, *, splits: dict[str, int] | None = None,
                       samples_per_shard: int = 4, num_speakers: int | list[int] = 2, num_mics: int = 1,
-                      seconds: float = 1.0, sample_rate_hz: int = 8000, seed: int = 0) -> Path:
+                      seconds: float = 1.0, sample_rate_hz: int = 8000, seed: int = 0,
+                      lips: bool = False) -> Path:
     """A small corpus in hubbub's shard format (shards, sidecars, index.json) with no simulation.
 
-    ``num_speakers`` may be a list to cycle through (variable speaker counts).
+    ``num_speakers`` may be a list to cycle through (variable speaker counts); ``lips`` adds a lip
+    stream per source (see :func:`make_dummy_sample`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -88,13 +154,14 @@ def make_dummy_corpus(out_dir: str | Path, *, splits: dict[str, int] | None = No
                 for i in range(first, first + rec.num_planned):
                     members = make_dummy_sample(split, i, num_speakers=counts[i % len(counts)],
                                                 num_mics=num_mics, seconds=seconds,
-                                                sample_rate_hz=sample_rate_hz, seed=seed)
+                                                sample_rate_hz=sample_rate_hz, seed=seed, lips=lips)
                     w.write(members)
                     rec.keys.append(members["__key__"])
                     rec.durations_s.append(seconds)
             write_sidecar(rec, out_dir)
             records.append(rec)
-    build_index(out_dir, records, recipe={"name": "dummy", "sample_rate_hz": sample_rate_hz})
+    targets = ["dry", "direct", "early", "reverberant", "noise", "rir"] + (["lips"] if lips else [])
+    build_index(out_dir, records, recipe={"name": "dummy", "sample_rate_hz": sample_rate_hz, "targets": targets})
     return out_dir
 
 
@@ -142,6 +209,105 @@ def make_bad_files(out_dir: str | Path, sample_rate_hz: int = 16000) -> dict[str
     bad[str(d / "999-1-0004.wav")] = "silent"
     stereo = np.stack([dummy_speech(rng, 2.0, 44100), dummy_speech(rng, 2.0, 44100)], axis=1)
     sf.write(d / "999-1-0005.wav", stereo, 44100)
+    return bad
+
+
+def _av_path(root: Path, layout: str, speaker: int, utterance: int) -> Path:
+    if layout == "lrs":      # LRS3: <TED talk id>/<5 digits>.wav
+        return root / "trainval" / f"talk{speaker:02d}Xq" / f"{50001 + utterance:05d}.wav"
+    if layout == "voxceleb2":  # <speaker id>/<YouTube video id>/<5 digits>.wav
+        return root / f"id{10001 + speaker:05d}" / f"vid{utterance % 2}Ab" / f"{utterance + 1:05d}.wav"
+    raise ValueError(f"unknown layout {layout!r} (expected 'lrs' or 'voxceleb2')")
+
+
+def write_roi(path: str | Path, frames: np.ndarray, roi_format: str = "npy") -> Path:
+    """Save ``(F, H, W)`` uint8 frames as a ROI file ``{path}.npy`` / ``{path}.npz`` (key "data")
+    or a folder ``{path}/`` of PNG frames (``roi_format`` "npy", "npz", "frames"); returns it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if roi_format == "npy":
+        out = path.with_suffix(".npy")
+        np.save(out, frames, allow_pickle=False)
+    elif roi_format == "npz":
+        out = path.with_suffix(".npz")
+        np.savez_compressed(out, data=frames)
+    elif roi_format == "frames":
+        from PIL import Image
+
+        out = path.with_suffix("")
+        out.mkdir(parents=True, exist_ok=True)
+        for j, frame in enumerate(frames):
+            Image.fromarray(frame).save(out / f"{j:05d}.png")
+    else:
+        raise ValueError(f"unknown roi_format {roi_format!r} (expected 'npy', 'npz' or 'frames')")
+    return out
+
+
+def make_av_folder(out_dir: str | Path, *, layout: str = "lrs", num_speakers: int = 4,
+                   utterances_per_speaker: int = 2, seconds: float = 2.0, sample_rate_hz: int = 16000,
+                   seed: int = 0, roi_format: str = "npy", lips_dir: str | Path | None = None) -> Path:
+    """A tiny audio-visual corpus laid out like LRS3 (``trainval/<talk>/<5 digits>.wav``) or
+    VoxCeleb2 (``id<5 digits>/<video>/<5 digits>.wav``): :func:`dummy_speech` audio and, per
+    utterance (one ROI file per audio file, as real corpora have), its mouth frames
+    ``(ceil(seconds * 25), 96, 96)`` uint8 drawn by :mod:`hubbub.voices.lips` from
+    :func:`envelope_phonemes` (the mouth opens where the audio is loud). ROI files go beside the
+    audio with the same stem, or at the same relative path under ``lips_dir``."""
+    from hubbub.voices.lips import num_video_frames
+
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    for s in range(num_speakers):
+        for u in range(utterances_per_speaker):
+            x = dummy_speech(rng, seconds * rng.uniform(0.8, 1.2), sample_rate_hz)
+            path = _av_path(out_dir, layout, s, u)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, x, sample_rate_hz)
+            frames = _mouths(path.parent.name, envelope_phonemes(x, sample_rate_hz),
+                             num_video_frames(len(x), sample_rate_hz), seed=u)
+            roi = path if lips_dir is None else Path(lips_dir) / path.relative_to(out_dir)
+            write_roi(roi, frames, roi_format)
+    return out_dir
+
+
+def make_bad_rois(out_dir: str | Path, sample_rate_hz: int = 16000) -> dict[str, str]:
+    """Utterances with ROI files a real AV corpus may hold, in an LRS-style folder
+    ``trainval/badtalk/`` of ``out_dir``; returns {audio path: expected skip reason}. Also writes
+    one that must be kept: 88x88 frames (resized on load), 2 frames more than its audio's."""
+    from hubbub.voices.lips import num_video_frames
+
+    d = Path(out_dir) / "trainval" / "badtalk"
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    bad = {}
+
+    def utterance(number: int) -> tuple[Path, int]:
+        x = dummy_speech(rng, 2.0, sample_rate_hz)
+        path = d / f"{number:05d}.wav"
+        sf.write(path, x, sample_rate_hz)
+        return path, num_video_frames(len(x), sample_rate_hz)
+
+    frames = lambda f, size=96: rng.integers(0, 256, (f, size, size), dtype=np.uint8)  # noqa: E731
+    path, f = utterance(1)                                   # no ROI file at all
+    bad[str(path)] = "no-lips"
+    path, f = utterance(2)                                   # a ROI of another clip: half the frames
+    np.save(path.with_suffix(".npy"), frames(f // 2))
+    bad[str(path)] = "lips-length-mismatch"
+    path, f = utterance(3)                                   # face crops, not mouth crops
+    np.save(path.with_suffix(".npy"), frames(f, 64))
+    bad[str(path)] = "lips-too-small"
+    path, f = utterance(4)                                   # a pickle
+    np.save(path.with_suffix(".npy"), np.array([{"frames": None}] * f, dtype=object), allow_pickle=True)
+    bad[str(path)] = "bad-lips"
+    path, f = utterance(5)                                   # NaN in float frames
+    nan = frames(f).astype(np.float32)
+    nan[0, 0, 0] = np.nan
+    np.save(path.with_suffix(".npy"), nan)
+    bad[str(path)] = "bad-lips"
+    path, f = utterance(6)                                   # one image, not a clip
+    np.save(path.with_suffix(".npy"), frames(1)[0])
+    bad[str(path)] = "bad-lips"
+    path, f = utterance(7)                                   # usable: 88x88, +2 frames
+    np.save(path.with_suffix(".npy"), frames(f + 2, 88))
     return bad
 
 

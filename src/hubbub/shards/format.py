@@ -12,7 +12,9 @@ members are (``S`` sources, ``M`` microphones, ``T`` samples)::
     {key}.s0.early.flac        (T, M) direct path + 50 ms               [target "early"]
     {key}.s0.reverberant.flac  (T, M) full reverberant image            [target "reverberant"]
     {key}.s0.rir.npy           (M, L) float32 room impulse responses    [target "rir"]
-    ... s1.*, s2.* for further sources. Later stages add s{i}.lips.npy and *.codec.npy.
+    {key}.s0.lips.npy          (F, 96, 96) uint8 mouth ROI at 25 fps,   [target "lips"]
+                               F = ceil(T * 25 / sample_rate_hz), on the mixture's time axis
+    ... s1.*, s2.* for further sources. Later stages add *.codec.npy.
 
 Audio is stored as 24-bit integers ``q`` with ``x = q / 2**23``. The mixture is written as the
 integer sum of the quantised reverberant images and noise, so ``mix == sum(reverberant) + noise``

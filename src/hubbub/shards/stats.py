@@ -73,6 +73,7 @@ def corpus_stats(corpus_dir: str | Path, *, splits: Iterable[str] | None = None)
             "num_samples": int, "hours": float,
             "num_speakers": {"1": count, "2": count, ...},   # mixtures per speaker count
             "distinct_speakers": int,                        # distinct sources[i].speaker
+            "lip_streams": {"phonemes": count, "file": count},  # sources with lips, by kind ({} without)
             "metrics": {name: distribution(...)} for rt60_s_measured, rt60_s_target,
                        snr_db (noiseless mixtures left out), sir_db (one value per source after the first),
                        overlap_ratio, duration_s}}}
@@ -87,18 +88,21 @@ def corpus_stats(corpus_dir: str | Path, *, splits: Iterable[str] | None = None)
     out = {"corpus_dir": str(corpus_dir), "splits": {}}
     for split in wanted:
         values = {name: [] for name in METRICS}
-        speaker_counts, speakers = Counter(), set()
+        speaker_counts, speakers, lip_streams = Counter(), set(), Counter()
         for shard in (s["name"] for s in index["shards"] if s["split"] == split):
             for meta in iter_sample_json(Path(corpus_dir) / shard):
                 for name, read in METRICS.items():
                     values[name] += read(meta)
                 speaker_counts[meta["num_speakers"]] += 1
                 speakers.update(s["speaker"] for s in meta.get("sources", []))
+                lip_streams.update(s["lips"]["kind"] for s in meta.get("sources", [])
+                                   if isinstance(s.get("lips"), dict) and "kind" in s["lips"])
         out["splits"][split] = {
             "num_samples": sum(speaker_counts.values()),
             "hours": sum(values["duration_s"]) / 3600.0,
             "num_speakers": {str(k): speaker_counts[k] for k in sorted(speaker_counts)},
             "distinct_speakers": len(speakers),
+            "lip_streams": dict(sorted(lip_streams.items())),
             "metrics": {name: distribution(v) for name, v in values.items()},
         }
     return out
@@ -110,8 +114,10 @@ def format_stats(stats: dict) -> str:
     lines = [f"corpus {stats['corpus_dir']}"]
     for split, s in stats["splits"].items():
         mixtures = ", ".join(f"{n} spk: {c}" for n, c in s["num_speakers"].items())
+        lips = ", ".join(f"{c} {kind}" for kind, c in s.get("lip_streams", {}).items())
         lines += ["", f"{split}: {s['num_samples']} mixtures, {s['hours']:.3f} h, "
-                      f"{s['distinct_speakers']} distinct speakers ({mixtures})",
+                      f"{s['distinct_speakers']} distinct speakers ({mixtures})"
+                      + (f"; lip streams: {lips}" if lips else ""),
                   f"  {'metric':<16}" + "".join(f"{c:>10}" for c in columns)]
         for name, d in s["metrics"].items():
             cells = [f"{d['count']:>10}"] + [f"{'-':>10}" if d[c] is None else f"{d[c]:>10.3f}" for c in columns[1:]]

@@ -14,11 +14,15 @@ published. It checks, and keeps going after a fault so one run lists everything 
   finite; the mixture is (num_mics, num_samples) at ``sample_rate_hz``, images (direct, early,
   reverberant, noise) the same shape, dry sources (num_samples,), RIRs (num_mics, L); and
   ``mix == sum(reverberant) + noise`` to 1e-6 (exact in the 24-bit format).
+* lips (target ``"lips"``, audio-visual corpora): every source has ``s{i}.lips.npy`` and a
+  ``sources[i].lips`` entry whose ``num_frames`` is ``F = ceil(num_samples * 25 / sample_rate_hz)``;
+  with ``check_audio`` the member decodes without pickle as uint8 ``(F, 96, 96)``.
 
-Members it does not know (a later stage's ``s0.lips.npy``) are decoded by extension and otherwise
-left alone. Codec tokens (``mix.codec.npy``, ``s{i}.codec.npy``, see :mod:`hubbub.shards.tokens`)
-must be non-negative 2-D integer arrays; where ``index.json`` has a ``"codec"`` entry every sample
-must carry them, with (Q, L) = (num_codebooks, frames of num_samples) and codes < codebook_size.
+Members it does not know (or lips in a sample without the target) are decoded by extension and
+otherwise left alone. Codec tokens (``mix.codec.npy``, ``s{i}.codec.npy``, see
+:mod:`hubbub.shards.tokens`) must be non-negative 2-D integer arrays; where ``index.json`` has a
+``"codec"`` entry every sample must carry them, with (Q, L) = (num_codebooks, frames of
+num_samples) and codes < codebook_size.
 """
 from __future__ import annotations
 
@@ -269,6 +273,10 @@ def _check_sample(raw: dict, split: str, sidecar_duration_s: float | None, check
         if target == "noise":
             expected.add("noise.flac")
             continue
+        if target == "lips":
+            expected.update(f"s{i}.lips.npy" for i in range(num_speakers))
+            faults += _check_lips_meta(meta)
+            continue
         for i in range(num_speakers):
             if not {f"s{i}.{target}.flac", f"s{i}.{target}.npy"} & members:
                 faults.append(f"target {target} of source {i} missing")
@@ -320,6 +328,8 @@ def _check_audio(raw: dict, members: set[str], meta: dict, codec: dict | None = 
                 faults.append(f"{m} has shape {x.shape}, expected {image}")
             elif x.shape[-1] != num_samples:
                 faults.append(f"{m} has {x.shape[-1]} samples, json says {num_samples}")
+        elif target == "lips" and "lips" in meta["targets"]:  # else another stage's, left alone
+            faults += _check_lips(m, x, parsed[0] if parsed else None, meta)
         elif target == "rir" and (x.ndim != 2 or x.shape[0] != num_mics):
             faults.append(f"{m} has shape {x.shape}, expected ({num_mics}, L)")
         elif m.endswith(".codec.npy"):
@@ -338,6 +348,40 @@ def _check_audio(raw: dict, members: set[str], meta: dict, codec: dict | None = 
             return faults  # shape faults already reported
         if error > MIXTURE_TOLERANCE:
             faults.append(f"mix differs from sum(reverberant) + noise by up to {error:.3g}")
+    return faults
+
+
+def _lip_frames(meta: dict) -> int:
+    from hubbub.voices.lips import num_video_frames  # imported here: it pulls in scipy.signal
+
+    return num_video_frames(meta["num_samples"], meta["sample_rate_hz"])
+
+
+def _check_lips_meta(meta: dict) -> list[str]:
+    frames, faults = _lip_frames(meta), []
+    for i, source in enumerate(meta["sources"]):
+        lips = source.get("lips")
+        if not isinstance(lips, dict) or "num_frames" not in lips:
+            faults.append(f"sources[{i}] lacks lips.num_frames (the sample has target lips)")
+        elif lips["num_frames"] != frames:
+            faults.append(f"sources[{i}].lips.num_frames is {lips['num_frames']}, expected {frames} "
+                          f"(ceil(num_samples * 25 / sample_rate_hz))")
+    return faults
+
+
+def _check_lips(m: str, frames: np.ndarray, source: int | None, meta: dict) -> list[str]:
+    """A lip stream: uint8 (F, 96, 96) with F the video frames of num_samples at 25 fps."""
+    expected = (_lip_frames(meta), 96, 96)
+    faults = []
+    if frames.dtype != np.uint8:
+        faults.append(f"{m} is {frames.dtype}, expected uint8 mouth frames")
+    if frames.shape != expected:
+        faults.append(f"{m} has shape {frames.shape}, expected {expected} (frames at 25 fps, 96, 96)")
+    sources = meta.get("sources") or []
+    lips = sources[source].get("lips") if source is not None and source < len(sources) else None
+    if isinstance(lips, dict) and frames.ndim >= 1 and lips.get("num_frames") != frames.shape[0]:
+        faults.append(f"{m} has {frames.shape[0]} frames, sources[{source}].lips.num_frames says "
+                      f"{lips.get('num_frames')}")
     return faults
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from hubbub.config import ConfigError, apply_overrides, check_range, from_dict, load_with_base, to_dict
+from hubbub.video import FPS
 
 Range = tuple[float, float]
 SAMPLE_RATES_HZ = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -28,9 +29,13 @@ SAMPLE_RATES_HZ = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 @dataclass
 class SpeechConfig:
     corpus: str = "builtin"            # "builtin" (the built-in voices), a folder, or a manifest .jsonl
-    layout: Literal["auto", "librispeech", "vctk", "wsj0", "regex", "manifest"] = "auto"
+    layout: Literal["auto", "librispeech", "vctk", "wsj0", "voxceleb2", "lrs", "regex", "manifest"] = "auto"
     regex: str | None = None           # with layout: regex, a pattern with (?P<speaker>...)
     min_duration_s: float = 1.0        # shorter utterances are skipped and reported
+    # Target "lips": a tree of mouth-ROI files with the corpus's relative paths and stems
+    # (``mouths/`` beside ``audio/`` in many LRS preparations); None: beside each audio file.
+    # Relative to the working directory, like ``corpus``. One ROI file per utterance.
+    lips_dir: str | None = None
 
     def validate(self):
         if self.layout == "regex" and (not self.regex or "(?P<speaker>" not in self.regex):
@@ -168,7 +173,10 @@ class NoiseConfig:
         check_range("noise.babble_speakers", self.babble_speakers, 1, 20)
 
 
-TARGETS = ("dry", "direct", "early", "reverberant", "noise", "rir")
+TARGETS = ("dry", "direct", "early", "reverberant", "noise", "rir", "lips")
+# What a recipe writes when it names no targets. "lips" (audio-visual corpora, see
+# hubbub.sources.lips) is left out: a recipe asks for it, and existing recipes keep their hashes.
+DEFAULT_TARGETS = ("dry", "direct", "early", "reverberant", "noise", "rir")
 
 
 @dataclass
@@ -184,7 +192,7 @@ class Recipe:
     mics: MicsConfig = field(default_factory=MicsConfig)
     mixing: MixingConfig = field(default_factory=MixingConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
-    targets: list[str] = field(default_factory=lambda: list(TARGETS))
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "valid": 0.1, "test": 0.1})
     samples_per_shard: int = 100
 
@@ -194,6 +202,10 @@ class Recipe:
         for t in self.targets:
             if t not in TARGETS:
                 raise ConfigError("targets", f"unknown target {t!r} (known: {', '.join(TARGETS)})")
+        if "lips" in self.targets and self.sample_rate_hz % FPS:
+            # A video frame must span a whole number of samples for frames and audio to line up.
+            raise ConfigError("sample_rate_hz", f"target 'lips' needs a rate divisible by {FPS} frames/s, "
+                                                f"got {self.sample_rate_hz}")
         if not self.splits or any(v < 0 for v in self.splits.values()) or sum(self.splits.values()) <= 0:
             raise ConfigError("splits", f"needs non-negative fractions that add to > 0, got {self.splits}")
         for s in self.splits:
@@ -205,13 +217,15 @@ class Recipe:
     def content_hash(self) -> str:
         """Hash of the recipe fields that shape a sample's content (with the sources' own
         fingerprint, it seeds every sample). Where the inputs live (``speech.corpus``,
-        ``noise.folder``, ``room.rir_bank``) is left out: a corpus moved elsewhere gives the same
-        mixtures; what the inputs hold is fingerprinted by :func:`hubbub.simulate.sample.sources_fingerprint`.
+        ``speech.lips_dir``, ``noise.folder``, ``room.rir_bank``) is left out: a corpus moved
+        elsewhere gives the same mixtures; what the inputs hold is fingerprinted by
+        :func:`hubbub.simulate.sample.sources_fingerprint`.
         """
         d = to_dict(self)
         for k in ("samples_per_shard", "description", "splits"):
             d.pop(k)
         d["speech"].pop("corpus")
+        d["speech"].pop("lips_dir")
         d["noise"].pop("folder")
         d["room"].pop("rir_bank")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -74,12 +74,16 @@ def builtin_voices_dir() -> Path:
 def prepare_sources(recipe: Recipe, seed: int) -> tuple[dict[str, SplitPool], list[dict], dict]:
     """Index speech and noise once and split them (disjoint speakers per split).
 
-    Returns the pools, the skipped files (with reasons) and a data card of the sources.
+    Returns the pools, the skipped files (with reasons) and a data card of the sources. With the
+    target "lips", utterances without a usable lip source are skipped too (reasons ``no-lips``,
+    ``bad-lips``, ``lips-too-small``, ``lips-length-mismatch``: :mod:`hubbub.sources.lips`).
     """
     sc = recipe.speech
     corpus = builtin_voices_dir() if sc.corpus == "builtin" else Path(sc.corpus)
-    idx = index_speech(corpus, layout=sc.layout, regex=sc.regex, min_duration_s=sc.min_duration_s)
-    skipped = [dict(s, kind="speech") for s in idx.skipped]
+    lips = "lips" in recipe.targets
+    idx = index_speech(corpus, layout=sc.layout, regex=sc.regex, min_duration_s=sc.min_duration_s,
+                       lips=lips, lips_dir=sc.lips_dir)
+    skipped = [dict(s, kind="lips" if "roi" in s else "speech") for s in idx.skipped]
     if not idx.utterances:
         raise ValueError(f"no usable speech in {corpus} ({len(idx.skipped)} files skipped: see report.json)")
     by_speaker = idx.by_speaker()
@@ -103,6 +107,8 @@ def prepare_sources(recipe: Recipe, seed: int) -> tuple[dict[str, SplitPool], li
         "noise": recipe.noise.kind if recipe.noise.kind != "folder" else str(recipe.noise.folder),
         "skipped_files": len(skipped),
     }
+    if lips:  # where the lip streams come from: drawn from phoneme timings, or ROI files
+        card["lips"] = {kind: sum(u.lips["kind"] == kind for u in idx.utterances) for kind in ("phonemes", "file")}
     return pools, skipped, card
 
 

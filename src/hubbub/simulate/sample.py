@@ -11,6 +11,12 @@ Conventions (all targets share the mixture's time axis, time 0 = emission):
 * ``direct[s]``: through the direct path only; ``early[s]``: direct path + ``room.early_ms``.
 * ``dry[s]`` (T,): the scaled source signal delayed by its direct-path delay at the reference mic
   (``sources[s].dry_delay_samples``), so it lines up with ``direct[s]`` there.
+* ``lips[s]`` (F, 96, 96) uint8 [target "lips"]: the source's mouth at 25 fps, ``F =
+  ceil(T * 25 / sr)``, frame ``j`` covering samples ``[j * sr / 25, (j + 1) * sr / 25)``. Like
+  the placed source, it is on the emission axis: the dry target lags it by ``dry_delay_samples``
+  (sound travels, light is instant). Outside the source's excerpt the mouth is at rest (drawn
+  from phonemes) or holds the excerpt's first/last frame (ROI files).
+  ``sources[s]["lips"]`` says how it was made (:func:`hubbub.sources.lips.draw_lips`).
 * SIR: each further speaker's reverberant image vs the first one's, at the reference mic.
   SNR: all reverberant speech vs noise at the reference mic. The whole sample is then scaled to
   a loudness (LUFS) and lowered if any stored signal would peak above ``mixing.max_peak``.
@@ -33,6 +39,7 @@ from hubbub.audio import load_audio_cached
 from hubbub.shards.format import encode_flac, encode_json, encode_npy, quantize, sample_key
 from hubbub.simulate.recipe import Recipe
 from hubbub.simulate.rir import compute_rirs, measure_rt60_s, rt60_to_absorption
+from hubbub.sources.lips import draw_lips, render_source_lips
 from hubbub.sources.noise import NoiseFile, coloured_noise, diffuse_mixing
 from hubbub.sources.speech import Utterance
 
@@ -146,6 +153,10 @@ class Simulator:
         for k, s in enumerate(sources):
             s["sir_db"] = 0.0 if k == 0 else _uniform(rng, r.mixing.sir_db)
         params["noise"] = self._draw_noise(rng, pool, chosen, num_samples)
+        if "lips" in r.targets:
+            # Drawn last, and only for lips: recipes without them keep their samples bit for bit.
+            for s, u in zip(sources, utts):
+                s["lips"] = draw_lips(u, s, fs, num_samples, seed=int(rng.integers(2**31)))
         return params
 
     def _place(self, rng: np.random.Generator, utts: list[Utterance]) -> tuple[list[dict], int]:
@@ -346,6 +357,7 @@ class Rendered:
     noise_q: np.ndarray | None        # (M, T)
     targets_q: dict[str, list[np.ndarray]]   # per-source target -> codes per source
     rirs: list[np.ndarray]            # per source (M, L) float32
+    lips: list[np.ndarray] | None = None     # per source (F, 96, 96) uint8, target "lips"
 
 
 def convolve_sources(placed: np.ndarray, filter_sets: list[np.ndarray], n: int) -> list[np.ndarray]:
@@ -457,8 +469,9 @@ def render(params: dict) -> Rendered:
     for name in ("direct", "early", "dry"):
         if name in signals:
             targets_q[name] = [quantize(x * scale32) for x in signals[name]]
+    lips = [render_source_lips(s["lips"], s, fs) for s in srcs] if "lips" in targets else None
     return Rendered(meta=meta, mix_q=np.asarray(mix_q, np.int32), noise_q=noise_q, targets_q=targets_q,
-                    rirs=[rir_set.rirs[k] for k in range(len(srcs))])
+                    rirs=[rir_set.rirs[k] for k in range(len(srcs))], lips=lips)
 
 
 def to_members(rendered: Rendered) -> dict:
@@ -476,4 +489,7 @@ def to_members(rendered: Rendered) -> dict:
     if "rir" in targets:
         for k, h in enumerate(rendered.rirs):
             members[f"s{k}.rir.npy"] = encode_npy(h.astype(np.float32))
+    if "lips" in targets and rendered.lips is not None:
+        for k, frames in enumerate(rendered.lips):
+            members[f"s{k}.lips.npy"] = encode_npy(frames)
     return members

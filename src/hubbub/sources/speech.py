@@ -8,12 +8,27 @@ layout         example path                                     speaker
 librispeech    ``103/1240/103-1240-0000.flac``                  ``103``
 vctk           ``wav48_silence_trimmed/p225/p225_001_mic1.flac``  ``p225``
 wsj0           ``si_tr_s/011/011a0101.wav``                     ``011``
+voxceleb2      ``dev/aac/id00012/21Uxsk56VDQ/00001.wav``        ``id00012``
+lrs            ``trainval/0af00UcTOSc/50001.wav``               ``0af00UcTOSc`` (the folder)
 regex          any; the pattern's ``(?P<speaker>...)`` group     that group
 =============  ==============================================  ==========================
+
+``lrs`` (LRS2, LRS3: ``<folder>/<5 digits>.wav``) takes the parent folder as the speaker: a TED
+talk in LRS3 (one main speaker), a BBC programme in LRS2 (several speakers, so splits are
+programme-disjoint rather than strictly speaker-disjoint). Auto-detection tries the layouts in the
+table's order and gives a tie to the earlier one: a VoxCeleb2 tree also matches the generic
+``lrs`` pattern and is read as ``voxceleb2``. Both need 5-digit file stems, which
+no LibriSpeech, VCTK or WSJ0 file name has, so those are detected as before.
 
 A manifest is JSONL, one utterance a line: ``{"path": ..., "speaker": ..., "duration_s"?,
 "transcript"?, "licence"?}`` with paths relative to the manifest's folder; other fields are kept
 in ``Utterance.extra``. A folder holding ``manifest.jsonl`` (the built-in voices) is read as one.
+
+With ``lips=True`` (a recipe whose targets include ``"lips"``) every utterance also needs a
+mouth-ROI stream, ``Utterance.lips``: from the row's ``phonemes`` (the built-in voices), a row's
+``"lips"`` path (relative to the manifest), or a ``{stem}.npy|.npz|/`` ROI file beside the audio
+or under ``lips_dir``; one ROI file per utterance, not per mixture. Utterances without one are
+skipped and reported (see :mod:`hubbub.sources.lips`).
 
 Indexing decodes every file once, so unreadable, empty, non-finite, silent and too-short files
 are found up front and reported with a reason. The result is cached per corpus (keyed by its path
@@ -33,6 +48,7 @@ from typing import Iterable
 import numpy as np
 
 from hubbub.audio import AudioError, check_audio_file
+from hubbub.sources.lips import attach_lip_sources
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".sph", ".wv1", ".wv2", ".aif", ".aiff", ".opus"}
 
@@ -40,6 +56,10 @@ LAYOUT_PATTERNS = {
     "librispeech": r"(?:^|/)(?P<speaker>\d+)-\d+-\d+\.\w+$",
     "vctk": r"(?:^|/)(?P<speaker>p\d{3,4}|s\d+)_\d{3}(?:_mic\d)?\.\w+$",
     "wsj0": r"(?:^|/)(?P<speaker>[0-9a-z]{3})[0-9a-z]{5}\.\w+$",
+    # After the three above and in this order: detect_layout gives ties to the earlier pattern,
+    # and every VoxCeleb2 path also matches the generic LRS one (with the video as the speaker).
+    "voxceleb2": r"(?:^|/)(?P<speaker>id\d{5})/[^/]+/\d{5}\.\w+$",
+    "lrs": r"(?:^|/)(?P<speaker>[^/]+)/\d{5}\.\w+$",
 }
 
 
@@ -53,6 +73,7 @@ class Utterance:
     transcript: str | None = None
     licence: str | None = None
     extra: dict = field(default_factory=dict)
+    lips: dict | None = None     # with index_speech(lips=True): see hubbub.sources.lips.lip_source
 
 
 @dataclass
@@ -82,7 +103,8 @@ def _walk_audio(root: Path) -> list[Path]:
 
 
 def detect_layout(root: Path, files: list[Path]) -> str:
-    """Pick the built-in layout whose pattern matches most files (at least 90% of them)."""
+    """Pick the built-in layout whose pattern matches most files (at least 90% of them); on a tie
+    the one listed first in :data:`LAYOUT_PATTERNS` wins (``voxceleb2`` before ``lrs``)."""
     rel = [p.relative_to(root).as_posix() for p in files[:500]]
     best, best_hits = None, 0
     for name, pattern in LAYOUT_PATTERNS.items():
@@ -199,19 +221,27 @@ def check_files(entries: list[dict], *, min_duration_s: float, cache_key: str,
 
 def index_speech(source: str | Path, *, layout: str = "auto", regex: str | None = None,
                  min_duration_s: float = 0.5, cache_dir: str | Path | None = None,
-                 max_workers: int | None = None) -> SpeechIndex:
+                 max_workers: int | None = None, lips: bool = False,
+                 lips_dir: str | Path | None = None) -> SpeechIndex:
     """Index a speech corpus (folder or manifest) into utterances with speakers and durations.
+
+    ``lips=True`` also gives every utterance its lip source (``Utterance.lips``) and skips, with a
+    reason, those without a usable one; ``lips_dir`` is a tree of ROI files parallel to the corpus
+    (same relative paths and stems), default beside the audio. See :mod:`hubbub.sources.lips`.
 
     Example::
 
         idx = index_speech("/data/LibriSpeech/train-clean-100")   # layout detected
         idx.speakers[:3], len(idx.utterances), idx.skipped[:1]
+        av = index_speech("/data/lrs3/audio", layout="lrs", lips=True, lips_dir="/data/lrs3/mouths")
+        av.utterances[0].lips   # {"kind": "file", "path": ".../50001.npz", "num_frames": 63}
     """
     source = Path(source).expanduser().resolve()
     if not source.exists():
         raise FileNotFoundError(f"speech corpus {source} does not exist")
     manifest = source if source.is_file() else (source / "manifest.jsonl")
-    if source.is_file() or (layout in ("auto", "manifest") and manifest.exists()):
+    is_manifest = source.is_file() or (layout in ("auto", "manifest") and manifest.exists())
+    if is_manifest:
         entries, skipped = _manifest_entries(manifest)
         corpus = manifest.parent.name
     else:
@@ -229,6 +259,12 @@ def index_speech(source: str | Path, *, layout: str = "auto", regex: str | None 
         for entry, info in checked
     ]
     utterances.sort(key=lambda u: u.path)
+    if lips:
+        utterances, no_lips = attach_lip_sources(
+            utterances, root=manifest.parent if is_manifest else source, lips_dir=lips_dir,
+            cache_dir=cache_dir or default_cache_dir(), cache_key=json.dumps([str(source), str(lips_dir)]),
+            max_workers=max_workers)
+        skipped.extend(no_lips)
     return SpeechIndex(corpus=corpus, utterances=utterances, skipped=skipped)
 
 
