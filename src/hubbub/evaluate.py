@@ -29,11 +29,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from hubbub.finetune.av import fit_frames
 from hubbub.metrics import METRICS, evaluate_separation
 from hubbub.separate import RUN_CONFIG_NAME, load_separator, separate_waveform
 from hubbub.shards.reader import ShardDataset
 from hubbub.shards.writer import atomic_write_bytes, atomic_write_json
+from hubbub.video import fit_frames
 
 log = logging.getLogger(__name__)
 

@@ -213,8 +213,7 @@ def load_separator(run_or_model_dir: str | Path, sample_rate_hz: int | None = No
     return load_model(directory).eval(), int(rate)
 
 
-def load_lips(path: str | Path, num_samples: int, sample_rate_hz: int, fps: int = 25,
-              tolerance_frames: int = 2) -> np.ndarray:
+def load_lips(path: str | Path, num_samples: int, sample_rate_hz: int, fps: int = 25) -> np.ndarray:
     """The target's mouth ROIs for an ``num_samples`` recording: (F, 88, 88) uint8, centre-cropped,
     ``F = ceil(num_samples * fps / sample_rate_hz)`` (a file a frame or two short or long, as
     video and audio tracks often are, is cut or its last frame repeated).
@@ -223,18 +222,19 @@ def load_lips(path: str | Path, num_samples: int, sample_rate_hz: int, fps: int 
     frames, or a folder of frame images, at ``fps``.
 
     Raises:
-        ValueError: the frames cover a duration more than ``tolerance_frames`` off the audio's.
+        ValueError: the frames cover a duration more than
+            :data:`hubbub.sources.lips.LIPS_FRAME_TOLERANCE` frames off the audio's.
     """
-    from hubbub.video import load_roi
+    from hubbub.sources.lips import LIPS_FRAME_TOLERANCE
+    from hubbub.video import fit_frames, load_roi
     from hubbub.voices.lips import crop_roi, num_video_frames
 
     frames = load_roi(path)
     expected = num_video_frames(num_samples, sample_rate_hz, fps)
-    if abs(len(frames) - expected) > tolerance_frames:
+    if abs(len(frames) - expected) > LIPS_FRAME_TOLERANCE:
         raise ValueError(f"{path}: {len(frames)} frames at {fps} fps, but the recording needs {expected} "
                          f"({num_samples / sample_rate_hz:.2f} s): give the mouth ROIs of this recording")
-    index = np.minimum(np.arange(expected), len(frames) - 1)
-    return np.ascontiguousarray(crop_roi(frames[index], train=False))
+    return np.ascontiguousarray(crop_roi(fit_frames(frames, expected), train=False))
 
 
 def separate_file(run_or_model_dir: str | Path, in_path: str | Path, out_dir: str | Path, *,

@@ -247,3 +247,12 @@ def load_roi(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"ROI file {path} does not exist")
     frames = _read_frames(path) if path.is_dir() else _to_gray_uint8(path, _read_array(path))
     return _resize(path, frames, ROI_SIZE)
+
+
+def fit_frames(frames, num_frames: int):
+    """(F, H, W) frames (numpy or torch) cut, or extended by repeating the last frame, to
+    ``num_frames``: a stream a frame or two off its audio, or another utterance's lips standing in
+    for the target's (the mismatched-lips evaluation)."""
+    if len(frames) == 0:
+        raise ValueError("no frames to fit")
+    return frames[np.minimum(np.arange(num_frames), len(frames) - 1)]

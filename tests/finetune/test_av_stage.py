@@ -11,13 +11,13 @@ from hubbub.cli import main
 from hubbub.config import ConfigError
 from hubbub.evaluate import evaluate_run
 from hubbub.finetune import AVStage, finetune_av
-from hubbub.finetune.av import fit_frames
 from hubbub.models import build_model, load_model, model_config, save_model
 from hubbub.separate import separate_file
 from hubbub.shards.format import decode_npy
 from hubbub.shards.reader import ShardDataset
 from hubbub.testing import make_dummy_corpus
 from hubbub.train import load_train_config
+from hubbub.video import fit_frames
 
 
 @pytest.fixture(scope="module")

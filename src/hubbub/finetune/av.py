@@ -22,8 +22,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from hubbub.config import ConfigError
 from hubbub.train.build import build_separator, corpus_card, resolve_model_dir
 from hubbub.train.config import TrainConfig
@@ -32,12 +30,6 @@ from hubbub.train.solver import Solver
 log = logging.getLogger(__name__)
 
 LIPS = "lips"
-
-
-def fit_frames(frames: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """(F, H, W) lip frames cut, or extended by repeating the last frame, to ``num_frames``: how
-    another utterance's lips stand in for the target's (the mismatched-lips evaluation)."""
-    return frames[torch.arange(num_frames).clamp(max=frames.shape[0] - 1)]
 
 
 class AVStage(Solver):
@@ -115,6 +107,7 @@ class AVStage(Solver):
         """Mean SI-SNRi of the first valid mixtures' sources, with their own lips and with another
         utterance's: source 0 of the next mixture, fitted by :func:`fit_frames`."""
         from hubbub.losses import si_snr
+        from hubbub.video import fit_frames
 
         device = next(model.parameters()).device
         items = [item for _, item in zip(range(self.cfg.data.valid_max_samples), self.valid)]
