@@ -169,3 +169,35 @@ def test_separate_takes_the_target_speakers_mouth_rois(av_run, tmp_path):
     np.save(lips, rng.integers(0, 256, (40, 96, 96), dtype=np.uint8))
     with pytest.raises(ValueError, match="40 frames"):
         separate_file(av_run, wav, tmp_path / "short", lips=lips)
+
+
+def test_av_stage_runs_under_two_processes(av_corpus, tmp_path):
+    """DDP over the extractor (video encoder, VQ, reconstruction, fusion: every parameter gets a
+    gradient) trains the same global batches as one process. On CPU the lip encoder's BatchNorm
+    statistics are per process (PyTorch syncs them on GPUs only), so losses agree only roughly."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    config = Path(__file__).parents[2] / "cluster" / "accelerate" / "cpu-2proc.yaml"
+    common = ["--shards", str(av_corpus), "--set", "steps=3", "--set", "data.crop_s=0.48", "--set", "log_every=1",
+              "--set", "log_sample_keys=true"]
+    res = subprocess.run(["accelerate", "launch", "--config_file", str(config), "--main_process_port", "29519",
+                          "-m", "hubbub.cli", "finetune", "av", "--out", str(tmp_path / "two"), *common,
+                          "--set", "data.batch_size=2"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert load_model(tmp_path / "two" / "model").spec["name"] == "avextractor"
+    finetune_av(_cfg(av_corpus, "steps=3", "data.batch_size=4", "log_sample_keys=true"), tmp_path / "one")
+
+    def keys(run, files):
+        rows = [json.loads(line) for f in files for line in (run / f).read_text().splitlines()]
+        return sorted(k for r in rows for k in r["keys"])
+
+    assert keys(tmp_path / "two", ["samples_rank0.jsonl", "samples_rank1.jsonl"]) == \
+        keys(tmp_path / "one", ["samples_rank0.jsonl"])
+    two = [json.loads(line)["loss"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+           if "extraction_loss" in line]
+    one = [json.loads(line)["loss"] for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
+           if "extraction_loss" in line]
+    assert len(two) == len(one) == 3 and two[0] == pytest.approx(one[0], rel=0.1)

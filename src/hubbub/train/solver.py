@@ -117,6 +117,12 @@ class Solver:
         self.accelerator = acc
         set_seed(cfg.seed)
         model = self.build_model()
+        if acc.num_processes > 1 and acc.device.type == "cuda":
+            # Batch statistics over the global batch, not each process's share: N GPUs then train
+            # as one does (the lip encoder's BatchNorms; models without BatchNorm are untouched).
+            # The converted layers keep their parameter and buffer names, so checkpoints load
+            # anywhere. PyTorch syncs BatchNorm on GPUs only: CPU processes keep per-process stats.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                       weight_decay=cfg.optim.weight_decay)
         # Not prepared by Accelerate: its wrapper steps the schedule once per process, so the
