@@ -117,7 +117,8 @@ def _flatten(metrics: dict, prefix: str = "") -> list[tuple[str, str]]:
 
 
 STAGE_WORDS = {"pit": "supervised PIT on simulated mixtures", "mixit": "MixIT (unsupervised) on unlabelled mixtures",
-               "codec": "codec-token prediction (self-supervised)"}
+               "codec": "codec-token prediction (self-supervised)",
+               "av": "audio-visual target-speaker extraction on simulated mixtures with lip streams"}
 
 
 def _card_body(model, card: dict, title: str) -> str:
@@ -134,6 +135,22 @@ def _card_body(model, card: dict, title: str) -> str:
                  "## Usage", "", "```bash",
                  f"hubbub finetune pit --init {title} --shards CORPUS --out runs/finetuned",
                  "```"]
+    elif hasattr(model, "video"):  # an audio-visual target-speaker extractor
+        params = sum(p.numel() for p in model.parameters())
+        lines = [f"# {title}", "",
+                 f"An audio-visual target-speaker extractor ({spec.get('name', type(model).__name__)}, Dolphin-style; "
+                 f"{params / 1e6:.2f} M parameters" + (f", {rate} Hz" if rate else "") + f"), trained with hubbub "
+                 f"by {how}: given a mixture and one speaker's mouth regions of interest (grayscale, 88x88 "
+                 "centre crops of 96x96 frames at 25 fps), it returns that speaker. Its audio path is a GLA U-Net "
+                 f"backbone: `hubbub finetune av --init {title} ...` or `hubbub finetune pit --init {title} ...`.", "",
+                 "## Usage", "", "```python",
+                 "from hubbub.publish import from_pretrained",
+                 "from hubbub.separate import load_lips, separate_waveform", "",
+                 f'model = from_pretrained("{title}")',
+                 f"lips = load_lips(\"mouth.npy\", len(mixture), {rate or 'RATE'})   # (F, 88, 88) uint8",
+                 f"target = separate_waveform(model, mixture, sample_rate_hz={rate or 'RATE'}, video=lips)   "
+                 "# (T,) -> (1, T)",
+                 "```", "", "or from the shell: `hubbub separate DIR mixture.wav --lips mouth.npy --out extracted/`."]
     else:
         params = sum(p.numel() for p in model.parameters())
         lines = [f"# {title}", "",
@@ -349,7 +366,7 @@ def run_card(run_dir: str | Path, *, license: str | None = None) -> dict:
     return {
         "license": license or _licence_id(data.get("licences") or []),
         "sample_rate_hz": run.get("sample_rate_hz"),
-        "training": {"stage": run.get("stage"), "steps": run.get("steps"),
+        "training": {"stage": run.get("stage"), "steps": (run.get("state") or {}).get("step", run.get("steps")),
                      "target": (config.get("data") or {}).get("target"), "model": config.get("model"),
                      "final_metrics": run.get("final_metrics") or {}},
         "data": data,

@@ -201,3 +201,15 @@ def test_av_stage_runs_under_two_processes(av_corpus, tmp_path):
     one = [json.loads(line)["loss"] for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
            if "extraction_loss" in line]
     assert len(two) == len(one) == 3 and two[0] == pytest.approx(one[0], rel=0.1)
+
+
+def test_a_published_av_run_says_it_needs_lips_and_loads(av_run, tmp_path):
+    from hubbub.publish import from_pretrained, publish_run
+
+    out = publish_run(av_run, tmp_path / "pub")
+    card = (out / "README.md").read_text()
+    assert "target-speaker extractor" in card and "--lips" in card
+    assert "| av | 2 | reverberant |" in card
+    model = from_pretrained(out)
+    est = model(torch.zeros(1, 8000), torch.zeros(1, 25, 88, 88, dtype=torch.uint8))
+    assert est.shape == (1, 1, 8000)
