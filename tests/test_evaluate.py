@@ -42,7 +42,8 @@ def test_evaluate_run_scores_reports_and_plots(tmp_path, corpus):
     assert sorted(p.name for p in out.glob("*.png")) == sorted(f"si_snri_by_{f.name}.png" for f in FACTORS)
     assert not list(out.glob("*.tmp"))
 
-    assert results["target"] == "reverberant" and results["model"] == {"name": "convtasnet", "num_sources": 2}
+    assert results["target"] == "reverberant" and results["model"] == {"name": "convtasnet", "num_sources": 2,
+                                                                                  "audio_visual": False}
     assert [r["num_speakers"] for r in results["samples"]] == [1, 2, 1, 2]
     assert [s["key"] for s in results["skipped"]] == ["test_00000002", "test_00000005"]
     assert results["overall"]["count"] == 4

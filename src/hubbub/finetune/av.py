@@ -19,15 +19,12 @@ Evaluation reports SI-SNRi with each target's own lips and with the lips of anot
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from hubbub.config import ConfigError
 from hubbub.train.build import build_separator, corpus_card, resolve_model_dir
 from hubbub.train.config import TrainConfig
 from hubbub.train.solver import Solver
-
-log = logging.getLogger(__name__)
 
 LIPS = "lips"
 

@@ -176,6 +176,12 @@ class TrainConfig:
         for name in ("log_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "must be >= 1")
+        from hubbub.models.factory import AUDIO_VISUAL
+
+        if (self.model.name in AUDIO_VISUAL) != (self.stage == "av"):
+            raise ConfigError("model.name", f"{self.model.name!r} cannot be trained by the {self.stage!r} stage: "
+                                            "audio-visual extractors (model(mix, lips)) train with `hubbub finetune av`, "
+                                            "separators with the other stages")
 
 
 def config_dirs() -> list[Path]:
