@@ -4,10 +4,9 @@ import shutil
 import numpy as np
 import pytest
 
-from hubbub.shards.format import decode_flac, encode_flac, encode_json, encode_npy, quantize, shard_name
+from hubbub.shards.format import decode_flac, encode_flac, encode_json, encode_npy, quantize
 from hubbub.shards.verify import verify_corpus
-from hubbub.shards.writer import ShardRecord, ShardWriter, build_index, write_sidecar
-from hubbub.testing import make_dummy_corpus, make_dummy_sample
+from hubbub.testing import make_corpus_from_samples, make_dummy_corpus, make_dummy_sample
 
 
 @pytest.fixture(scope="module")
@@ -20,26 +19,6 @@ def pristine(tmp_path_factory):
 def corpus(pristine, tmp_path):
     """A private copy of the pristine corpus for a test to damage."""
     return shutil.copytree(pristine, tmp_path / "corpus")
-
-
-def write_corpus(out_dir, samples):
-    """One shard per split of hand-made samples (member dicts), with sidecars and index: so
-    hashes match and only the content checks can find what a test broke."""
-    records = []
-    for split in dict.fromkeys(json.loads(m["json"])["split"] for m in samples):
-        rec = ShardRecord(name=shard_name(split, 0), split=split, shard_index=0, first_sample=0, num_planned=0)
-        with ShardWriter(out_dir / rec.name) as w:
-            for m in samples:
-                meta = json.loads(m["json"])
-                if meta["split"] == split:
-                    w.write(m)
-                    rec.keys.append(m["__key__"])
-                    rec.durations_s.append(meta["duration_s"])
-        rec.num_planned = rec.num_samples
-        write_sidecar(rec, out_dir)
-        records.append(rec)
-    build_index(out_dir, records, recipe={"name": "test"})
-    return out_dir
 
 
 def with_meta(members, **changes):
@@ -126,7 +105,7 @@ def test_every_bad_sample_is_reported(tmp_path):
         "train_00000005": with_meta(good[5], num_samples=123),
         "train_00000006": with_meta(good[6], num_speakers=1),  # yet it has s1.* members
     }
-    write_corpus(tmp_path, [bad.get(m["__key__"], m) for m in good])
+    make_corpus_from_samples(tmp_path, [bad.get(m["__key__"], m) for m in good])
     faults = faults_by_key(verify_corpus(tmp_path))
     assert "train_00000000" not in faults
     assert set(bad) <= set(faults)
@@ -146,5 +125,5 @@ def test_later_stage_members_verify_clean(tmp_path):
             m[f"s{s}.lips.npy"] = encode_npy(np.zeros((6, 96, 96), dtype=np.uint8))
         m["mix.codec.npy"] = encode_npy(np.arange(40, dtype=np.int16).reshape(4, 10))
         samples.append(m)
-    report = verify_corpus(write_corpus(tmp_path, samples))
+    report = verify_corpus(make_corpus_from_samples(tmp_path, samples))
     assert report.ok, report.format()
