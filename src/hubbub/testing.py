@@ -331,3 +331,29 @@ def make_dummy_run(run_dir: str | Path, corpus_dir: str | Path, *, target: str =
            "data_card": data_card or {}}
     (run_dir / "run.json").write_text(json.dumps(run))
     return run_dir
+
+
+def make_simulator(speech_corpus: str | Path, recipe: str = "debug", *overrides: str, seed: int = 0):
+    """A :class:`hubbub.simulate.sample.Simulator` of a preset (plus ``key=value`` overrides) on a
+    speech corpus, its sources indexed and split as ``hubbub simulate`` does."""
+    from hubbub.simulate import load_recipe
+    from hubbub.simulate.runner import prepare_sources
+    from hubbub.simulate.sample import Simulator
+
+    loaded = load_recipe(recipe, [f"speech.corpus={speech_corpus}", *overrides])
+    pools, _, _ = prepare_sources(loaded, seed=seed)
+    return Simulator(loaded, pools, seed=seed)
+
+
+def simulate_one(simulator, out_dir: str | Path, index: int = 0, split: str = "train") -> dict:
+    """Write sample ``index`` of ``split`` as a one-sample shard in ``out_dir`` and read it back
+    decoded (:func:`hubbub.shards.format.decode_sample`), through the shard writer and webdataset."""
+    import webdataset as wds
+
+    from hubbub.shards.format import decode_sample
+    from hubbub.simulate.runner import ShardPlan, write_shard
+
+    write_shard(simulator, ShardPlan(split, 0, index, 1), str(out_dir))
+    raw = next(iter(wds.WebDataset(str(Path(out_dir) / shard_name(split, 0)), shardshuffle=False,
+                                   empty_check=False)))
+    return decode_sample(raw)

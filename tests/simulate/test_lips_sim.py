@@ -13,10 +13,9 @@ from hubbub.shards.stats import corpus_stats
 from hubbub.shards.verify import verify_corpus
 from hubbub.simulate import load_recipe, simulate
 from hubbub.simulate.recipe import DEFAULT_TARGETS, preset_names, recipe_from_dict
-from hubbub.simulate.runner import ShardPlan, prepare_sources, write_shard
-from hubbub.simulate.sample import Simulator, render
+from hubbub.simulate.sample import render
 from hubbub.sources.lips import roi_frame_indices
-from hubbub.testing import make_av_folder, make_bad_rois
+from hubbub.testing import make_av_folder, make_bad_rois, make_simulator, simulate_one
 from hubbub.video import load_roi
 from hubbub.voices import available_synthesizers, make_voices
 from hubbub.voices.lips import VISEMES, mouth_shapes, num_video_frames
@@ -43,18 +42,6 @@ def voices(tmp_path_factory):
 def lrs(tmp_path_factory):
     root = make_av_folder(tmp_path_factory.mktemp("lrs"), num_speakers=3, utterances_per_speaker=2, seconds=2.5)
     return root, make_bad_rois(root)
-
-
-def _simulator(corpus, *overrides, preset="av_debug"):
-    recipe = load_recipe(preset, [f"speech.corpus={corpus}", *overrides])
-    pools, _, _ = prepare_sources(recipe, seed=0)
-    return Simulator(recipe, pools, seed=0)
-
-
-def _stored(tmp_path, sim, index=0):
-    write_shard(sim, ShardPlan("train", 0, index, 1), str(tmp_path))
-    raw = next(iter(wds.WebDataset(str(tmp_path / "train-000000.tar"), shardshuffle=False, empty_check=False)))
-    return decode_sample(raw)
 
 
 def _tar_bytes(d):
@@ -91,7 +78,7 @@ def test_lips_need_whole_samples_per_frame(monkeypatch):
 # -- built-in voices: lips drawn from phoneme timings ------------------------------------------------
 @needs_voices
 def test_lips_are_drawn_after_everything_else(voices):
-    sim = _simulator(voices)
+    sim = make_simulator(voices, "av_debug")
     with_lips = sim.draw("train", 3)
     sim.recipe.targets.remove("lips")   # same seed key: only the lips draws may differ
     without = sim.draw("train", 3)
@@ -102,7 +89,8 @@ def test_lips_are_drawn_after_everything_else(voices):
 
 @needs_voices
 def test_synthetic_lips_move_with_their_source_and_rest_outside_it(voices):
-    sim = _simulator(voices, "duration.fixed_s=5.0")   # longer than most utterances: silence around them
+    # longer than most utterances: silence around them
+    sim = make_simulator(voices, "av_debug", "duration.fixed_s=5.0")
     hop, rested = 16000 // 25, 0
     for index in range(3):
         rendered = render(sim.draw("train", index))
@@ -135,7 +123,7 @@ def test_synthetic_lips_move_with_their_source_and_rest_outside_it(voices):
 
 @needs_voices
 def test_metadata_alone_re_renders_the_lips(tmp_path, voices):
-    s = _stored(tmp_path, _simulator(voices), index=2)
+    s = simulate_one(make_simulator(voices, "av_debug"), tmp_path, index=2)
     assert [x.shape for x in s["sources"]["lips"]] == [(50, 96, 96)] * 2
     again = render(s["meta"])
     for k in range(2):
@@ -182,7 +170,7 @@ def test_an_lrs_folder_gives_file_lips_and_reports_bad_rois(tmp_path, lrs):
 
 def test_a_source_without_a_lip_source_fails_its_sample_not_the_run(tmp_path, lrs):
     root, _ = lrs
-    sim = _simulator(root, "splits={train: 1.0}")
+    sim = make_simulator(root, "av_debug", "splits={train: 1.0}")
     for us in sim.pools["train"].utterances_by_speaker.values():
         for u in us:
             u.lips = None   # as if indexed without lips

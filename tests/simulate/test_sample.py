@@ -1,13 +1,9 @@
 """Properties of one rendered mixture: exact sums, re-rendering from metadata, alignment, levels."""
 import numpy as np
 import pytest
-import webdataset as wds
 
-from hubbub.shards.format import decode_sample
-from hubbub.simulate import load_recipe
-from hubbub.simulate.runner import prepare_sources, write_shard, ShardPlan
-from hubbub.simulate.sample import Simulator, render
-from hubbub.testing import make_speech_folder
+from hubbub.simulate.sample import render
+from hubbub.testing import make_simulator, make_speech_folder, simulate_one
 
 
 @pytest.fixture(scope="module")
@@ -16,25 +12,13 @@ def speech(tmp_path_factory):
                               seconds=2.5)
 
 
-def _simulator(speech, *overrides):
-    recipe = load_recipe("debug", [f"speech.corpus={speech}", *overrides])
-    pools, _, _ = prepare_sources(recipe, seed=0)
-    return Simulator(recipe, pools, seed=0)
-
-
-def _one_sample(tmp_path, sim, index=0):
-    write_shard(sim, ShardPlan("train", 0, index, 1), str(tmp_path))
-    raw = next(iter(wds.WebDataset(str(tmp_path / "train-000000.tar"), shardshuffle=False, empty_check=False)))
-    return decode_sample(raw)
-
-
 @pytest.mark.parametrize("overrides", [
     ("mics.array=pair", "mics.count=2", "speakers.distribution={2: 1.0}"),
     ("mics.array=circular", "mics.count=4", "speakers.distribution={3: 1.0}", "noise.kind=babble"),
     ("room.rir_mode=anechoic", "room.rt60_s=[0, 0]", "noise.kind=none"),
 ])
 def test_mixture_is_the_sum_of_reverberant_images_plus_noise(tmp_path, speech, overrides):
-    s = _one_sample(tmp_path, _simulator(speech, *overrides))
+    s = simulate_one(make_simulator(speech, "debug", *overrides), tmp_path)
     total = sum(s["sources"]["reverberant"]) + (s["noise"] if s["noise"] is not None else 0)
     np.testing.assert_allclose(s["mix"], total, atol=1e-6)
     assert np.abs(s["mix"]).max() <= 0.9 + 1e-6 and np.abs(s["mix"]).max() > 1e-3
@@ -44,22 +28,23 @@ def test_mixture_is_the_sum_of_reverberant_images_plus_noise(tmp_path, speech, o
 
 
 def test_draw_depends_only_on_identity(speech):
-    a, b = _simulator(speech), _simulator(speech)
+    a, b = make_simulator(speech, "debug"), make_simulator(speech, "debug")
     assert a.draw("train", 5) == b.draw("train", 5)
     assert a.draw("train", 5) != a.draw("train", 6)
     assert a.draw("train", 5) != a.draw("valid", 5)
 
 
 def test_metadata_alone_re_renders_the_sample(tmp_path, speech):
-    s = _one_sample(tmp_path, _simulator(speech, "mics.array=pair", "mics.count=2"))
+    s = simulate_one(make_simulator(speech, "debug", "mics.array=pair", "mics.count=2"), tmp_path)
     again = render(s["meta"])
     np.testing.assert_array_equal(again.mix_q.astype(np.float32) / 2**23, s["mix"])
     assert again.meta["key"] == s["meta"]["key"]
 
 
 def test_sir_and_snr_are_what_the_metadata_says(tmp_path, speech):
-    sim = _simulator(speech, "speakers.distribution={2: 1.0}", "mixing.snr_db=[5, 15]", "mixing.sir_db=[-4, 4]")
-    s = _one_sample(tmp_path, sim, index=3)
+    sim = make_simulator(speech, "debug", "speakers.distribution={2: 1.0}", "mixing.snr_db=[5, 15]",
+                         "mixing.sir_db=[-4, 4]")
+    s = simulate_one(sim, tmp_path, index=3)
     m, ref = s["meta"], s["meta"]["mics"]["reference"]
 
     def active_power(x):
@@ -74,7 +59,7 @@ def test_sir_and_snr_are_what_the_metadata_says(tmp_path, speech):
 
 
 def test_dry_target_lines_up_with_the_direct_path(tmp_path, speech):
-    s = _one_sample(tmp_path, _simulator(speech, "speakers.distribution={1: 1.0}"))
+    s = simulate_one(make_simulator(speech, "debug", "speakers.distribution={1: 1.0}"), tmp_path)
     dry, direct = s["sources"]["dry"][0], s["sources"]["direct"][0][0]
     lags = np.arange(-20, 21)
     xc = [np.dot(dry[max(0, -l):len(dry) - max(0, l)], direct[max(0, l):len(direct) - max(0, -l)]) for l in lags]
@@ -91,11 +76,11 @@ def test_dry_target_lines_up_with_the_direct_path(tmp_path, speech):
 
 
 def test_overlap_modes_place_speakers_as_asked(speech):
-    sim = _simulator(speech, "overlap.mode=sparse", "overlap.ratio=[-0.2, -0.1]", "speakers.distribution={2: 1.0}",
-                     "duration.mode=max", "duration.max_s=10")
+    sim = make_simulator(speech, "debug", "overlap.mode=sparse", "overlap.ratio=[-0.2, -0.1]",
+                         "speakers.distribution={2: 1.0}", "duration.mode=max", "duration.max_s=10")
     p = sim.draw("train", 0)
     a, b = p["sources"]
     assert b["start_sample"] >= a["start_sample"] + a["num_samples"]  # a gap: no overlap at all
-    full = _simulator(speech, "speakers.distribution={2: 1.0}", "duration.mode=min").draw("train", 0)
+    full = make_simulator(speech, "debug", "speakers.distribution={2: 1.0}", "duration.mode=min").draw("train", 0)
     assert all(s["start_sample"] == 0 for s in full["sources"])
     assert full["num_samples"] == min(s["num_samples"] for s in full["sources"])
