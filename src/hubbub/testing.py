@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from hubbub.shards.format import encode_flac, encode_json, encode_npy, quantize, sample_key, shard_name
+from hubbub.shards.format import encode_audio, encode_json, encode_npy, quantize, sample_key, shard_name
 from hubbub.shards.writer import ShardRecord, ShardWriter, build_index, write_sidecar
 
 
@@ -48,18 +48,18 @@ def make_dummy_sample(split: str, index: int, *, num_speakers: int = 2, num_mics
         rir[:, 0] = 1.0
         rev = np.stack([np.convolve(dry, rir[m])[:n] for m in range(num_mics)]) * 0.5
         direct = np.stack([dry] * num_mics) * 0.5
-        members[f"s{s}.dry.flac"] = encode_flac(quantize(dry), sample_rate_hz)
-        members[f"s{s}.direct.flac"] = encode_flac(quantize(direct), sample_rate_hz)
-        members[f"s{s}.early.flac"] = encode_flac(quantize(direct), sample_rate_hz)
+        members[f"s{s}.dry.flac"] = encode_audio(quantize(dry), sample_rate_hz)
+        members[f"s{s}.direct.flac"] = encode_audio(quantize(direct), sample_rate_hz)
+        members[f"s{s}.early.flac"] = encode_audio(quantize(direct), sample_rate_hz)
         q = quantize(rev)
         q_rev.append(q)
-        members[f"s{s}.reverberant.flac"] = encode_flac(q, sample_rate_hz)
+        members[f"s{s}.reverberant.flac"] = encode_audio(q, sample_rate_hz)
         members[f"s{s}.rir.npy"] = encode_npy(rir)
         sources_meta.append({"speaker": f"spk{rng.integers(100):03d}", "sir_db": float(rng.uniform(-5, 5)),
                              "offset_s": 0.0, "path": f"dummy/{index}_{s}.wav", "licence": "CC0-1.0"})
     q_noise = quantize(0.01 * rng.standard_normal((num_mics, n)))
-    members["noise.flac"] = encode_flac(q_noise, sample_rate_hz)
-    members["mix.flac"] = encode_flac(sum(q_rev) + q_noise, sample_rate_hz)
+    members["noise.flac"] = encode_audio(q_noise, sample_rate_hz)
+    members["mix.flac"] = encode_audio(sum(q_rev) + q_noise, sample_rate_hz)
     meta = {
         "key": key, "split": split, "index": index, "sample_rate_hz": sample_rate_hz,
         "num_samples": n, "duration_s": n / sample_rate_hz, "num_speakers": num_speakers,

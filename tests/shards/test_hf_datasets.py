@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hubbub.shards.format import decode_flac
+from hubbub.shards.format import decode_audio
 from hubbub.shards.reader import ShardDataset
 from hubbub.testing import make_dummy_corpus
 
@@ -29,7 +29,7 @@ def test_hf_rows_decode_to_what_the_reader_gives(tmp_path, offline):
     assert len(ds) == 6 and sorted(ds["__key__"]) == sorted(reader)
     for row in ds:
         item = reader[row["__key__"]]
-        mix, sample_rate_hz = decode_flac(row["mix.flac"])
+        mix, sample_rate_hz = decode_audio(row["mix.flac"])
         assert sample_rate_hz == 8000
         assert torch.equal(torch.from_numpy(mix), item["mix"])
         # datasets.Json stores floats with 10 decimals (pandas' ujson): equal up to that rounding.
@@ -39,7 +39,7 @@ def test_hf_rows_decode_to_what_the_reader_gives(tmp_path, offline):
         assert meta["room"]["rt60_s_measured"] == pytest.approx(item["meta"]["room"]["rt60_s_measured"], abs=1e-9)
         for i in range(3):
             if i < item["num_sources"]:
-                rev = torch.from_numpy(decode_flac(row[f"s{i}.reverberant.flac"])[0])
+                rev = torch.from_numpy(decode_audio(row[f"s{i}.reverberant.flac"])[0])
                 assert torch.equal(rev, item["sources"]["reverberant"][i])
                 assert torch.equal(torch.tensor(row[f"s{i}.rir.npy"]), item["sources"]["rir"][i])
             else:  # members a mixture with fewer speakers lacks

@@ -10,7 +10,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 import hubbub.shards.ingest as ingest_module
 from hubbub.audio import resample
-from hubbub.shards.format import decode_flac
+from hubbub.shards.format import decode_audio
 from hubbub.shards.ingest import ingest_recordings
 from hubbub.shards.reader import ShardDataset, ShardLoader
 from hubbub.shards.stats import corpus_stats, format_stats
@@ -64,7 +64,7 @@ def read_corpus(corpus: Path) -> dict[str, list[dict]]:
         with open(path, "rb") as f:
             for raw in group_by_keys(tar_file_expander([{"url": str(path), "stream": f}])):
                 meta = json.loads(raw["json"])
-                out[meta["split"]].append({"meta": meta, "mix": decode_flac(raw["mix.flac"])[0],
+                out[meta["split"]].append({"meta": meta, "mix": decode_audio(raw["mix.flac"])[0],
                                            "shard": path.name,
                                            "members": sorted(k for k in raw if not k.startswith("__"))})
     return out

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hubbub.shards import reader
-from hubbub.shards.format import decode_flac
+from hubbub.shards.format import decode_audio
 from hubbub.shards.reader import ShardDataset, ShardLoader, collate_mixtures
 from hubbub.testing import make_dummy_corpus
 
@@ -202,11 +202,11 @@ def test_skipped_samples_are_not_decoded(corpus, monkeypatch):
     # Every rank streams every shard: what it skips must cost no decoding.
     decoded = []
 
-    def counting_decode_flac(data):
+    def counting_decode_audio(data):
         decoded.append(len(data))
-        return decode_flac(data)
+        return decode_audio(data)
 
-    monkeypatch.setattr(reader, "decode_flac", counting_decode_flac)
+    monkeypatch.setattr(reader, "decode_audio", counting_decode_audio)
     items = list(ShardDataset(corpus, rank=3, world_size=4, batch_size=2))
     assert len(items) == 4
     assert len(decoded) == sum(1 + item["num_sources"] for item in items)  # mix + sources

@@ -9,7 +9,7 @@ import torch
 
 import hubbub.shards.tokens as tokens
 from hubbub.codec import load_codec, make_random_codec, token_span
-from hubbub.shards.format import decode_flac, decode_npy, encode_npy
+from hubbub.shards.format import decode_audio, decode_npy, encode_npy
 from hubbub.shards.reader import ShardDataset, ShardLoader
 from hubbub.shards.stats import corpus_stats
 from hubbub.shards.tokens import CodecMismatchError, add_codec_tokens, token_record_path
@@ -97,7 +97,7 @@ def test_adds_tokens_and_keeps_every_other_member(corpus, codec):
                                                       for i in range(meta["num_speakers"])]:
             codes = decode_npy(added[shard, f"{key}.{member}.codec.npy"])
             assert codes.dtype == np.int16 and codes.shape == (4, num_frames)
-            wave, _ = decode_flac(after[shard, f"{key}.{audio}"])
+            wave, _ = decode_audio(after[shard, f"{key}.{audio}"])
             direct = codec.encode(torch.from_numpy(np.ascontiguousarray(wave[:1])), SAMPLE_RATE_HZ)[0]
             assert np.array_equal(codes, direct.numpy())  # reference mic, same batch size: same tokens
     for entry in index["shards"]:

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from hubbub.shards.format import decode_flac, encode_flac, encode_json, encode_npy, quantize
+from hubbub.shards.format import decode_audio, encode_audio, encode_json, encode_npy, quantize
 from hubbub.shards.verify import verify_corpus
 from hubbub.testing import make_corpus_from_samples, make_dummy_corpus, make_dummy_sample
 
@@ -93,12 +93,12 @@ def test_stray_shard_unparseable_index_and_tmp_leftover(corpus):
 
 def test_every_bad_sample_is_reported(tmp_path):
     good = [make_dummy_sample("train", i, num_speakers=2, num_mics=2, seconds=0.25) for i in range(7)]
-    mix, sr = decode_flac(good[1]["mix.flac"])
+    mix, sr = decode_audio(good[1]["mix.flac"])
     rir_nan = np.full((2, 8), np.nan, dtype=np.float32)
     room_missing = json.loads(good[2]["json"])
     del room_missing["room"]
     bad = {
-        "train_00000001": {**good[1], "mix.flac": encode_flac(quantize(mix * 0.5), sr)},
+        "train_00000001": {**good[1], "mix.flac": encode_audio(quantize(mix * 0.5), sr)},
         "train_00000002": {**good[2], "json": encode_json(room_missing)},
         "train_00000003": {k: v for k, v in good[3].items() if k != "s1.reverberant.flac"},
         "train_00000004": {**good[4], "s0.rir.npy": encode_npy(rir_nan)},

@@ -14,7 +14,7 @@ The explicit ``features`` are needed for two reasons:
   where torchcodec is missing, and float samples instead of the stored 24-bit values.
 
 :func:`hf_features` declares FLAC members ``Value("binary")`` (decode them with
-:func:`hubbub.shards.format.decode_flac`), the sample JSON ``Json()`` (the builder has parsed it
+:func:`hubbub.shards.format.decode_audio`), the sample JSON ``Json()`` (the builder has parsed it
 into a dict) and npy members as nested ``List``s of their dtype (the builder decodes npy itself,
 without pickle). Members a sample lacks (``s2.*`` in a two-speaker mixture) are None.
 
@@ -69,12 +69,12 @@ def load_hf_dataset(corpus_dir: str | Path, split: str = "train", *, streaming: 
                     cache_dir: str | Path | None = None):
     """The split as a ``datasets.Dataset`` (or ``IterableDataset`` with ``streaming=True``).
 
-    One row per sample: ``__key__``, ``json`` (dict), ``mix.flac`` and other FLAC members as
+    One row per sample: ``__key__``, ``json`` (dict), ``mix.flac`` and other audio members as
     bytes, npy members as nested lists. Nothing is downloaded; without ``streaming`` the rows are
     converted into Arrow files under ``cache_dir`` (default: the ``datasets`` cache). Example::
 
         ds = load_hf_dataset("corpora/libri2mix", "train")
-        mix, sample_rate_hz = decode_flac(ds[0]["mix.flac"])     # (M, T) float32
+        mix, sample_rate_hz = decode_audio(ds[0]["mix.flac"])     # (M, T) float32
     """
     import datasets
 

@@ -50,7 +50,7 @@ import numpy as np
 import soundfile as sf
 
 from hubbub.audio import AudioError, probe, resample
-from hubbub.shards.format import encode_flac, encode_json, quantize, sample_key, shard_name
+from hubbub.shards.format import encode_audio, encode_json, quantize, sample_key, shard_name
 from hubbub.shards.writer import (ShardPlan, ShardRecord, ShardWriter, atomic_write_json, build_index, plan_split,
                                   read_sidecar, shard_is_complete, sidecar_path, write_sidecar)
 from hubbub.sources.speech import _walk_audio, assign_splits
@@ -339,7 +339,7 @@ def _members(f: _File, key: str, index: int, segment: np.ndarray, offset_samples
         "offset_samples": offset_samples, "channel": CHANNEL, "source_channels": f.channels,
         "source_sample_rate_hz": f.sample_rate_hz,
     }
-    return {"__key__": key, "json": encode_json(meta), "mix.flac": encode_flac(quantize(segment), sample_rate_hz)}
+    return {"__key__": key, "json": encode_json(meta), "mix.flac": encode_audio(quantize(segment), sample_rate_hz)}
 
 
 def _segments(f: _File, sample_rate_hz: int, segment_len: int, min_len: int

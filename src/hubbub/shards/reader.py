@@ -71,7 +71,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from hubbub.shards.format import decode_flac, decode_npy
+from hubbub.shards.format import audio_member, decode_audio, decode_npy, is_audio_member
 from hubbub.shards.writer import load_index, read_sidecar, sidecar_path
 
 # Tags that keep the three random streams of an epoch independent of each other.
@@ -118,10 +118,11 @@ class ShardDataset(IterableDataset):
     Args:
         corpus_dir: directory with ``index.json``, shards and sidecars.
         split: split name as in ``index.json``.
-        targets: per-source targets to return, members ``s{i}.{target}.flac|npy``: any of
+        targets: per-source targets to return, members ``s{i}.{target}.flac|wav|npy``: any of
             "dry", "direct", "early", "reverberant", "rir", or a later stage's ("lips", "codec").
-        extras: sample-level members to return, by member name ("noise.flac", "mix.codec.npy").
-        crop_s: random crop length in seconds (FLAC members only; shorter samples are zero-padded
+        extras: sample-level members to return, by member name ("noise.flac", "mix.codec.npy");
+            an audio member is found whatever its codec (``noise.flac`` returns a ``noise.wav``).
+        crop_s: random crop length in seconds (audio members only; shorter samples are zero-padded
             to it); the crop start is drawn from (seed, epoch, key). None returns whole samples.
             With "lips" among the targets the crop starts on a video frame (a multiple of
             ``sample_rate_hz / 25`` samples) and must last whole frames; the lip frames are cut
@@ -138,7 +139,7 @@ class ShardDataset(IterableDataset):
             initialised at construction, else 0 and 1.
         drop_last: cut the epoch's global sequence to a multiple of ``batch_size * world_size``
             (dropping the incomplete last global batch) instead of padding it with its head.
-        mic: microphone channel of FLAC members to keep; None keeps all.
+        mic: microphone channel of audio members to keep; None keeps all.
         max_sources: pad every sample's sources with zero sources to this count (models with a
             fixed number of outputs); a sample with more speakers raises ValueError, because
             skipping it would give ranks unequal sample counts.
@@ -204,7 +205,8 @@ class ShardDataset(IterableDataset):
         if len(self._keys) == 0:
             raise ValueError(f"split {split!r} of {self.corpus_dir} has no samples")
         target_names = "|".join(re.escape(t) for t in self.targets)
-        self._source_member = re.compile(rf"^s(\d+)\.({target_names})\.(flac|npy)$")
+        self._source_member = re.compile(rf"^s(\d+)\.({target_names})\.(flac|wav|npy)$")
+        self._extra_stems = {m.rpartition(".")[0] if is_audio_member(m) else m for m in self.extras}
 
     @property
     def global_num_samples(self) -> int:
@@ -361,7 +363,8 @@ class ShardDataset(IterableDataset):
 
     def _wanted(self, member: str) -> bool:
         # Members nobody asked for are read past, not kept: they cost neither memory nor decoding.
-        return member in ("json", "mix.flac") or member in self.extras or bool(self._source_member.match(member))
+        return (member in ("json", "mix.flac", "mix.wav") or bool(self._source_member.match(member))
+                or (member.rpartition(".")[0] if is_audio_member(member) else member) in self._extra_stems)
 
     def _decode(self, raw: dict) -> dict:
         key = raw["__key__"]
@@ -374,9 +377,7 @@ class ShardDataset(IterableDataset):
         for target in self.targets:
             per_source = []
             for i in range(num_sources):
-                name = f"s{i}.{target}.flac"
-                if name not in raw:
-                    name = f"s{i}.{target}.npy"
+                name = audio_member(raw, f"s{i}.{target}") or f"s{i}.{target}.npy"
                 if name not in raw:
                     raise KeyError(f"{key} has no member s{i}.{target}.*; it stores targets {meta['targets']}")
                 if target == "lips":
@@ -386,15 +387,17 @@ class ShardDataset(IterableDataset):
             if self.max_sources is not None:
                 per_source += [torch.zeros_like(per_source[0])] * (self.max_sources - num_sources)
             sources[target] = stack_padded(per_source)
-        missing = [m for m in self.extras if m not in raw]
+        stored = {m: audio_member(raw, m.rpartition(".")[0]) if is_audio_member(m) else m for m in self.extras}
+        missing = [m for m, name in stored.items() if name not in raw]
         if missing:
             raise KeyError(f"{key} has no member(s) {missing}")
+        mix = audio_member(raw, "mix")
         return {
             "key": key,
-            "mix": self._member("mix.flac", raw["mix.flac"], crop),
+            "mix": self._member(mix, raw[mix], crop),
             "sources": sources,
             "num_sources": num_sources,
-            "extras": {m: self._member(m, raw[m], crop) for m in self.extras},
+            "extras": {m: self._member(name, raw[name], crop) for m, name in stored.items()},
             "start_sample": crop[0] if crop else 0,
             "meta": meta,
         }
@@ -432,14 +435,15 @@ class ShardDataset(IterableDataset):
     def _member(self, name: str, data: bytes, crop: tuple[int, int] | None) -> torch.Tensor:
         if name.endswith(".npy"):
             return torch.from_numpy(decode_npy(data))
-        if not name.endswith(".flac"):
-            raise ValueError(f"cannot decode member {name!r}: only .flac and .npy members are tensors")
-        audio = decode_flac(data)[0]
-        # Every FLAC member but a dry source is an (M, T) image; one microphone decodes as (T,).
-        if not name.endswith(".dry.flac"):
+        if not is_audio_member(name):
+            raise ValueError(f"cannot decode member {name!r}: only audio (.flac, .wav) and .npy members are tensors")
+        audio = decode_audio(data)[0]
+        stem = name.rpartition(".")[0]
+        # Every audio member but a dry source is an (M, T) image; one microphone decodes as (T,).
+        if not stem.endswith(".dry"):
             audio = np.atleast_2d(audio)
             if self.mic is not None:
-                audio = audio[self.mic:self.mic + 1] if name == "mix.flac" else audio[self.mic]
+                audio = audio[self.mic:self.mic + 1] if stem == "mix" else audio[self.mic]
         if crop is not None:
             start, length = crop
             audio = audio[..., start:start + length]

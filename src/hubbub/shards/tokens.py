@@ -43,7 +43,7 @@ import torch
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from hubbub.codec import Codec
-from hubbub.shards.format import decode_flac, encode_npy
+from hubbub.shards.format import audio_member, decode_audio, encode_npy
 from hubbub.shards.stats import iter_sample_json
 from hubbub.shards.writer import (INDEX_NAME, ShardRecord, ShardWriter, atomic_write_json, load_index,
                                   read_sidecar, sha256_file, sidecar_path, write_sidecar)
@@ -212,7 +212,7 @@ def _read_samples(tar_path: Path) -> list[dict]:
 
 
 def _reference_channel(data: bytes) -> tuple[np.ndarray, int]:
-    audio, sample_rate_hz = decode_flac(data)
+    audio, sample_rate_hz = decode_audio(data)
     return np.ascontiguousarray(np.atleast_2d(audio)[0]), sample_rate_hz
 
 
@@ -236,11 +236,11 @@ def _tokenise_shard(tar_path: Path, codec: Codec, source_target: str | None, bat
         for m in stale:
             del members[m]
         meta = json.loads(members["json"])
-        jobs.append((n, MIX_MEMBER, *_reference_channel(members["mix.flac"])))
+        jobs.append((n, MIX_MEMBER, *_reference_channel(members[audio_member(members, "mix")])))
         for i in range(int(meta["num_speakers"])):
-            name = f"s{i}.{source_target}.flac"
-            if name not in members:
-                raise ValueError(f"{tar_path.name} [{key}] has no {name} to tokenise source {i} from "
+            name = audio_member(members, f"s{i}.{source_target}")
+            if name is None:
+                raise ValueError(f"{tar_path.name} [{key}] has no s{i}.{source_target} audio to tokenise source {i} from "
                                  f"(targets {meta['targets']}); pick another source_target")
             jobs.append((n, source_member(i), *_reference_channel(members[name])))
 

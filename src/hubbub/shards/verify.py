@@ -10,10 +10,11 @@ published. It checks, and keeps going after a fault so one run lists everything 
   sidecar's list in order, are unique across the corpus and have no dots; the JSON parses and
   has the required fields; the members its ``targets`` promise exist for every source
   ``0..num_speakers-1`` and no others.
-* audio (``check_audio=True``): every FLAC and npy member decodes (npy without pickle) and is
-  finite; the mixture is (num_mics, num_samples) at ``sample_rate_hz``, images (direct, early,
-  reverberant, noise) the same shape, dry sources (num_samples,), RIRs (num_mics, L); and
-  ``mix == sum(reverberant) + noise`` to 1e-6 (exact in the 24-bit format).
+* audio (``check_audio=True``): every audio member (FLAC or WAV, of the bit depth the json
+  says) and npy member decodes (npy without pickle) and is finite; the mixture is (num_mics,
+  num_samples) at ``sample_rate_hz``, images (direct, early, reverberant, noise) the same
+  shape, dry sources (num_samples,), RIRs (num_mics, L); and
+  ``mix == sum(reverberant) + noise`` to 1e-6 (exact: integer sums).
 * lips (target ``"lips"``, audio-visual corpora): every source has ``s{i}.lips.npy`` and a
   ``sources[i].lips`` entry whose ``num_frames`` is ``F = ceil(num_samples * 25 / sample_rate_hz)``;
   with ``check_audio`` the member decodes without pickle as uint8 ``(F, 96, 96)``.
@@ -26,15 +27,17 @@ num_samples) and codes < codebook_size.
 """
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from hubbub.shards.format import decode_flac, decode_npy, parse_source_member
+from hubbub.shards.format import audio_member, decode_audio, decode_npy, is_audio_member, parse_source_member
 from hubbub.shards.writer import INDEX_NAME, read_sidecar, sha256_file, sidecar_path
 
 REQUIRED_FIELDS = ("key", "split", "index", "sample_rate_hz", "num_samples", "duration_s",
@@ -268,17 +271,18 @@ def _check_sample(raw: dict, split: str, sidecar_duration_s: float | None, check
         faults += [f"sources[{i}] lacks {f}" for f in REQUIRED_SOURCE_FIELDS if f not in source]
 
     members = {name for name in raw if not name.startswith("__")}
-    expected = {"json", "mix.flac"}
+    ext = meta.get("storage", {}).get("codec", "flac")
+    expected = {"json", f"mix.{ext}"}
     for target in meta["targets"]:
         if target == "noise":
-            expected.add("noise.flac")
+            expected.add(f"noise.{ext}")
             continue
         if target == "lips":
             expected.update(f"s{i}.lips.npy" for i in range(num_speakers))
             faults += _check_lips_meta(meta)
             continue
         for i in range(num_speakers):
-            if not {f"s{i}.{target}.flac", f"s{i}.{target}.npy"} & members:
+            if not {f"s{i}.{target}.{ext}", f"s{i}.{target}.npy"} & members:
                 faults.append(f"target {target} of source {i} missing")
     if codec:  # index.json's "codec": every sample carries tokens of the mixture and its sources
         expected.add("mix.codec.npy")
@@ -298,12 +302,16 @@ def _check_audio(raw: dict, members: set[str], meta: dict, codec: dict | None = 
     num_mics, num_samples, sample_rate_hz = meta["num_mics"], meta["num_samples"], meta["sample_rate_hz"]
     image = (num_mics, num_samples)
     faults, audio = [], {}
+    bits = meta.get("storage", {}).get("bits", 24)
     for m in sorted(members - {"json"}):
         try:
-            if m.endswith(".flac"):
-                x, sr = decode_flac(raw[m])
+            if is_audio_member(m):
+                subtype = sf.info(io.BytesIO(raw[m])).subtype
+                x, sr = decode_audio(raw[m])
                 if sr != sample_rate_hz:
                     faults.append(f"{m}: {sr} Hz, json says {sample_rate_hz}")
+                if subtype != f"PCM_{bits}":
+                    faults.append(f"{m}: {subtype}, json says {bits}-bit")
             elif m.endswith(".npy"):
                 x = decode_npy(raw[m])
             else:
@@ -320,7 +328,7 @@ def _check_audio(raw: dict, members: set[str], meta: dict, codec: dict | None = 
     for m, x in audio.items():
         parsed = parse_source_member(m)
         target = parsed[1] if parsed else m.split(".")[0]
-        if m.endswith(".flac"):
+        if is_audio_member(m):
             # A one-microphone image decodes as (T,): compare images as (M, T).
             if target == "dry" and x.shape != (num_samples,):
                 faults.append(f"{m} has shape {x.shape}, expected ({num_samples},)")
@@ -335,15 +343,15 @@ def _check_audio(raw: dict, members: set[str], meta: dict, codec: dict | None = 
         elif m.endswith(".codec.npy"):
             faults += _check_codes(m, x, num_samples, sample_rate_hz, codec)
 
-    reverberant = [audio.get(f"s{i}.reverberant.flac") for i in range(meta["num_speakers"])]
-    has_noise = "noise.flac" in audio
+    reverberant = [audio.get(audio_member(audio, f"s{i}.reverberant")) for i in range(meta["num_speakers"])]
+    noise, mix = audio_member(audio, "noise"), audio_member(audio, "mix")
     noiseless = _get(meta, "noise.snr_db") in (_MISSING, None)
-    if reverberant and all(r is not None for r in reverberant) and "mix.flac" in audio and (has_noise or noiseless):
+    if reverberant and all(r is not None for r in reverberant) and mix and (noise or noiseless):
         try:
             expected = np.sum([np.atleast_2d(r) for r in reverberant], axis=0, dtype=np.float64)
-            if has_noise:
-                expected = expected + np.atleast_2d(audio["noise.flac"])
-            error = float(np.max(np.abs(np.atleast_2d(audio["mix.flac"]) - expected)))
+            if noise:
+                expected = expected + np.atleast_2d(audio[noise])
+            error = float(np.max(np.abs(np.atleast_2d(audio[mix]) - expected)))
         except ValueError:
             return faults  # shape faults already reported
         if error > MIXTURE_TOLERANCE:

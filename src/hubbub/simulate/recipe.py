@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from hubbub.config import ConfigError, apply_overrides, check_range, from_dict, load_with_base, to_dict
+from hubbub.shards.format import BITS
 from hubbub.video import FPS
 
 Range = tuple[float, float]
@@ -173,6 +174,19 @@ class NoiseConfig:
         check_range("noise.babble_speakers", self.babble_speakers, 1, 20)
 
 
+@dataclass
+class StorageConfig:
+    """How audio members are stored; it changes bytes, not what a corpus sounds like, so it is
+    not part of the content hash (the same seed gives the same mixtures in any storage)."""
+
+    codec: Literal["flac", "wav"] = "flac"   # wav: several times faster to write and read, more bytes
+    bits: int = 24                         # 16: half the bytes, the resolution LibriMix/WHAMR! ship
+
+    def validate(self):
+        if self.bits not in BITS:
+            raise ConfigError("storage.bits", f"must be one of {BITS}, got {self.bits}")
+
+
 TARGETS = ("dry", "direct", "early", "reverberant", "noise", "rir", "lips")
 # What a recipe writes when it names no targets. "lips" (audio-visual corpora, see
 # hubbub.sources.lips) is left out: a recipe asks for it, and existing recipes keep their hashes.
@@ -195,6 +209,7 @@ class Recipe:
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     splits: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "valid": 0.1, "test": 0.1})
     samples_per_shard: int = 100
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def validate(self):
         if self.sample_rate_hz not in SAMPLE_RATES_HZ:
@@ -222,7 +237,7 @@ class Recipe:
         :func:`hubbub.simulate.sample.sources_fingerprint`.
         """
         d = to_dict(self)
-        for k in ("samples_per_shard", "description", "splits"):
+        for k in ("samples_per_shard", "description", "splits", "storage"):
             d.pop(k)
         d["speech"].pop("corpus")
         d["speech"].pop("lips_dir")

@@ -142,7 +142,9 @@ def _check_same_corpus(out_dir: Path, identity: dict) -> None:
     if not path.exists():
         return
     old = json.loads(path.read_text())
-    for key in ("kind", "recipe_hash", "sources_hash", "seed", "samples_per_shard", "splits", "positions"):
+    # corpora from before recipes had a storage section are 24-bit FLAC
+    old.setdefault("storage", {"codec": "flac", "bits": 24} if "positions" not in old else None)
+    for key in ("kind", "recipe_hash", "sources_hash", "seed", "samples_per_shard", "splits", "positions", "storage"):
         if old.get(key) != identity.get(key):
             raise ValueError(f"{out_dir} holds a corpus made with a different {key} ({old.get(key)!r} vs "
                              f"{identity.get(key)!r}): use another --out, or delete it to start over")
@@ -183,7 +185,8 @@ def simulate(recipe: Recipe, *, num: int, out_dir: str | Path, seed: int = 0, wo
     out_dir.mkdir(parents=True, exist_ok=True)
     simulator = Simulator(recipe, pools, seed)
     identity = {"recipe_hash": simulator.recipe_hash, "sources_hash": simulator.sources_hash, "seed": seed,
-                "samples_per_shard": recipe.samples_per_shard, "splits": recipe.splits, "recipe": to_dict(recipe)}
+                "samples_per_shard": recipe.samples_per_shard, "splits": recipe.splits,
+                "storage": to_dict(recipe.storage), "recipe": to_dict(recipe)}
     _check_same_corpus(out_dir, identity)
     atomic_write_json(out_dir / "recipe.json", identity)
     plans = plan_shards(recipe, num, splits)
