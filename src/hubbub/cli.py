@@ -86,7 +86,8 @@ def _cmd_bench_simulate(args) -> int:
     from hubbub.simulate.bench import bench_simulate, format_bench
 
     res = bench_simulate(num_hubbub=args.num_hubbub, num_plain=args.num_plain, ray_num=args.ray_num,
-                         workers=args.workers, recipe=args.recipe, overrides=tuple(args.set))
+                         workers=args.workers, recipe=args.recipe, overrides=tuple(args.set),
+                         bank_rooms=args.bank_rooms, mixtures_per_room=args.mixtures_per_room)
     print(json.dumps(res) if args.json else format_bench(res))
     return 0
 
@@ -275,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--num-plain", type=int, default=12)
     bs.add_argument("--ray-num", type=int, default=200, help="mixtures per Ray timing")
     bs.add_argument("--workers", type=int, default=None, help="N for the Ray scaling (default: all cores)")
+    bs.add_argument("--bank-rooms", type=int, default=24, help="rooms of the RIR bank built and timed")
+    bs.add_argument("--mixtures-per-room", type=int, default=10,
+                    help="mixtures sharing each bank room's cost in the bank figure")
     bs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     bs.set_defaults(func=_cmd_bench_simulate)
 

@@ -52,12 +52,14 @@ def shard_name(split: str, shard_index: int) -> str:
     return f"{split}-{shard_index:06d}.tar"
 
 
-def quantize(x: np.ndarray, bits: int = 24) -> np.ndarray:
-    """Float audio in [-1, 1) -> int32 codes of ``bits`` bits (clipped, counted by the caller if
-    it matters)."""
+def quantize(x: np.ndarray, bits: int = 24, scale: float = 1.0) -> np.ndarray:
+    """Float audio ``x * scale`` in [-1, 1) -> int32 codes of ``bits`` bits (clipped, counted by
+    the caller if it matters)."""
     full = _full_scale(bits)
     # float32 suffices: scaling by a power of two is exact, and 24-bit codes fit its mantissa.
-    q = np.rint(np.asarray(x, dtype=np.float32) * np.float32(full))
+    # One scaled float32 copy, rounded and clipped in place: this runs over every stored signal.
+    q = np.multiply(x, np.float32(full) * np.float32(scale), dtype=np.float32)
+    np.rint(q, out=q)
     return np.clip(q, -full, full - 1, out=q).astype(np.int32)
 
 

@@ -13,11 +13,11 @@ RT60 asked for and measured, absorption, orders, direct-path delays), ``rirs.npy
 from __future__ import annotations
 
 import json
+import tarfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 
 from hubbub.shards.format import decode_npy, encode_json, encode_npy, sample_key
 from hubbub.shards.writer import load_index
@@ -76,13 +76,18 @@ def bank_rooms_per_split(bank_dir: str | Path) -> dict[str, int]:
     return {split: info["num_samples"] for split, info in index["splits"].items()}
 
 
-@lru_cache(maxsize=4)
-def _bank_shard(path: str) -> dict[str, dict]:
-    rooms = {}
-    for raw in wds.WebDataset(path, shardshuffle=False, empty_check=False):
-        rooms[raw["__key__"]] = {"meta": json.loads(raw["json"]), "rirs": decode_npy(raw["rirs.npy"]),
-                                 "direct": decode_npy(raw["direct.npy"])}
-    return rooms
+@lru_cache(maxsize=64)
+def _shard_members(path: str) -> dict[str, tuple[int, int]]:
+    """Member name -> (data offset, size) of a bank shard, from its tar headers alone."""
+    with tarfile.open(path, mode="r:") as tar:
+        return {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
+
+
+def _read_member(path: str, name: str) -> bytes:
+    offset, size = _shard_members(path)[name]
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
 
 
 @lru_cache(maxsize=8)
@@ -97,10 +102,23 @@ def _bank_keys(bank_dir: str, split: str) -> list[tuple[str, str]]:
     return out
 
 
-def bank_room(bank_dir: str, split: str, room_index: int) -> dict:
-    """The room's meta and arrays (cached per process, a few shards at a time)."""
+# Rooms are read one at a time, by seeking to their members: a mixture touches one room, and a
+# bank of thousands of rooms is never held whole. Metadata (~1 kB a room) is kept for every
+# room drawn; RIR arrays (~1 MB a room at 16 kHz) for the most recently used ones.
+@lru_cache(maxsize=1 << 16)
+def bank_meta(bank_dir: str, split: str, room_index: int) -> dict:
+    """The JSON of a bank room (geometry, positions, RT60, delays)."""
     path, key = _bank_keys(bank_dir, split)[room_index]
-    return _bank_shard(path)[key]
+    return json.loads(_read_member(path, f"{key}.json"))
+
+
+@lru_cache(maxsize=64)
+def bank_room(bank_dir: str, split: str, room_index: int) -> dict:
+    """The room's meta and arrays (``rirs`` (K, M, L), ``direct`` (K, M, Ld))."""
+    path, key = _bank_keys(bank_dir, split)[room_index]
+    return {"meta": bank_meta(bank_dir, split, room_index),
+            "rirs": decode_npy(_read_member(path, f"{key}.rirs.npy")),
+            "direct": decode_npy(_read_member(path, f"{key}.direct.npy"))}
 
 
 def rirs_from_bank(room: dict, positions: list[int]) -> RirSet:

@@ -72,39 +72,83 @@ def _speed(fn, items) -> float:
     return len(items) / (time.perf_counter() - start)
 
 
+# Storage variants measured beside the recipe's own: (name, codec, bits).
+STORAGES = (("flac24", "flac", 24), ("flac16", "flac", 16), ("wav24", "wav", 24), ("wav16", "wav", 16))
+
+
+def _hubbub_speed(draws: list[dict], storage: dict, shard: Path) -> tuple[float, float]:
+    """Mixtures/s of render + encode + shard write, and kB written per mixture."""
+    from hubbub.shards.writer import ShardWriter
+    from hubbub.simulate.sample import render, to_members
+
+    with ShardWriter(shard) as w:
+        rate = _speed(lambda p: w.write(to_members(render({**p, "storage": storage}))), draws)
+    return rate, shard.stat().st_size / len(draws) / 1e3
+
+
 def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 200,
                    workers: int | None = None, recipe: str = "whamr", overrides: tuple[str, ...] = (),
-                   seed: int = 0) -> dict:
+                   seed: int = 0, bank_rooms: int = 24, bank_positions: int = 6,
+                   mixtures_per_room: int = 10) -> dict:
     """Mixtures per second per core of hubbub and of the plain path, and Ray scaling 1 -> N.
 
     Defaults: the WHAMR!-style preset at 16 kHz, 4 s fixed-length mixtures, all targets written,
-    on the built-in voices.
+    on the built-in voices. Besides the recipe as given (the headline figure), the same draws are
+    rendered in every storage (FLAC/WAV, 24/16 bits), and mixtures are drawn from a RIR bank of
+    ``bank_rooms`` rooms built in the same run: its rate counts the bank's cost shared by
+    ``mixtures_per_room`` mixtures per room.
     """
     import pyroomacoustics as pra
 
-    from hubbub.simulate import load_recipe, simulate
+    from hubbub.config import to_dict
+    from hubbub.simulate import load_recipe, simulate, simulate_rir_bank
     from hubbub.simulate.runner import prepare_sources
     from hubbub.simulate.sample import Simulator
 
     workers = workers or os.cpu_count() or 1
     pra.constants.set("num_threads", 1)
-    r = load_recipe(recipe, ["sample_rate_hz=16000", "duration.mode=fixed", "duration.fixed_s=4.0",
-                             "samples_per_shard=8", *overrides])
+    base = ["sample_rate_hz=16000", "duration.mode=fixed", "duration.fixed_s=4.0", "samples_per_shard=8", *overrides]
+    r = load_recipe(recipe, base)
     pools, _, _ = prepare_sources(r, seed)
     sim = Simulator(r, pools, seed)
     sim.members("train", 0)  # warm caches and imports for both paths
     draws = [sim.draw("train", i) for i in range(max(num_hubbub, num_plain))]
+    storage = to_dict(r.storage)
 
+    variants = {}
     with tempfile.TemporaryDirectory() as tmp:
-        from hubbub.shards.writer import ShardWriter
+        tmp = Path(tmp)
+        hubbub_rate, kb = _hubbub_speed(draws[:num_hubbub], storage, tmp / "bench.tar")
+        for name, codec, bits in STORAGES:
+            rate, kb_v = _hubbub_speed(draws[:num_hubbub], {"codec": codec, "bits": bits}, tmp / f"{name}.tar")
+            variants[name] = {"mixtures_per_s_per_core": round(rate, 3), "kb_per_mixture": round(kb_v, 1)}
 
-        with ShardWriter(Path(tmp) / "bench.tar") as w:
-            from hubbub.simulate.sample import render, to_members
+        # RIR bank: rooms once (timed, one process), then mixtures drawn from them
+        bank_recipe = load_recipe(recipe, base)
+        start = time.perf_counter()
+        simulate_rir_bank(bank_recipe, num_rooms=bank_rooms, positions=bank_positions, out_dir=tmp / "bank",
+                          seed=seed, workers=0, progress=False)
+        bank_s_per_room = (time.perf_counter() - start) / bank_rooms
+        bank_sim = Simulator(load_recipe(recipe, [*base, f"room.rir_bank={tmp / 'bank'}"]), pools, seed)
+        bank_sim.members("train", 0)
+        bank_draws = [bank_sim.draw("train", i) for i in range(num_hubbub)]
+        bank = {"rooms": bank_rooms, "positions": bank_positions, "mixtures_per_room": mixtures_per_room,
+                "build_s_per_room": round(bank_s_per_room, 4)}
+        for name, codec, bits in (STORAGES[0], STORAGES[-1]):
+            rate, _ = _hubbub_speed(bank_draws, {"codec": codec, "bits": bits}, tmp / f"bank-{name}.tar")
+            # each mixture also pays its share of the room it uses
+            amortised = 1.0 / (1.0 / rate + bank_s_per_room / mixtures_per_room)
+            bank[name] = {"mixing_only_mixtures_per_s_per_core": round(rate, 3),
+                          "mixtures_per_s_per_core": round(amortised, 3)}
 
-            hubbub_rate = _speed(lambda p: w.write(to_members(render(p))), draws[:num_hubbub])
-        plain_dir = Path(tmp) / "plain"
+        plain_dir = tmp / "plain"
         plain_dir.mkdir()
         plain_rate = _speed(lambda p: _plain_mixture(p, plain_dir), draws[:num_plain])
+
+    for v in variants.values():
+        v["speedup_vs_plain"] = round(v["mixtures_per_s_per_core"] / plain_rate, 2)
+    for name, _, _ in (STORAGES[0], STORAGES[-1]):
+        bank[name]["speedup_vs_plain"] = round(bank[name]["mixtures_per_s_per_core"] / plain_rate, 2)
 
     import ray
 
@@ -114,8 +158,7 @@ def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                                            "MKL_NUM_THREADS": "1"}})
         try:
-            ray_recipe = load_recipe(recipe, ["sample_rate_hz=16000", "duration.mode=fixed", "duration.fixed_s=4.0",
-                                              "samples_per_shard=4", *overrides])
+            ray_recipe = load_recipe(recipe, [*base, "samples_per_shard=4"])
             # warm the workers (imports, caches) so both timings see the same state
             simulate(ray_recipe, num=4 * workers, out_dir=Path(tmp) / "warm", seed=seed + 1, workers=workers,
                      progress=False, splits=["train"])
@@ -129,11 +172,15 @@ def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 
     rt60 = [d["room"]["rt60_s_target"] for d in draws[:num_plain]]
     return {
         "recipe": recipe, "sample_rate_hz": 16000, "duration_s": 4.0, "cores": os.cpu_count(),
+        "storage": storage,
         "hubbub_mixtures_per_s_per_core": round(hubbub_rate, 3),
+        "hubbub_kb_per_mixture": round(kb, 1),
         "plain_mixtures_per_s_per_core": round(plain_rate, 4),
         "speedup_vs_plain": round(hubbub_rate / plain_rate, 2),
         "num_hubbub": num_hubbub, "num_plain": num_plain,
         "plain_rt60_s_mean": round(float(np.mean(rt60)), 3),
+        "storages": variants,
+        "rir_bank": bank,
         "ray_mixtures_per_s": {str(k): round(v, 3) for k, v in scaling.items()},
         "ray_scaling": round(scaling[workers] / scaling[1], 2) if workers > 1 else 1.0,
         "ray_workers": workers,
@@ -142,13 +189,24 @@ def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 
 
 
 def format_bench(res: dict) -> str:
+    st = res["storage"]
+    bank = res["rir_bank"]
     lines = [
         f"{res['recipe']} preset, {res['sample_rate_hz']} Hz, {res['duration_s']} s mixtures, all targets written",
-        f"  hubbub ({res['rir_mode']} RIRs): {res['hubbub_mixtures_per_s_per_core']:.2f} mixtures/s/core "
-        f"({res['num_hubbub']} mixtures)",
+        f"  hubbub ({res['rir_mode']} RIRs, {st['codec'].upper()} {st['bits']}-bit): "
+        f"{res['hubbub_mixtures_per_s_per_core']:.2f} mixtures/s/core ({res['num_hubbub']} mixtures, "
+        f"{res['hubbub_kb_per_mixture']:.0f} kB each)",
         f"  plain pyroomacoustics:  {res['plain_mixtures_per_s_per_core']:.3f} mixtures/s/core "
         f"({res['num_plain']} mixtures, mean RT60 {res['plain_rt60_s_mean']} s)",
         f"  speed-up vs plain: {res['speedup_vs_plain']:.1f}x",
+        "  same draws by storage: " + "; ".join(
+            f"{name} {v['mixtures_per_s_per_core']:.1f}/s ({v['speedup_vs_plain']:.1f}x, {v['kb_per_mixture']:.0f} kB)"
+            for name, v in res["storages"].items()),
+        f"  RIR bank ({bank['rooms']} rooms x {bank['positions']} positions, {bank['build_s_per_room'] * 1e3:.0f} ms "
+        f"a room, shared by {bank['mixtures_per_room']} mixtures): " + "; ".join(
+            f"{name} {bank[name]['mixtures_per_s_per_core']:.1f}/s ({bank[name]['speedup_vs_plain']:.1f}x; "
+            f"mixing alone {bank[name]['mixing_only_mixtures_per_s_per_core']:.1f}/s)"
+            for name in ("flac24", "wav16")),
         "  Ray: " + ", ".join(f"{k} worker(s) {v:.2f} mixtures/s" for k, v in res["ray_mixtures_per_s"].items())
         + f"; scaling 1 -> {res['ray_workers']}: {res['ray_scaling']:.2f}x",
     ]

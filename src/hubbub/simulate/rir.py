@@ -228,7 +228,8 @@ def measure_rt60_s(rir, sample_rate_hz: float, **kwargs) -> float:
     Schroeder backward integration, a line fitted from -5 dB down ``decay_db`` more (default 60,
     less if the curve does not fall that far), extrapolated to -60 dB; ``kwargs`` go to
     pyroomacoustics. Returns nan where pyroomacoustics would raise or return nonsense (an empty or
-    all-zero RIR, one that never falls 5 dB).
+    all-zero RIR, one that never falls 5 dB). Without ``kwargs``, the same computation runs in
+    :func:`_schroeder_rt60`, at half the cost.
     """
     h = np.asarray(rir, dtype=np.float64).ravel()
     if h.size < 2 or not np.any(h):
@@ -236,10 +237,40 @@ def measure_rt60_s(rir, sample_rate_hz: float, **kwargs) -> float:
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            rt60 = float(pra.experimental.measure_rt60(h, fs=sample_rate_hz, **kwargs))
+            if kwargs:
+                rt60 = float(pra.experimental.measure_rt60(h, fs=sample_rate_hz, **kwargs))
+            else:
+                rt60 = _schroeder_rt60(h, float(sample_rate_hz))
     except (ValueError, FloatingPointError, RuntimeError, np.linalg.LinAlgError):
         return float("nan")
     return rt60 if math.isfinite(rt60) and rt60 > 0 else float("nan")
+
+
+def _schroeder_rt60(h: np.ndarray, fs: float) -> float:
+    """pyroomacoustics' ``measure_rt60(h, fs)`` with its default settings, step for step (same
+    values, same errors), minus its one slow step: it finds the end of the decay curve with
+    Python's ``max`` over an index array, 0.6 ms of its 1.1 ms on a 1 s RIR."""
+    energy = np.cumsum((h ** 2)[::-1])[::-1]              # Schroeder's backward integral
+    positive = np.flatnonzero(energy > 0)
+    # pra keeps the curve up to, and excluding, its last positive sample
+    energy = energy[: positive[-1] if positive.size else len(energy)]
+    energy_db = 10 * np.log10(energy)
+    energy_db -= energy_db[0]
+    decay_db = 60.0
+    min_energy_db = -np.min(energy_db)
+    if min_energy_db - 5 < decay_db:                      # pra: all of a curve that falls < 65 dB
+        decay_db = min_energy_db
+    below_5db = energy_db < -5.0
+    if not below_5db.any():
+        return 0.0
+    i_5db = int(np.argmax(below_5db))                     # argmax: the first True
+    below_end = energy_db < energy_db[i_5db] - decay_db
+    i_decay = int(np.argmax(below_end)) if below_end.any() else len(energy_db)
+    data_db = energy_db[i_5db:i_decay]
+    data = data_db - data_db[0]
+    t = np.arange(data.shape[0]) / fs
+    slope = np.linalg.lstsq(np.column_stack((t, np.ones(data.shape[0]))), data, rcond=None)[0][0]
+    return -60.0 / slope
 
 
 def direct_to_reverberant_db(rir, direct_delay_samples: float, sample_rate_hz: float, window_ms: float = 2.5) -> float:
@@ -377,12 +408,23 @@ def _highpass_sos(fs: int, cutoff_hz: float, kwargs: tuple) -> np.ndarray:
 def _truncate(rirs: np.ndarray, truncate_db: float) -> np.ndarray:
     """Cut (S, M, L) where the last pair's Schroeder curve falls ``truncate_db`` below its total:
     each pair keeps the samples that hold all but ``10 ** (-truncate_db / 10)`` of its energy."""
-    energy = np.square(rirs.reshape(-1, rirs.shape[-1]))
-    # Schroeder's integral from the end; summing the small values first keeps float32 exact enough
-    from_end = np.cumsum(energy[:, ::-1], axis=-1)
-    floors = from_end[:, -1] * 10.0 ** (-truncate_db / 10.0)
-    dropped = [int(np.searchsorted(e, f, side="right")) for e, f in zip(from_end, floors)]
-    return rirs[..., : max(1, rirs.shape[-1] - min(dropped))].copy()     # a copy, not a view pinning it all
+    length = rirs.shape[-1]
+    energy = np.square(rirs.reshape(-1, length))
+    floors = energy.sum(-1) * 10.0 ** (-truncate_db / 10.0)
+    # Schroeder's integral from the end; summing the small values first keeps float32 exact enough.
+    # Only the cut matters, and it lies near the end (a few % of the RIR): the integral runs over
+    # the last `span` samples, a span 4x longer whenever no pair's cut falls inside it. (A pair
+    # whose integral stays under its floor all along the span has its cut further back, so the
+    # earliest cut, the one that counts, is known once a pair's falls inside.)
+    span = 2048
+    while True:
+        span = min(span, length)
+        from_end = np.cumsum(energy[:, length - span:][:, ::-1], axis=-1)
+        dropped = min(int(np.searchsorted(e, f, side="right")) for e, f in zip(from_end, floors))
+        if dropped < span or span == length:
+            break
+        span *= 4
+    return rirs[..., : max(1, length - dropped)].copy()     # a copy, not a view pinning it all
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,19 +584,36 @@ def _synthesize(psd: np.ndarray, mics: np.ndarray, n_sources: int, n_fft: int, c
     n_mics = len(mics)
     noise = rng.standard_normal((n_sources, n_mics, (n_frames + 1) * hop), dtype=np.float32)
     window = np.sin(np.pi * (np.arange(n_fft) + 0.5) / n_fft).astype(np.float32)
+    # frame k is blocks k and k + 1 of the noise, windowed: written in one pass, no concatenation
     blocks = noise.reshape(n_sources, n_mics, n_frames + 1, hop)
-    frames = np.concatenate([blocks[:, :, :-1], blocks[:, :, 1:]], axis=-1) * window
-    spectra = scipy.fft.rfft(frames, axis=-1) * np.sqrt(psd.T).astype(np.float32)       # (S, M, K, F)
+    frames = np.empty((n_sources, n_mics, n_frames, n_fft), dtype=np.float32)
+    np.multiply(blocks[:, :, :-1], window[:hop], out=frames[..., :hop])
+    np.multiply(blocks[:, :, 1:], window[hop:], out=frames[..., hop:])
+    spectra = scipy.fft.rfft(frames, axis=-1)                                          # (S, M, K, F)
+    # The PSD gains and the mic mixing are real: they act on the spectra's interleaved (re, im)
+    # float32 pairs, (S, M, K, 2F), each factor repeated for both halves of its bin. That gives the
+    # complex products' values at a fraction of the cost, in place and without transposes.
+    floats = spectra.view(np.float32)
+    floats *= np.repeat(np.sqrt(psd.T).astype(np.float32), 2, axis=-1)
     if n_mics > 1:
         freqs = np.arange(n_bins) * fs / n_fft
         distance = np.linalg.norm(mics[:, None] - mics[None], axis=-1)
         coherence = np.sinc(2.0 * freqs[:, None, None] * distance[None] / c)          # (F, M, M)
         value, vector = np.linalg.eigh(coherence)
-        mixing = (vector * np.sqrt(np.maximum(value, 0.0))[:, None, :]).astype(np.complex64)
-        # (F, 1, M, M) @ (F, S, M, K): mic mixing per frequency, for every source and frame
-        spectra = np.moveaxis(mixing[:, None] @ np.moveaxis(spectra, -1, 0), 0, -1)
-    frames = scipy.fft.irfft(spectra, n=n_fft, axis=-1) * window
-    out = np.zeros((n_sources, n_mics, (n_frames + 1) * hop), dtype=np.float32)
-    out[..., : n_frames * hop] += frames[..., :hop].reshape(n_sources, n_mics, -1)
-    out[..., hop:] += frames[..., hop:].reshape(n_sources, n_mics, -1)
-    return out
+        mixing = (vector * np.sqrt(np.maximum(value, 0.0))[:, None, :]).astype(np.float32)
+        mixing = np.repeat(mixing.transpose(1, 2, 0), 2, axis=-1)                      # (M, M, 2F)
+        # mic i of every source and frame: sum over mics j of mixing[i, j] * spectrum j
+        mixed = np.empty_like(floats)
+        term = np.empty_like(floats[:, 0])
+        for i in range(n_mics):
+            np.multiply(floats[:, 0], mixing[i, 0], out=mixed[:, i])
+            for j in range(1, n_mics):
+                mixed[:, i] += np.multiply(floats[:, j], mixing[i, j], out=term)
+        spectra = mixed.view(np.complex64)
+    frames = scipy.fft.irfft(spectra, n=n_fft, axis=-1)
+    # overlap-add of the windowed frames: block k gets the first half of frame k and the second
+    # half of frame k - 1
+    out = np.zeros((n_sources, n_mics, n_frames + 1, hop), dtype=np.float32)
+    np.multiply(frames[..., :hop], window[:hop], out=out[:, :, :-1])
+    out[:, :, 1:] += frames[..., hop:] * window[hop:]
+    return out.reshape(n_sources, n_mics, -1)

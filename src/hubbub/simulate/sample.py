@@ -226,13 +226,13 @@ class Simulator:
         return room, mics
 
     def _draw_bank_room(self, rng: np.random.Generator, split: str, n_spk: int, sources: list[dict]):
-        from hubbub.simulate.bank import bank_room
+        from hubbub.simulate.bank import bank_meta
 
         bank = str(Path(self.recipe.room.rir_bank).resolve())
         if not self.bank_rooms.get(split):
             raise SampleError(f"the RIR bank {bank} has no rooms for split {split!r}")
         room_index = int(rng.integers(self.bank_rooms[split]))
-        meta = bank_room(bank, split, room_index)["meta"]
+        meta = bank_meta(bank, split, room_index)
         k = len(meta["positions_m"])
         if k < n_spk:
             raise SampleError(f"bank rooms have {k} source positions, this sample needs {n_spk}")
@@ -317,8 +317,16 @@ class Simulator:
 
 # -- rendering ---------------------------------------------------------------------------------------
 def _active_power(x: np.ndarray) -> float:
-    nz = np.flatnonzero(np.abs(x) > 1e-8)
-    return float(np.mean(x[nz[0]:nz[-1] + 1] ** 2)) if nz.size else 0.0
+    """Mean square of ``x`` from its first to its last sample above 1e-8 in magnitude (0 if none).
+
+    The ends come from argmax on the mask from either side (no index array), the sum of squares
+    from one dot product (no squared copy).
+    """
+    loud = np.abs(x) > 1e-8
+    if not loud.any():
+        return 0.0
+    active = x[int(np.argmax(loud)): x.size - int(np.argmax(loud[::-1]))]     # argmax: the first True
+    return float(np.dot(active, active)) / active.size
 
 
 def _noise_base(params: dict, fs: int, n: int) -> np.ndarray:
@@ -329,12 +337,16 @@ def _noise_base(params: dict, fs: int, n: int) -> np.ndarray:
     if nz["kind"] == "folder":
         f = nz["files"][0]
         x = load_audio_cached(f["path"], fs)[int(round(f["start_s"] * fs)):]
-        return np.resize(x, n)  # loops a file shorter than the mixture
+        return np.resize(x[:n], n)  # loops a file shorter than the mixture (np.resize copies all it gets)
     out = np.zeros(n, np.float32)
-    for f in nz["files"]:  # babble
+    for f in nz["files"]:  # babble: each talker looped to n samples, normalised, circularly shifted
         x = load_audio_cached(f["path"], fs)
-        x = x / (math.sqrt(_active_power(x)) + 1e-9)
-        out += np.roll(np.resize(x, n), f["offset_samples"])
+        looped = np.resize(x[:n], n)    # a new array, normalised in place (np.resize copies all it gets)
+        looped /= math.sqrt(_active_power(x)) + 1e-9
+        # np.roll(looped, offset), added in two slices instead of through a rolled copy
+        shift = f["offset_samples"] % n
+        out[shift:] += looped[: n - shift]
+        out[:shift] += looped[n - shift:]
     return out
 
 
@@ -476,15 +488,14 @@ def render(params: dict) -> Rendered:
 
     if not (np.isfinite(peak) and np.isfinite(scale)):
         raise SampleError("rendering produced NaN or inf (check the source audio and room parameters)")
-    scale32 = np.float32(scale)
     bits = _storage(params)["bits"]
-    rev_q = [quantize(r * scale32, bits) for r in rev]
-    noise_q = quantize(noise * scale32, bits) if noise is not None else None
+    rev_q = [quantize(r, bits, scale) for r in rev]
+    noise_q = quantize(noise, bits, scale) if noise is not None else None
     mix_q = sum(rev_q) + (noise_q if noise_q is not None else 0)
     targets_q = {"reverberant": rev_q}
     for name in ("direct", "early", "dry"):
         if name in signals:
-            targets_q[name] = [quantize(x * scale32, bits) for x in signals[name]]
+            targets_q[name] = [quantize(x, bits, scale) for x in signals[name]]
     lips = [render_source_lips(s["lips"], s, fs) for s in srcs] if "lips" in targets else None
     return Rendered(meta=meta, mix_q=np.asarray(mix_q, np.int32), noise_q=noise_q, targets_q=targets_q,
                     rirs=[rir_set.rirs[k] for k in range(len(srcs))], lips=lips)
