@@ -39,6 +39,8 @@ SOURCE_TARGETS = ("dry", "direct", "early", "reverberant", "rir")
 ALL_TARGETS = SOURCE_TARGETS + ("noise",)
 _SOURCE_MEMBER = re.compile(r"^s(\d+)\.(\w+)\.(flac|wav|npy)$")
 _SUBTYPES = {16: "PCM_16", 24: "PCM_24"}
+# What a sample's JSON without a "storage" entry (written before recipes had one) holds.
+DEFAULT_STORAGE = {"codec": "flac", "bits": 24}
 
 
 def sample_key(split: str, index: int) -> str:
@@ -99,8 +101,19 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
     return (x.T if x.ndim == 2 else x), sr
 
 
+def storage_of(meta: Mapping) -> dict:
+    """``{"codec", "bits"}`` of a sample's audio members, from its JSON."""
+    return meta.get("storage") or DEFAULT_STORAGE
+
+
 def is_audio_member(name: str) -> bool:
     return name.rpartition(".")[2] in CODECS
+
+
+def audio_stem(name: str) -> str | None:
+    """``"s0.reverberant.wav"`` -> ``"s0.reverberant"``; None for members that are not audio."""
+    stem, _, ext = name.rpartition(".")
+    return stem if ext in CODECS else None
 
 
 def audio_member(names, stem: str) -> str | None:
@@ -156,10 +169,8 @@ def decode_sample(raw: Mapping[str, bytes]) -> dict:
             continue
         if name == "json":
             out["meta"] = json.loads(data)
-        elif name in ("mix.flac", "mix.wav"):
-            out["mix"] = np.atleast_2d(decode_audio(data)[0])
-        elif name in ("noise.flac", "noise.wav"):
-            out["noise"] = np.atleast_2d(decode_audio(data)[0])
+        elif audio_stem(name) in ("mix", "noise"):
+            out[audio_stem(name)] = np.atleast_2d(decode_audio(data)[0])
         else:
             parsed = parse_source_member(name)
             if parsed is None:

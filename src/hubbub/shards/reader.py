@@ -71,7 +71,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from hubbub.shards.format import audio_member, decode_audio, decode_npy, is_audio_member
+from hubbub.shards.format import audio_member, audio_stem, decode_audio, decode_npy, is_audio_member
 from hubbub.shards.writer import load_index, read_sidecar, sidecar_path
 
 # Tags that keep the three random streams of an epoch independent of each other.
@@ -206,7 +206,7 @@ class ShardDataset(IterableDataset):
             raise ValueError(f"split {split!r} of {self.corpus_dir} has no samples")
         target_names = "|".join(re.escape(t) for t in self.targets)
         self._source_member = re.compile(rf"^s(\d+)\.({target_names})\.(flac|wav|npy)$")
-        self._extra_stems = {m.rpartition(".")[0] if is_audio_member(m) else m for m in self.extras}
+        self._extra_stems = {audio_stem(m) or m for m in self.extras}
 
     @property
     def global_num_samples(self) -> int:
@@ -363,8 +363,8 @@ class ShardDataset(IterableDataset):
 
     def _wanted(self, member: str) -> bool:
         # Members nobody asked for are read past, not kept: they cost neither memory nor decoding.
-        return (member in ("json", "mix.flac", "mix.wav") or bool(self._source_member.match(member))
-                or (member.rpartition(".")[0] if is_audio_member(member) else member) in self._extra_stems)
+        return (member == "json" or audio_stem(member) == "mix" or bool(self._source_member.match(member))
+                or (audio_stem(member) or member) in self._extra_stems)
 
     def _decode(self, raw: dict) -> dict:
         key = raw["__key__"]
@@ -387,7 +387,7 @@ class ShardDataset(IterableDataset):
             if self.max_sources is not None:
                 per_source += [torch.zeros_like(per_source[0])] * (self.max_sources - num_sources)
             sources[target] = stack_padded(per_source)
-        stored = {m: audio_member(raw, m.rpartition(".")[0]) if is_audio_member(m) else m for m in self.extras}
+        stored = {m: audio_member(raw, audio_stem(m)) if is_audio_member(m) else m for m in self.extras}
         missing = [m for m, name in stored.items() if name not in raw]
         if missing:
             raise KeyError(f"{key} has no member(s) {missing}")
@@ -438,7 +438,7 @@ class ShardDataset(IterableDataset):
         if not is_audio_member(name):
             raise ValueError(f"cannot decode member {name!r}: only audio (.flac, .wav) and .npy members are tensors")
         audio = decode_audio(data)[0]
-        stem = name.rpartition(".")[0]
+        stem = audio_stem(name)
         # Every audio member but a dry source is an (M, T) image; one microphone decodes as (T,).
         if not stem.endswith(".dry"):
             audio = np.atleast_2d(audio)

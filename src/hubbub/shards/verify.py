@@ -37,7 +37,8 @@ import numpy as np
 import soundfile as sf
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from hubbub.shards.format import audio_member, decode_audio, decode_npy, is_audio_member, parse_source_member
+from hubbub.shards.format import (audio_member, decode_audio, decode_npy, is_audio_member, parse_source_member,
+                                  storage_of)
 from hubbub.shards.writer import INDEX_NAME, read_sidecar, sha256_file, sidecar_path
 
 REQUIRED_FIELDS = ("key", "split", "index", "sample_rate_hz", "num_samples", "duration_s",
@@ -271,7 +272,7 @@ def _check_sample(raw: dict, split: str, sidecar_duration_s: float | None, check
         faults += [f"sources[{i}] lacks {f}" for f in REQUIRED_SOURCE_FIELDS if f not in source]
 
     members = {name for name in raw if not name.startswith("__")}
-    ext = meta.get("storage", {}).get("codec", "flac")
+    ext = storage_of(meta)["codec"]
     expected = {"json", f"mix.{ext}"}
     for target in meta["targets"]:
         if target == "noise":
@@ -302,7 +303,7 @@ def _check_audio(raw: dict, members: set[str], meta: dict, codec: dict | None = 
     num_mics, num_samples, sample_rate_hz = meta["num_mics"], meta["num_samples"], meta["sample_rate_hz"]
     image = (num_mics, num_samples)
     faults, audio = [], {}
-    bits = meta.get("storage", {}).get("bits", 24)
+    bits = storage_of(meta)["bits"]
     for m in sorted(members - {"json"}):
         try:
             if is_audio_member(m):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubbub.config import to_dict
+from hubbub.shards.format import DEFAULT_STORAGE
 from hubbub.shards.writer import (ShardPlan, ShardRecord, ShardWriter, atomic_write_json, build_index, plan_split,
                                   read_sidecar, shard_is_complete, sidecar_path, write_sidecar)
 from hubbub.simulate.recipe import Recipe
@@ -142,8 +143,8 @@ def _check_same_corpus(out_dir: Path, identity: dict) -> None:
     if not path.exists():
         return
     old = json.loads(path.read_text())
-    # corpora from before recipes had a storage section are 24-bit FLAC
-    old.setdefault("storage", {"codec": "flac", "bits": 24} if "positions" not in old else None)
+    if "storage" in identity:  # corpora from before recipes had a storage section
+        old.setdefault("storage", DEFAULT_STORAGE)
     for key in ("kind", "recipe_hash", "sources_hash", "seed", "samples_per_shard", "splits", "positions", "storage"):
         if old.get(key) != identity.get(key):
             raise ValueError(f"{out_dir} holds a corpus made with a different {key} ({old.get(key)!r} vs "

@@ -36,7 +36,7 @@ import pyloudnorm
 from scipy import fft as sp_fft
 
 from hubbub.audio import load_audio_cached
-from hubbub.shards.format import encode_audio, encode_json, encode_npy, quantize, sample_key
+from hubbub.shards.format import encode_audio, encode_json, encode_npy, quantize, sample_key, storage_of
 from hubbub.simulate.recipe import Recipe
 from hubbub.simulate.rir import compute_rirs, measure_rt60_s, rt60_to_absorption
 from hubbub.sources.lips import draw_lips, render_source_lips
@@ -488,7 +488,7 @@ def render(params: dict) -> Rendered:
 
     if not (np.isfinite(peak) and np.isfinite(scale)):
         raise SampleError("rendering produced NaN or inf (check the source audio and room parameters)")
-    bits = _storage(params)["bits"]
+    bits = storage_of(params)["bits"]
     rev_q = [quantize(r, bits, scale) for r in rev]
     noise_q = quantize(noise, bits, scale) if noise is not None else None
     mix_q = sum(rev_q) + (noise_q if noise_q is not None else 0)
@@ -501,18 +501,12 @@ def render(params: dict) -> Rendered:
                     rirs=[rir_set.rirs[k] for k in range(len(srcs))], lips=lips)
 
 
-def _storage(params: dict) -> dict:
-    """The sample's audio storage; samples drawn before recipes had a ``storage`` section are
-    24-bit FLAC."""
-    return params.get("storage") or {"codec": "flac", "bits": 24}
-
-
 def to_members(rendered: Rendered) -> dict:
     """Rendered signals -> shard members (see :mod:`hubbub.shards.format`)."""
     meta = rendered.meta
     fs = meta["sample_rate_hz"]
     targets = set(meta["targets"])
-    storage = _storage(meta)
+    storage = storage_of(meta)
     ext = storage["codec"]
 
     def encode(q):
