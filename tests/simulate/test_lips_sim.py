@@ -8,7 +8,7 @@ import webdataset as wds
 
 import hubbub.simulate.recipe as recipe_module
 from hubbub.config import ConfigError
-from hubbub.shards.format import decode_sample
+from hubbub.shards.format import decode_sample, dequantize, storage_of
 from hubbub.shards.stats import corpus_stats
 from hubbub.shards.verify import verify_corpus
 from hubbub.simulate import load_recipe, simulate
@@ -128,7 +128,7 @@ def test_metadata_alone_re_renders_the_lips(tmp_path, voices):
     again = render(s["meta"])
     for k in range(2):
         np.testing.assert_array_equal(again.lips[k], s["sources"]["lips"][k])
-    np.testing.assert_array_equal(again.mix_q.astype(np.float32) / 2**23, s["mix"])
+    np.testing.assert_array_equal(dequantize(again.mix_q, storage_of(again.meta)["bits"]), s["mix"])
 
 
 @needs_voices

@@ -80,11 +80,17 @@ def encode_audio(q: np.ndarray, sample_rate_hz: int, codec: str = "flac", bits: 
     (channels last on disk)."""
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
-    q = np.asarray(q, dtype=np.int32)
-    data = np.ascontiguousarray(q.T if q.ndim == 2 else q)
     _full_scale(bits)  # checks bits
-    # soundfile takes int16 as is, and int32 as left-justified (it drops the low byte for PCM_24)
-    data = data.astype(np.int16) if bits == 16 else data << 8
+    q = np.asarray(q)
+    # soundfile takes int16 as is, and int32 as left-justified (it drops the low byte for PCM_24).
+    # Channels are interleaved one at a time: numpy's transposing copy of a (C, T) array is ~6x
+    # slower than C strided row copies, and this runs over every stored signal.
+    data = np.empty(q.shape[::-1], np.int16 if bits == 16 else np.int32)
+    frames = data.reshape(len(data), -1)          # (T, C), a view
+    for c, row in enumerate(np.atleast_2d(q)):
+        frames[:, c] = row
+    if bits == 24:
+        data <<= 8
     buf = io.BytesIO()
     # compression_level 0: about 25% faster to write than the default for <1% more bytes.
     options = {"compression_level": 0.0} if codec == "flac" else {}

@@ -17,7 +17,8 @@ import numpy as np
 
 
 def _plain_mixture(params: dict, out_dir: Path) -> None:
-    """One mixture the plain way, every target written to its own FLAC file."""
+    """One mixture the plain way, every target written to its own file in the recipe's storage
+    (codec and bit depth, as hubbub writes them)."""
     import pyroomacoustics as pra
     import soundfile as sf
     from scipy.signal import fftconvolve
@@ -57,9 +58,10 @@ def _plain_mixture(params: dict, out_dir: Path) -> None:
         files[f"s{k}_direct"] = direct[k] * g
         files[f"s{k}_early"] = early[k] * g
         files[f"s{k}_reverberant"] = images[k] * g
+    codec, bits = params["storage"]["codec"], params["storage"]["bits"]
     for name, x in files.items():
-        sf.write(out_dir / f"{params['key']}_{name}.flac", (np.atleast_2d(x).T * scale).clip(-1, 1), fs,
-                 subtype="PCM_24")
+        sf.write(out_dir / f"{params['key']}_{name}.{codec}", (np.atleast_2d(x).T * scale).clip(-1, 1), fs,
+                 subtype=f"PCM_{bits}")
     for m in range(mics.shape[1]):
         for k in range(len(signals)):
             np.save(out_dir / f"{params['key']}_s{k}_rir{m}.npy", room.rir[m][k].astype(np.float32))

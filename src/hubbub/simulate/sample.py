@@ -462,7 +462,8 @@ def render(params: dict) -> Rendered:
     mix = speech + (noise if noise is not None else 0.0)
 
     meter = pyloudnorm.Meter(fs, block_size=min(0.4, n / fs))
-    loudness = meter.integrated_loudness(mix[ref])
+    # float64 in: scipy's lfilter runs the K-weighting in the input's precision, and is faster so
+    loudness = meter.integrated_loudness(mix[ref].astype(np.float64))
     scale = 10 ** ((params["mixing"]["loudness_lufs_target"] - loudness) / 20) if np.isfinite(loudness) else 1.0
     everything = [mix] + list(signals.values()) + ([noise] if noise is not None else [])
     # NaN and inf propagate into the peak, so this one pass also checks every signal is finite.
