@@ -126,7 +126,7 @@ def make_corpus_from_samples(out_dir: str | Path, samples: list[dict]) -> Path:
                     rec.keys.append(m["__key__"])
                     rec.durations_s.append(meta["duration_s"])
         rec.num_planned = rec.num_samples
-        write_sidecar(rec, out_dir)
+        write_sidecar(rec, out_dir, w)
         records.append(rec)
     build_index(out_dir, records, recipe={"name": "test"})
     return out_dir
@@ -158,7 +158,7 @@ def make_dummy_corpus(out_dir: str | Path, *, splits: dict[str, int] | None = No
                     w.write(members)
                     rec.keys.append(members["__key__"])
                     rec.durations_s.append(seconds)
-            write_sidecar(rec, out_dir)
+            write_sidecar(rec, out_dir, w)
             records.append(rec)
     targets = ["dry", "direct", "early", "reverberant", "noise", "rir"] + (["lips"] if lips else [])
     build_index(out_dir, records, recipe={"name": "dummy", "sample_rate_hz": sample_rate_hz, "targets": targets})

@@ -176,11 +176,11 @@ def test_interrupted_run_resumes_to_the_same_corpus(corpus, codec, reference, mo
     else:
         real_write_sidecar = tokens.write_sidecar
 
-        def write_sidecar_once(record, out_dir):
+        def write_sidecar_once(record, out_dir, *args):
             calls["n"] += 1
             if calls["n"] == 2:
                 raise Interrupt
-            return real_write_sidecar(record, out_dir)
+            return real_write_sidecar(record, out_dir, *args)
         monkeypatch.setattr(tokens, "write_sidecar", write_sidecar_once)
 
     with pytest.raises(Interrupt):

@@ -293,7 +293,7 @@ def _write_split(files: list[_File], plans: list[ShardPlan], pending: set[str], 
             current = None
             writer.__exit__(*exc_info)
             if exc_info[0] is None:
-                write_sidecar(rec, out_dir)
+                write_sidecar(rec, out_dir, writer)
 
     try:
         for f in files:

@@ -266,11 +266,11 @@ def _tokenise_shard(tar_path: Path, codec: Codec, source_target: str | None, bat
                 writer.write(members)
         atomic_write_json(token_record_path(tar_path), {
             "codec": codec.info(), "source_target": source_target, "name": tar_path.name,
-            "size_bytes": staged.stat().st_size, "sha256": sha256_file(staged)})
+            "size_bytes": writer.size_bytes, "sha256": writer.sha256})
         os.replace(staged, tar_path)
     finally:
         staged.unlink(missing_ok=True)  # gone after the rename; a failed attempt's leftover otherwise
-    write_sidecar(sidecar, tar_path.parent)
+    write_sidecar(sidecar, tar_path.parent, writer)
     return len(samples)
 
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tarfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -88,11 +89,31 @@ class ShardRecord:
         return len(self.keys)
 
 
+class _HashingFile:
+    """A binary file that also hashes (sha256) and counts what goes through it."""
+
+    def __init__(self, f):
+        self.file, self.hash, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+
 class ShardWriter:
     """Write one shard atomically: ``with ShardWriter(path) as w: w.write(members)``.
 
     ``members`` maps member names (``"mix.flac"``, ``"json"``) to bytes and carries ``__key__``.
-    Nothing appears under the final name unless the context exits cleanly.
+    Nothing appears under the final name unless the context exits cleanly; then ``sha256`` and
+    ``size_bytes`` describe the file, hashed as it was written (no second read).
+
+    While samples are being made, a thread pushes what is written so far to the disk
+    (``fdatasync``), so the ``fsync`` before the rename has only the last sample left to wait for:
+    the wait for the disk overlaps the rendering of the next samples instead of following them.
     """
 
     def __init__(self, path: str | Path):
@@ -100,12 +121,17 @@ class ShardWriter:
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self._tar: tarfile.TarFile | None = None
         self._mtime = 0.0  # fixed mtime: identical samples give identical shard bytes
+        self._flusher: threading.Thread | None = None
+        self._flush_error: OSError | None = None
+        self.sha256: str | None = None
+        self.size_bytes: int | None = None
 
     def __enter__(self) -> "ShardWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.tmp, "wb")
+        self._hashing = _HashingFile(self._file)
         # members are copied in 1 MiB blocks, not tarfile's 16 KiB: half the writing time
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT, copybufsize=1 << 20)
+        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.USTAR_FORMAT, copybufsize=1 << 20)
         return self
 
     def write(self, members: Mapping[str, bytes]) -> None:
@@ -122,22 +148,47 @@ class ShardWriter:
             info.mode = 0o444
             info.uname = info.gname = "hubbub"
             self._tar.addfile(info, io.BytesIO(data))
+        if self._flusher is None or not self._flusher.is_alive():
+            self._file.flush()
+            self._flusher = threading.Thread(target=self._sync, daemon=True)
+            self._flusher.start()
+
+    def _sync(self) -> None:
+        try:
+            getattr(os, "fdatasync", os.fsync)(self._file.fileno())     # macOS has no fdatasync
+        except OSError as exc:  # raised in the writing thread, at exit
+            self._flush_error = exc
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        complete = False
+        try:
+            if self._flusher is not None:
+                self._flusher.join()
+            if exc_type is None:
+                if self._flush_error is not None:
+                    raise self._flush_error
+                self._tar.close()
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                complete = True
+        finally:
+            self._file.close()
+            if complete:
+                os.replace(self.tmp, self.path)
+                self.sha256, self.size_bytes = self._hashing.hash.hexdigest(), self._hashing.size
+            else:
+                self.tmp.unlink(missing_ok=True)
 
 
-def write_sidecar(record: ShardRecord, out_dir: str | Path) -> Path:
+def write_sidecar(record: ShardRecord, out_dir: str | Path, writer: ShardWriter | None = None) -> Path:
+    """The sidecar of a finished shard; its size and sha256 from ``writer`` (which hashed the
+    shard as it wrote it) or, without one, read back from the file."""
     tar_path = Path(out_dir) / record.name
-    record.size_bytes = tar_path.stat().st_size
-    record.sha256 = sha256_file(tar_path)
+    if writer is not None and writer.sha256 is not None:
+        record.size_bytes, record.sha256 = writer.size_bytes, writer.sha256
+    else:
+        record.size_bytes = tar_path.stat().st_size
+        record.sha256 = sha256_file(tar_path)
     path = sidecar_path(tar_path)
     atomic_write_json(path, record.__dict__)
     return path

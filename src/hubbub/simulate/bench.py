@@ -78,17 +78,35 @@ def _speed(fn, items) -> float:
 STORAGES = (("flac24", "flac", 24), ("flac16", "flac", 16), ("wav24", "wav", 24), ("wav16", "wav", 16))
 
 
-def _hubbub_speed(draws: list[dict], storage: dict, shard: Path, repeats: int = 3) -> tuple[float, float]:
-    """Mixtures/s of render + encode + shard write (the best of ``repeats`` passes, as timeit
-    does: this machine's noise only ever slows a pass down), and kB written per mixture."""
-    from hubbub.shards.writer import ShardWriter
-    from hubbub.simulate.sample import render, to_members
+class _FixedDraws:
+    """The shard runner's job interface over drawn parameters, rendered in a given storage."""
 
+    def __init__(self, draws: list[dict], storage: dict):
+        self.draws, self.storage = draws, storage
+
+    def members(self, split: str, index: int) -> tuple[dict, float]:
+        from hubbub.simulate.sample import render, to_members
+
+        params = self.draws[index]
+        return to_members(render({**params, "storage": self.storage})), params["duration_s"]
+
+
+def _hubbub_speed(draws: list[dict], storage: dict, out_dir: Path, repeats: int = 3) -> tuple[float, float]:
+    """Mixtures/s of what a worker does for a shard of ``draws`` (render, encode, write, sync,
+    sidecar with its sha256), the best of ``repeats`` passes (as timeit does: this machine's noise
+    only ever slows a pass down), and kB written per mixture."""
+    from hubbub.shards.writer import ShardPlan
+    from hubbub.simulate.runner import write_shard
+
+    job, plan = _FixedDraws(draws, storage), ShardPlan("train", 0, 0, len(draws))
     rates = []
     for _ in range(repeats):
-        with ShardWriter(shard) as w:
-            rates.append(_speed(lambda p: w.write(to_members(render({**p, "storage": storage}))), draws))
-    return max(rates), shard.stat().st_size / len(draws) / 1e3
+        start = time.perf_counter()
+        record = write_shard(job, plan, str(out_dir))
+        rates.append(len(draws) / (time.perf_counter() - start))
+        if record["failed"]:  # a failed sample is skipped, not fatal: it would inflate the rate
+            raise RuntimeError(f"a benchmark mixture failed: {record['failed'][0]['error']}")
+    return max(rates), (out_dir / plan.name).stat().st_size / len(draws) / 1e3
 
 
 def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 200,
@@ -123,9 +141,9 @@ def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 
     variants = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        hubbub_rate, kb = _hubbub_speed(draws[:num_hubbub], storage, tmp / "bench.tar")
+        hubbub_rate, kb = _hubbub_speed(draws[:num_hubbub], storage, tmp / "bench")
         for name, codec, bits in STORAGES:
-            rate, kb_v = _hubbub_speed(draws[:num_hubbub], {"codec": codec, "bits": bits}, tmp / f"{name}.tar")
+            rate, kb_v = _hubbub_speed(draws[:num_hubbub], {"codec": codec, "bits": bits}, tmp / name)
             variants[name] = {"mixtures_per_s_per_core": round(rate, 3), "kb_per_mixture": round(kb_v, 1)}
 
         # RIR bank: rooms once (timed, one process), then mixtures drawn from them
@@ -140,7 +158,7 @@ def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 
         bank = {"rooms": bank_rooms, "positions": bank_positions, "mixtures_per_room": mixtures_per_room,
                 "build_s_per_room": round(bank_s_per_room, 4)}
         for name, codec, bits in (STORAGES[0], STORAGES[-1]):
-            rate, _ = _hubbub_speed(bank_draws, {"codec": codec, "bits": bits}, tmp / f"bank-{name}.tar")
+            rate, _ = _hubbub_speed(bank_draws, {"codec": codec, "bits": bits}, tmp / f"bank-{name}")
             # each mixture also pays its share of the room it uses
             amortised = 1.0 / (1.0 / rate + bank_s_per_room / mixtures_per_room)
             bank[name] = {"mixing_only_mixtures_per_s_per_core": round(rate, 3),

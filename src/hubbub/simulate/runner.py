@@ -134,7 +134,7 @@ def write_shard(job, plan: ShardPlan, out_dir: str) -> dict:
                 continue
             rec.keys.append(members["__key__"])
             rec.durations_s.append(seconds)
-    write_sidecar(rec, out_dir)
+    write_sidecar(rec, out_dir, writer)
     return rec.__dict__
 
 
