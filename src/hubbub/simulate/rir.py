@@ -49,6 +49,8 @@ from pyroomacoustics.simulation.ism import compute_ism_rir
 from pyroomacoustics.utilities import design_highpass_filter_sos
 from scipy.signal import sosfiltfilt
 
+from hubbub.sources.noise import diffuse_coherence_root
+
 pra.constants.set("num_threads", 1)
 
 MODES = ("full", "fast", "anechoic")
@@ -565,11 +567,7 @@ def _synthesize(psd: np.ndarray, mics: np.ndarray, n_sources: int, n_fft: int, c
     floats = spectra.view(np.float32)
     floats *= np.repeat(np.sqrt(psd.T).astype(np.float32), 2, axis=-1)
     if n_mics > 1:
-        freqs = np.arange(n_bins) * fs / n_fft
-        distance = np.linalg.norm(mics[:, None] - mics[None], axis=-1)
-        coherence = np.sinc(2.0 * freqs[:, None, None] * distance[None] / c)          # (F, M, M)
-        value, vector = np.linalg.eigh(coherence)
-        mixing = (vector * np.sqrt(np.maximum(value, 0.0))[:, None, :]).astype(np.float32)
+        mixing = diffuse_coherence_root(np.arange(n_bins) * fs / n_fft, mics, c).astype(np.float32)
         mixing = np.repeat(mixing.transpose(1, 2, 0), 2, axis=-1)                      # (M, M, 2F)
         # mic i of every source and frame: sum over mics j of mixing[i, j] * spectrum j
         mixed = np.empty_like(floats)

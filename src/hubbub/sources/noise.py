@@ -74,12 +74,30 @@ def coloured_noise(rng: np.random.Generator, shape: tuple[int, ...], exponent: f
     return x.astype(np.float32)
 
 
+def diffuse_coherence_root(freqs_hz: np.ndarray, mic_positions_m: np.ndarray,
+                           c: float = SPEED_OF_SOUND_M_S) -> np.ndarray:
+    """(F, M, M) mixing matrices that make M independent unit-power channels spherically diffuse.
+
+    ``A(f)`` is the symmetric square root ``V √Λ Vᵀ`` of the diffuse field's coherence
+    ``Γ_ij(f) = sinc(2 f d_ij / c)``, so ``A Aᵀ = Γ``. Unlike ``V √Λ`` alone, it does not depend
+    on how the eigenvectors are ordered and signed, which jumps wherever eigenvalues cross (for
+    two mics, wherever Γ_01 changes sign): it is continuous in f, so the filters it makes are
+    short in time. Mixing frame by frame (an STFT) with a jumping matrix spreads each frame beyond
+    its window and loses power at the overlap-add: 2% at 15 cm, 15% at 1 m, 35% at 3 m.
+    """
+    pos = np.asarray(mic_positions_m, dtype=np.float64)
+    d = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)
+    gamma = np.sinc(2.0 * np.asarray(freqs_hz, dtype=np.float64)[:, None, None] * d[None] / c)   # (F, M, M)
+    value, vector = np.linalg.eigh(gamma)
+    return (vector * np.sqrt(np.clip(value, 0.0, None))[:, None, :]) @ np.swapaxes(vector, -1, -2)
+
+
 def diffuse_mixing(signals: np.ndarray, mic_positions_m: np.ndarray, sample_rate_hz: int) -> np.ndarray:
     """Make M mutually independent channels (M, T) spherically diffuse for the given mics (M, 3).
 
-    Per frequency, the target coherence Γ_ij(f) = sinc(2 f d_ij / c) is factorised as
-    Γ = V Λ Vᵀ and the channels mixed by V √Λ. Cost: one rfft/irfft of the M channels and an
-    eigendecomposition per bin on a coarse grid (the coherence is smooth in f).
+    Per frequency, the channels are mixed by :func:`diffuse_coherence_root` of the target
+    coherence. Cost: one rfft/irfft of the M channels and one matrix square root per point of a
+    coarse frequency grid (the coherence is smooth in f).
 
     The forward transform runs on the channels padded with zero rows to a multiple of 4: pocketfft
     transforms float32 rows four at a time with SIMD and the rest one by one, ~3x slower each, so
@@ -92,11 +110,8 @@ def diffuse_mixing(signals: np.ndarray, mic_positions_m: np.ndarray, sample_rate
     padded[:m] = signals
     spec = sp_fft.rfft(padded, axis=-1)                                        # (rows, F)
     del padded
-    d = np.linalg.norm(mic_positions_m[:, None, :] - mic_positions_m[None, :, :], axis=-1)
     grid = np.linspace(0, sample_rate_hz / 2, _GRID_POINTS)
-    gamma = np.sinc(2 * grid[:, None, None] * d[None] / SPEED_OF_SOUND_M_S)   # (G, M, M)
-    w, v = np.linalg.eigh(gamma)
-    mix_grid = (v * np.sqrt(np.clip(w, 0, None))[:, None, :]).astype(np.float32)   # (G, M, M)
+    mix_grid = diffuse_coherence_root(grid, mic_positions_m).astype(np.float32)   # (G, M, M)
     # Each bin takes its grid point's mixing matrix. The matrices are real, so the complex spectra
     # are mixed as interleaved (re, im) float32 (a complex product with a real factor gives the
     # same values at twice the cost): each matrix entry is repeated over the 2 x (bins it serves)
