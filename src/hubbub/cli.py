@@ -155,7 +155,7 @@ def _cmd_shards_ingest(args) -> int:
     from hubbub.shards.ingest import ingest_recordings
 
     res = ingest_recordings(args.folder, args.out, segment_s=args.segment_s, sample_rate_hz=args.sample_rate_hz,
-                            seed=args.seed, progress=not args.quiet)
+                            seed=args.seed, codec=args.codec, bits=args.bits, progress=not args.quiet)
     splits = ", ".join(f"{k}: {v['num_samples']}" for k, v in res.index["splits"].items())
     print(f"{res.out_dir}: {splits} segments; {res.written} shards written, {res.skipped_complete} already "
           f"complete; {len(res.skipped_files)} files skipped (see report.json)")
@@ -198,6 +198,8 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hubbub.shards.format import BITS, CODECS
+
     p = argparse.ArgumentParser(prog="hubbub", description="speech-separation data generation and pretraining")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -265,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     ig.add_argument("--segment-s", type=float, default=4.0)
     ig.add_argument("--sample-rate-hz", type=int, default=16000)
     ig.add_argument("--seed", type=int, default=0)
+    ig.add_argument("--codec", choices=CODECS, default="flac", help="storage of the segments (default: flac)")
+    ig.add_argument("--bits", type=int, choices=BITS, default=24, help="bit depth of the segments (default: 24)")
     ig.add_argument("--quiet", action="store_true")
     ig.set_defaults(func=_cmd_shards_ingest)
 

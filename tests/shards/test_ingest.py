@@ -10,7 +10,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 import hubbub.shards.ingest as ingest_module
 from hubbub.audio import resample
-from hubbub.shards.format import decode_audio
+from hubbub.shards.format import audio_member, decode_audio
 from hubbub.shards.ingest import ingest_recordings
 from hubbub.shards.reader import ShardDataset, ShardLoader
 from hubbub.shards.stats import corpus_stats, format_stats
@@ -64,7 +64,8 @@ def read_corpus(corpus: Path) -> dict[str, list[dict]]:
         with open(path, "rb") as f:
             for raw in group_by_keys(tar_file_expander([{"url": str(path), "stream": f}])):
                 meta = json.loads(raw["json"])
-                out[meta["split"]].append({"meta": meta, "mix": decode_audio(raw["mix.flac"])[0],
+                mix = raw[audio_member(raw, "mix")]
+                out[meta["split"]].append({"meta": meta, "mix": decode_audio(mix)[0],
                                            "shard": path.name,
                                            "members": sorted(k for k in raw if not k.startswith("__"))})
     return out
@@ -214,6 +215,8 @@ def test_rerun_with_other_settings_or_files_is_refused(corpus, tmp_path, recordi
         ingest_recordings(recordings[0], out, **{**SETTINGS, "segment_s": 3.0})
     with pytest.raises(ValueError, match="different seed"):
         ingest_recordings(recordings[0], out, **SETTINGS, seed=1)
+    with pytest.raises(ValueError, match="different storage"):
+        ingest_recordings(recordings[0], out, **SETTINGS, codec="wav", bits=16)
     folder = shutil.copytree(recordings[0], tmp_path / "more")
     sf.write(folder / "new.wav", dummy_speech(np.random.default_rng(5), 2.0), FS)
     with pytest.raises(ValueError, match="different recordings"):
@@ -258,3 +261,19 @@ def test_cli_ingest_verify_and_stats(tmp_path, capsys):
     assert "shards written" in capsys.readouterr().out
     assert main(["shards", "verify", str(tmp_path / "corpus")]) == 0
     assert main(["shards", "stats", str(tmp_path / "corpus"), "--json"]) == 0
+
+
+def test_wav_16_bit_storage_holds_the_same_segments(corpus, recordings, tmp_path):
+    out, _ = corpus
+    wav = ingest_recordings(recordings[0], tmp_path / "wav", **SETTINGS, codec="wav", bits=16).out_dir
+    report = verify_corpus(wav)  # also checks each member's bit depth against the JSON
+    assert report.ok, report.format()
+    flac, pcm = read_corpus(out), read_corpus(wav)
+    assert pcm.keys() == flac.keys()
+    for split in flac:
+        assert [s["meta"]["key"] for s in pcm[split]] == [s["meta"]["key"] for s in flac[split]]
+        for a, b in zip(flac[split], pcm[split]):
+            assert b["members"] == ["json", "mix.wav"] and b["meta"]["storage"] == {"codec": "wav", "bits": 16}
+            np.testing.assert_allclose(b["mix"], a["mix"], atol=2 ** -15)   # within a 16-bit step
+    with pytest.raises(ValueError, match="codec"):
+        ingest_recordings(recordings[0], tmp_path / "bad", **SETTINGS, codec="mp3")

@@ -7,6 +7,7 @@ one sample of the standard shard format (:mod:`hubbub.shards.format`) with only 
     {key}.json       {"labelled": false, "num_speakers": 0, "targets": [], "sources": [],
                       "source_file": "meeting1/array.wav", "offset_s": 8.0, ...}
     {key}.mix.flac   (T,) the segment, i.e. an (M=1, T) image at the reference mic, 24-bit
+                     (``codec``/``bits`` choose FLAC or WAV, 24 or 16 bits: ``mix.wav``)
 
 so the reader yields ``batch["mix"]`` (B, 1, T) with ``num_sources`` 0, and ``hubbub shards
 verify`` / ``stats`` work on it as on a simulated corpus.
@@ -50,7 +51,8 @@ import numpy as np
 import soundfile as sf
 
 from hubbub.audio import AudioError, probe, resample
-from hubbub.shards.format import encode_audio, encode_json, quantize, sample_key, shard_name
+from hubbub.shards.format import (BITS, CODECS, DEFAULT_STORAGE, encode_audio, encode_json, quantize, sample_key,
+                                  shard_name)
 from hubbub.shards.writer import (ShardPlan, ShardRecord, ShardWriter, atomic_write_json, build_index, plan_split,
                                   read_sidecar, shard_is_complete, sidecar_path, write_sidecar)
 from hubbub.sources.speech import _walk_audio, assign_splits
@@ -92,7 +94,8 @@ class _File:
 
 def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s: float = 1.0,
                       sample_rate_hz: int = 16000, splits: dict[str, float] | None = None,
-                      samples_per_shard: int = 200, seed: int = 0, progress: bool = False) -> IngestResult:
+                      samples_per_shard: int = 200, seed: int = 0, codec: str = "flac", bits: int = 24,
+                      progress: bool = False) -> IngestResult:
     """Cut the recordings under ``folder`` into segments and write them as a corpus in ``out_dir``.
 
     Args:
@@ -107,6 +110,8 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
             every split with a positive fraction gets at least one file.
         samples_per_shard: segments per shard.
         seed: picks which files go to which split (nothing else is random).
+        codec, bits: how the segments are stored, as a recipe's ``storage`` section: ``"flac"``
+            or ``"wav"``, 24 or 16 bits (WAV decodes several times faster, FLAC takes fewer bytes).
         progress: show a progress bar over the files decoded.
 
     Files that cannot be used are skipped with a reason (``unreadable``, ``empty``,
@@ -122,6 +127,9 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
     """
     splits = dict({"train": 0.95, "valid": 0.05} if splits is None else splits)
     _check_settings(segment_s, min_segment_s, sample_rate_hz, splits, samples_per_shard)
+    if codec not in CODECS or bits not in BITS:
+        raise ValueError(f"codec must be one of {CODECS} and bits one of {BITS}, got {codec!r} and {bits}")
+    storage = {"codec": codec, "bits": int(bits)}
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
         raise FileNotFoundError(f"recordings folder {folder} does not exist or is not a directory")
@@ -142,8 +150,9 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
               "min_segment_s": float(min_segment_s), "source": folder.name}
     # The folder's name is provenance, not identity: a renamed copy of the same files is the same corpus.
     recipe_hash = _hash({k: v for k, v in recipe.items() if k != "source"} | {"channel": CHANNEL})
+    # Storage changes the bytes, not the segments: not in the recipe hash, but a rerun keeps it.
     identity = {"kind": KIND, "recipe_hash": recipe_hash, "sources_hash": sources_hash, "seed": seed,
-                "samples_per_shard": samples_per_shard, "splits": splits, "recipe": recipe}
+                "samples_per_shard": samples_per_shard, "splits": splits, "storage": storage, "recipe": recipe}
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_same_corpus(out_dir, identity)
@@ -162,7 +171,7 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
     bar = tqdm(total=len(to_decode), desc="recordings", unit="file", disable=not progress)
     for split, fs in by_split.items():
         _write_split(fs, plans[split], pending, out_dir, bar, sample_rate_hz, segment_len, min_len,
-                     samples_per_shard)
+                     samples_per_shard, storage)
     bar.close()
 
     records = [read_sidecar(sidecar_path(out_dir / p.name)) for ps in plans.values() for p in ps]
@@ -267,7 +276,8 @@ def _check_same_corpus(out_dir: Path, identity: dict) -> None:
     if not path.exists():
         return
     old = json.loads(path.read_text())
-    for key in ("kind", "recipe_hash", "sources_hash", "seed", "samples_per_shard", "splits"):
+    old.setdefault("storage", DEFAULT_STORAGE)  # corpora from before ingest had a storage choice
+    for key in ("kind", "recipe_hash", "sources_hash", "seed", "samples_per_shard", "splits", "storage"):
         if old.get(key) != identity.get(key):
             what = "recordings" if key == "sources_hash" else key
             raise ValueError(f"{out_dir} holds a corpus made with different {what} ({old.get(key)!r} vs "
@@ -279,7 +289,7 @@ def _shards_of(f: _File, per: int) -> set[int]:
 
 
 def _write_split(files: list[_File], plans: list[ShardPlan], pending: set[str], out_dir: Path, bar,
-                 sample_rate_hz: int, segment_len: int, min_len: int, per: int) -> None:
+                 sample_rate_hz: int, segment_len: int, min_len: int, per: int, storage: dict) -> None:
     """Write the pending shards of one split, decoding only the files that fill them.
 
     Sample indices only grow along the split's files, so one shard is open at a time.
@@ -317,7 +327,7 @@ def _write_split(files: list[_File], plans: list[ShardPlan], pending: set[str], 
                                        "offset_s": round(offset_samples / sample_rate_hz, 6), "reason": reason,
                                        "error": f"{reason}: {detail}" if detail else reason})
                     continue
-                members = _members(f, key, index, segment, offset_samples, sample_rate_hz)
+                members = _members(f, key, index, segment, offset_samples, sample_rate_hz, storage)
                 writer.write(members)
                 rec.keys.append(key)
                 rec.durations_s.append(len(segment) / sample_rate_hz)
@@ -329,7 +339,7 @@ def _write_split(files: list[_File], plans: list[ShardPlan], pending: set[str], 
 
 
 def _members(f: _File, key: str, index: int, segment: np.ndarray, offset_samples: int,
-             sample_rate_hz: int) -> dict:
+             sample_rate_hz: int, storage: dict) -> dict:
     n = len(segment)
     meta = {
         "key": key, "split": f.split, "index": index, "kind": KIND, "labelled": False,
@@ -337,9 +347,10 @@ def _members(f: _File, key: str, index: int, segment: np.ndarray, offset_samples
         "num_speakers": 0, "num_mics": 1, "targets": [], "sources": [],
         "source_file": f.rel, "offset_s": round(offset_samples / sample_rate_hz, 6),
         "offset_samples": offset_samples, "channel": CHANNEL, "source_channels": f.channels,
-        "source_sample_rate_hz": f.sample_rate_hz,
+        "source_sample_rate_hz": f.sample_rate_hz, "storage": storage,
     }
-    return {"__key__": key, "json": encode_json(meta), "mix.flac": encode_audio(quantize(segment), sample_rate_hz)}
+    audio = encode_audio(quantize(segment, storage["bits"]), sample_rate_hz, **storage)
+    return {"__key__": key, "json": encode_json(meta), f"mix.{storage['codec']}": audio}
 
 
 def _segments(f: _File, sample_rate_hz: int, segment_len: int, min_len: int
