@@ -150,12 +150,12 @@ class ShardWriter:
             self._tar.addfile(info, io.BytesIO(data))
         if self._flusher is None or not self._flusher.is_alive():
             self._file.flush()
-            self._flusher = threading.Thread(target=self._sync, daemon=True)
+            self._flusher = threading.Thread(target=self._sync, args=(self._file.fileno(),), daemon=True)
             self._flusher.start()
 
-    def _sync(self) -> None:
+    def _sync(self, fd: int) -> None:
         try:
-            getattr(os, "fdatasync", os.fsync)(self._file.fileno())     # macOS has no fdatasync
+            getattr(os, "fdatasync", os.fsync)(fd)     # macOS has no fdatasync
         except OSError as exc:  # raised in the writing thread, at exit
             self._flush_error = exc
 
