@@ -51,10 +51,10 @@ import numpy as np
 import soundfile as sf
 
 from hubbub.audio import AudioError, probe, resample
-from hubbub.shards.format import (BITS, CODECS, DEFAULT_STORAGE, encode_audio, encode_json, quantize, sample_key,
-                                  shard_name)
-from hubbub.shards.writer import (ShardPlan, ShardRecord, ShardWriter, atomic_write_json, build_index, plan_split,
-                                  read_sidecar, shard_is_complete, sidecar_path, write_sidecar)
+from hubbub.shards.format import BITS, CODECS, encode_audio, encode_json, quantize, sample_key, shard_name
+from hubbub.shards.writer import (ShardPlan, ShardRecord, ShardWriter, atomic_write_json, build_index,
+                                  check_same_corpus, plan_split, read_sidecar, shard_is_complete, sidecar_path,
+                                  write_sidecar)
 from hubbub.sources.speech import _walk_audio, assign_splits
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
                 "samples_per_shard": samples_per_shard, "splits": splits, "storage": storage, "recipe": recipe}
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_corpus(out_dir, identity)
+    check_same_corpus(out_dir, identity, labels={"sources_hash": "recordings"})
     atomic_write_json(out_dir / "recipe.json", identity)
     for stale in out_dir.glob("*.tar.tmp"):  # partial shards of a killed run
         stale.unlink()
@@ -269,19 +269,6 @@ def _assign(files: list[_File], splits: dict[str, float], seed: int) -> dict[str
             first += f.num_segments
         out[split] = [by_rel[r] for r in rels]
     return out
-
-
-def _check_same_corpus(out_dir: Path, identity: dict) -> None:
-    path = out_dir / "recipe.json"
-    if not path.exists():
-        return
-    old = json.loads(path.read_text())
-    old.setdefault("storage", DEFAULT_STORAGE)  # corpora from before ingest had a storage choice
-    for key in ("kind", "recipe_hash", "sources_hash", "seed", "samples_per_shard", "splits", "storage"):
-        if old.get(key) != identity.get(key):
-            what = "recordings" if key == "sources_hash" else key
-            raise ValueError(f"{out_dir} holds a corpus made with different {what} ({old.get(key)!r} vs "
-                             f"{identity.get(key)!r}): use another output folder, or delete it to start over")
 
 
 def _shards_of(f: _File, per: int) -> set[int]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from hubbub.shards.format import shard_name
+from hubbub.shards.format import DEFAULT_STORAGE, shard_name
 
 INDEX_NAME = "index.json"
 FORMAT_VERSION = 1
@@ -178,6 +178,26 @@ class ShardWriter:
                 self.sha256, self.size_bytes = self._hashing.hash.hexdigest(), self._hashing.size
             else:
                 self.tmp.unlink(missing_ok=True)
+
+
+# What makes a corpus directory one corpus: a rerun must match its recipe.json on all of these.
+IDENTITY_KEYS = ("kind", "recipe_hash", "sources_hash", "seed", "samples_per_shard", "splits", "positions", "storage")
+
+
+def check_same_corpus(out_dir: str | Path, identity: dict, labels: Mapping[str, str] | None = None) -> None:
+    """Refuse to add to ``out_dir`` when its ``recipe.json`` describes another corpus than
+    ``identity`` (any of :data:`IDENTITY_KEYS` differs); ``labels`` renames keys in the error."""
+    path = Path(out_dir) / "recipe.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    if "storage" in identity:  # corpora from before storage was recorded were 24-bit FLAC
+        old.setdefault("storage", DEFAULT_STORAGE)
+    for key in IDENTITY_KEYS:
+        if old.get(key) != identity.get(key):
+            what = (labels or {}).get(key, key)
+            raise ValueError(f"{out_dir} holds a corpus made with different {what} ({old.get(key)!r} vs "
+                             f"{identity.get(key)!r}): use another output folder, or delete it to start over")
 
 
 def write_sidecar(record: ShardRecord, out_dir: str | Path, writer: ShardWriter | None = None) -> Path:

@@ -125,7 +125,7 @@ def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 
 
     from hubbub.config import to_dict
     from hubbub.simulate import load_recipe, simulate, simulate_rir_bank
-    from hubbub.simulate.runner import prepare_sources
+    from hubbub.simulate.runner import SINGLE_THREAD_ENV, prepare_sources
     from hubbub.simulate.sample import Simulator
 
     workers = workers or os.cpu_count() or 1
@@ -178,8 +178,7 @@ def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 
     scaling = {}
     with tempfile.TemporaryDirectory() as tmp:
         ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                                           "MKL_NUM_THREADS": "1"}})
+                 runtime_env={"env_vars": dict(SINGLE_THREAD_ENV)})
         try:
             ray_recipe = load_recipe(recipe, base)
             # warm the workers (imports, caches) so both timings see the same state

@@ -13,7 +13,6 @@ failed samples, each with its reason) and ``index.json`` (see :mod:`hubbub.shard
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import traceback
@@ -21,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubbub.config import to_dict
-from hubbub.shards.format import DEFAULT_STORAGE
-from hubbub.shards.writer import (ShardPlan, ShardRecord, ShardWriter, atomic_write_json, build_index, plan_split,
-                                  read_sidecar, shard_is_complete, sidecar_path, write_sidecar)
+from hubbub.shards.writer import (ShardPlan, ShardRecord, ShardWriter, atomic_write_json, build_index,
+                                  check_same_corpus, plan_split, read_sidecar, shard_is_complete, sidecar_path,
+                                  write_sidecar)
 from hubbub.simulate.recipe import Recipe
 from hubbub.simulate.sample import Simulator, SplitPool
 from hubbub.sources.noise import index_noise, split_noise_files
@@ -138,19 +137,6 @@ def write_shard(job, plan: ShardPlan, out_dir: str) -> dict:
     return rec.__dict__
 
 
-def _check_same_corpus(out_dir: Path, identity: dict) -> None:
-    path = out_dir / "recipe.json"
-    if not path.exists():
-        return
-    old = json.loads(path.read_text())
-    if "storage" in identity:  # corpora from before recipes had a storage section
-        old.setdefault("storage", DEFAULT_STORAGE)
-    for key in ("kind", "recipe_hash", "sources_hash", "seed", "samples_per_shard", "splits", "positions", "storage"):
-        if old.get(key) != identity.get(key):
-            raise ValueError(f"{out_dir} holds a corpus made with a different {key} ({old.get(key)!r} vs "
-                             f"{identity.get(key)!r}): use another --out, or delete it to start over")
-
-
 def _init_ray(address: str | None, workers: int | None):
     import ray
 
@@ -188,7 +174,7 @@ def simulate(recipe: Recipe, *, num: int, out_dir: str | Path, seed: int = 0, wo
     identity = {"recipe_hash": simulator.recipe_hash, "sources_hash": simulator.sources_hash, "seed": seed,
                 "samples_per_shard": recipe.samples_per_shard, "splits": recipe.splits,
                 "storage": to_dict(recipe.storage), "recipe": to_dict(recipe)}
-    _check_same_corpus(out_dir, identity)
+    check_same_corpus(out_dir, identity)
     atomic_write_json(out_dir / "recipe.json", identity)
     plans = plan_shards(recipe, num, splits)
     records, written, done = run_shards(simulator, plans, out_dir, workers=workers,
@@ -221,7 +207,7 @@ def simulate_rir_bank(recipe: Recipe, *, num_rooms: int, positions: int, out_dir
     identity = {"kind": BANK_KIND, "recipe_hash": recipe.content_hash(), "seed": seed,
                 "samples_per_shard": recipe.samples_per_shard, "splits": recipe.splits, "positions": positions,
                 "recipe": to_dict(recipe)}
-    _check_same_corpus(out_dir, identity)
+    check_same_corpus(out_dir, identity)
     atomic_write_json(out_dir / "recipe.json", identity)
     job = RirBankJob(recipe, seed, positions)
     records, written, done = run_shards(job, plan_shards(recipe, num_rooms), out_dir, workers=workers,
