@@ -5,6 +5,10 @@ the full image-source order from inverse Sabine, ``room.simulate()`` for the rev
 a second, order-0 room for the direct path, the early image by convolving with the truncated RIR,
 mixing in Python and one file per target. Both paths render the *same* drawn samples (rooms,
 positions, utterances, levels), so only the work differs.
+
+The plain path is timed first, with the memory allocator's defaults as a plain script runs, and
+again after hubbub's worker set up the process (:func:`hubbub.simulate.runner.keep_freed_memory`,
+which speeds the plain path up too): the headline ratio is against the first, both are reported.
 """
 from __future__ import annotations
 
@@ -67,11 +71,17 @@ def _plain_mixture(params: dict, out_dir: Path) -> None:
             np.save(out_dir / f"{params['key']}_s{k}_rir{m}.npy", room.rir[m][k].astype(np.float32))
 
 
-def _speed(fn, items) -> float:
+def _plain_speed(draws: list[dict], out_dir: Path) -> float:
+    """Mixtures/s of the plain path over ``draws``, one pass. Its files are not synced to disk
+    (a plain script does not); ``os.sync`` after the timing keeps their writeback out of the next
+    path's timing."""
+    out_dir.mkdir()
     start = time.perf_counter()
-    for item in items:
-        fn(item)
-    return len(items) / (time.perf_counter() - start)
+    for params in draws:
+        _plain_mixture(params, out_dir)
+    rate = len(draws) / (time.perf_counter() - start)
+    os.sync()
+    return rate
 
 
 # Storage variants measured beside the recipe's own: (name, codec, bits).
@@ -109,6 +119,74 @@ def _hubbub_speed(draws: list[dict], storage: dict, out_dir: Path, repeats: int 
     return max(rates), (out_dir / plan.name).stat().st_size / len(draws) / 1e3
 
 
+def _ray_rates(recipe, num: int, seed: int, ks: list[int]) -> dict[int, float]:
+    """Mixtures/s of whole ``simulate`` runs of ``num`` mixtures (train split) on a local Ray with
+    ``max(ks)`` CPUs and ``k`` workers, for each k: alternating, twice, the best of each (a slow
+    pass is this VM's noise, not the code's)."""
+    import ray
+
+    from hubbub.simulate import simulate
+    from hubbub.simulate.runner import SINGLE_THREAD_ENV, plan_shards
+
+    mixtures = sum(p.num_samples for p in plan_shards(recipe, num, ["train"]))
+    rates: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ray.init(address="local", num_cpus=max(ks), include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": dict(SINGLE_THREAD_ENV)})
+        try:
+            # warm the workers as a long run has them: imports done, the utterances they draw
+            # decoded (the same run, into another folder)
+            simulate(recipe, num=num, out_dir=Path(tmp) / "warm", seed=seed, workers=max(ks), progress=False,
+                     splits=["train"])
+            for rep in range(2):
+                for k in ks:
+                    start = time.perf_counter()
+                    simulate(recipe, num=num, out_dir=Path(tmp) / f"w{k}-{rep}", seed=seed, workers=k,
+                             progress=False, splits=["train"])
+                    rates[k] = max(rates.get(k, 0.0), mixtures / (time.perf_counter() - start))
+        finally:
+            ray.shutdown()
+    return rates
+
+
+def _pool_rates(job, plans: list, ks: list[int]) -> dict[int, float]:
+    """The plain alternative to Ray on one machine: the same shards written by a process pool of
+    k processes (``concurrent.futures``, spawned, one thread each), warmed the same way, timed
+    alternating with the other k, best of two. Its scaling is what the machine allows."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from itertools import repeat
+
+    from hubbub.simulate.runner import SINGLE_THREAD_ENV, write_shard
+
+    mixtures = sum(p.num_samples for p in plans)
+    saved = {name: os.environ.get(name) for name in SINGLE_THREAD_ENV}
+    os.environ.update(SINGLE_THREAD_ENV)  # spawned processes start with this environment
+    try:
+        pools = {k: ProcessPoolExecutor(k, mp_context=multiprocessing.get_context("spawn")) for k in ks}
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
+    rates: dict[int, float] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for rep in ("warm", 0, 1):
+                for k, pool in pools.items():
+                    out = Path(tmp) / f"p{k}-{rep}"
+                    out.mkdir()
+                    start = time.perf_counter()
+                    list(pool.map(write_shard, repeat(job), plans, repeat(str(out))))
+                    if rep != "warm":
+                        rates[k] = max(rates.get(k, 0.0), mixtures / (time.perf_counter() - start))
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+    return rates
+
+
 def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 200,
                    workers: int | None = None, recipe: str = "whamr", overrides: tuple[str, ...] = (),
                    seed: int = 0, bank_rooms: int = 24, bank_positions: int = 6,
@@ -119,13 +197,15 @@ def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 
     on the built-in voices. Besides the recipe as given (the headline figure), the same draws are
     rendered in every storage (FLAC/WAV, 24/16 bits), and mixtures are drawn from a RIR bank of
     ``bank_rooms`` rooms built in the same run: its rate counts the bank's cost shared by
-    ``mixtures_per_room`` mixtures per room.
+    ``mixtures_per_room`` mixtures per room. Ray's scaling from 1 to ``workers`` is measured on
+    ``ray_num`` mixtures, next to a plain process pool writing the same shards (what the machine
+    allows without Ray).
     """
     import pyroomacoustics as pra
 
     from hubbub.config import to_dict
-    from hubbub.simulate import load_recipe, simulate, simulate_rir_bank
-    from hubbub.simulate.runner import SINGLE_THREAD_ENV, prepare_sources
+    from hubbub.simulate import load_recipe, simulate_rir_bank
+    from hubbub.simulate.runner import keep_freed_memory, plan_shards, prepare_sources
     from hubbub.simulate.sample import Simulator
 
     workers = workers or os.cpu_count() or 1
@@ -141,6 +221,9 @@ def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 
     variants = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        # the plain path as a script runs it (the allocator's defaults: nothing here has set it yet)
+        plain_default_allocator = keep_freed_memory.cache_info().currsize == 0
+        plain_rate = _plain_speed(draws[:num_plain], tmp / "plain")
         hubbub_rate, kb = _hubbub_speed(draws[:num_hubbub], storage, tmp / "bench")
         for name, codec, bits in STORAGES:
             rate, kb_v = _hubbub_speed(draws[:num_hubbub], {"codec": codec, "bits": bits}, tmp / name)
@@ -164,36 +247,19 @@ def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 
             bank[name] = {"mixing_only_mixtures_per_s_per_core": round(rate, 3),
                           "mixtures_per_s_per_core": round(amortised, 3)}
 
-        plain_dir = tmp / "plain"
-        plain_dir.mkdir()
-        plain_rate = _speed(lambda p: _plain_mixture(p, plain_dir), draws[:num_plain])
+        # and again in this process, now set up as hubbub's workers are
+        plain_kept_rate = _plain_speed(draws[:num_plain], tmp / "plain-kept")
 
     for v in variants.values():
         v["speedup_vs_plain"] = round(v["mixtures_per_s_per_core"] / plain_rate, 2)
     for name, _, _ in (STORAGES[0], STORAGES[-1]):
         bank[name]["speedup_vs_plain"] = round(bank[name]["mixtures_per_s_per_core"] / plain_rate, 2)
 
-    import ray
-
-    scaling = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": dict(SINGLE_THREAD_ENV)})
-        try:
-            ray_recipe = load_recipe(recipe, base)
-            # warm the workers (imports, caches) so both timings see the same state
-            simulate(ray_recipe, num=4 * workers, out_dir=Path(tmp) / "warm", seed=seed + 1, workers=workers,
-                     progress=False, splits=["train"])
-            # alternating, twice, the best of each: a slow pass is the VM's noise, not the code's
-            for rep in range(2):
-                for k in sorted({1, workers}):
-                    start = time.perf_counter()
-                    simulate(ray_recipe, num=ray_num, out_dir=Path(tmp) / f"w{k}-{rep}", seed=seed, workers=k,
-                             progress=False, splits=["train"])
-                    rate = ray_num * r.splits["train"] / sum(r.splits.values()) / (time.perf_counter() - start)
-                    scaling[k] = max(scaling.get(k, 0.0), rate)
-        finally:
-            ray.shutdown()
+    ray_recipe = load_recipe(recipe, base)
+    plans = plan_shards(ray_recipe, ray_num, ["train"])
+    ks = sorted({1, workers})
+    scaling = _ray_rates(ray_recipe, ray_num, seed, ks)
+    pool_rates = _pool_rates(sim, plans, ks)
     rt60 = [d["room"]["rt60_s_target"] for d in draws[:num_plain]]
     return {
         "recipe": recipe, "sample_rate_hz": 16000, "duration_s": 4.0, "cores": os.cpu_count(),
@@ -201,7 +267,10 @@ def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 
         "hubbub_mixtures_per_s_per_core": round(hubbub_rate, 3),
         "hubbub_kb_per_mixture": round(kb, 1),
         "plain_mixtures_per_s_per_core": round(plain_rate, 4),
+        "plain_default_allocator": plain_default_allocator,
         "speedup_vs_plain": round(hubbub_rate / plain_rate, 2),
+        "plain_kept_memory_mixtures_per_s_per_core": round(plain_kept_rate, 4),
+        "speedup_vs_plain_kept_memory": round(hubbub_rate / plain_kept_rate, 2),
         "num_hubbub": num_hubbub, "num_plain": num_plain,
         "plain_rt60_s_mean": round(float(np.mean(rt60)), 3),
         "storages": variants,
@@ -209,6 +278,9 @@ def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 
         "ray_mixtures_per_s": {str(k): round(v, 3) for k, v in scaling.items()},
         "ray_scaling": round(scaling[workers] / scaling[1], 2) if workers > 1 else 1.0,
         "ray_workers": workers,
+        "ray_num_mixtures": sum(p.num_samples for p in plans), "ray_num_shards": len(plans),
+        "process_pool_mixtures_per_s": {str(k): round(v, 3) for k, v in pool_rates.items()},
+        "process_pool_scaling": round(pool_rates[workers] / pool_rates[1], 2) if workers > 1 else 1.0,
         "rir_mode": r.room.rir_mode,
     }
 
@@ -222,8 +294,11 @@ def format_bench(res: dict) -> str:
         f"{res['hubbub_mixtures_per_s_per_core']:.2f} mixtures/s/core ({res['num_hubbub']} mixtures, "
         f"{res['hubbub_kb_per_mixture']:.0f} kB each)",
         f"  plain pyroomacoustics:  {res['plain_mixtures_per_s_per_core']:.3f} mixtures/s/core "
-        f"({res['num_plain']} mixtures, mean RT60 {res['plain_rt60_s_mean']} s)",
-        f"  speed-up vs plain: {res['speedup_vs_plain']:.1f}x",
+        f"({res['num_plain']} mixtures, mean RT60 {res['plain_rt60_s_mean']} s"
+        + (", the allocator's defaults)" if res["plain_default_allocator"] else ", this process's allocator)"),
+        f"  speed-up vs plain: {res['speedup_vs_plain']:.1f}x "
+        f"(plain with freed memory kept, as hubbub's workers: {res['plain_kept_memory_mixtures_per_s_per_core']:.3f}"
+        f"/s, {res['speedup_vs_plain_kept_memory']:.1f}x)",
         "  same draws by storage: " + "; ".join(
             f"{name} {v['mixtures_per_s_per_core']:.1f}/s ({v['speedup_vs_plain']:.1f}x, {v['kb_per_mixture']:.0f} kB)"
             for name, v in res["storages"].items()),
@@ -232,7 +307,11 @@ def format_bench(res: dict) -> str:
             f"{name} {bank[name]['mixtures_per_s_per_core']:.1f}/s ({bank[name]['speedup_vs_plain']:.1f}x; "
             f"mixing alone {bank[name]['mixing_only_mixtures_per_s_per_core']:.1f}/s)"
             for name in ("flac24", "wav16")),
-        "  Ray: " + ", ".join(f"{k} worker(s) {v:.2f} mixtures/s" for k, v in res["ray_mixtures_per_s"].items())
+        f"  Ray ({res['ray_num_mixtures']} mixtures in {res['ray_num_shards']} shards): " + ", ".join(
+            f"{k} worker(s) {v:.2f} mixtures/s" for k, v in res["ray_mixtures_per_s"].items())
         + f"; scaling 1 -> {res['ray_workers']}: {res['ray_scaling']:.2f}x",
+        "  the same shards in a process pool, no Ray: " + ", ".join(
+            f"{k} process(es) {v:.2f} mixtures/s" for k, v in res["process_pool_mixtures_per_s"].items())
+        + f"; scaling 1 -> {res['ray_workers']}: {res['process_pool_scaling']:.2f}x",
     ]
     return "\n".join(lines)
