@@ -199,7 +199,8 @@ def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 
     ``bank_rooms`` rooms built in the same run: its rate counts the bank's cost shared by
     ``mixtures_per_room`` mixtures per room. Ray's scaling from 1 to ``workers`` is measured on
     ``ray_num`` mixtures, next to a plain process pool writing the same shards (what the machine
-    allows without Ray).
+    allows without Ray). The pool spawns processes: from a script, call this under
+    ``if __name__ == "__main__":`` (``hubbub bench simulate`` and ``benchmarks/simulate.py`` do).
     """
     import pyroomacoustics as pra
 
