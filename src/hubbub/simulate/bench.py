@@ -119,16 +119,15 @@ def _hubbub_speed(draws: list[dict], storage: dict, out_dir: Path, repeats: int 
     return max(rates), (out_dir / plan.name).stat().st_size / len(draws) / 1e3
 
 
-def _ray_rates(recipe, num: int, seed: int, ks: list[int]) -> dict[int, float]:
-    """Mixtures/s of whole ``simulate`` runs of ``num`` mixtures (train split) on a local Ray with
-    ``max(ks)`` CPUs and ``k`` workers, for each k: alternating, twice, the best of each (a slow
-    pass is this VM's noise, not the code's)."""
+def _ray_rates(recipe, num: int, mixtures: int, seed: int, ks: list[int]) -> dict[int, float]:
+    """Mixtures/s of whole ``simulate`` runs of ``num`` mixtures (the train split's ``mixtures``)
+    on a local Ray with ``max(ks)`` CPUs and ``k`` workers, for each k: alternating, twice, the
+    best of each (a slow pass is this VM's noise, not the code's)."""
     import ray
 
     from hubbub.simulate import simulate
-    from hubbub.simulate.runner import SINGLE_THREAD_ENV, plan_shards
+    from hubbub.simulate.runner import SINGLE_THREAD_ENV
 
-    mixtures = sum(p.num_samples for p in plan_shards(recipe, num, ["train"]))
     rates: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         ray.init(address="local", num_cpus=max(ks), include_dashboard=False, log_to_driver=False,
@@ -156,23 +155,16 @@ def _pool_rates(job, plans: list, ks: list[int]) -> dict[int, float]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from itertools import repeat
+    from unittest import mock
 
     from hubbub.simulate.runner import SINGLE_THREAD_ENV, write_shard
 
     mixtures = sum(p.num_samples for p in plans)
-    saved = {name: os.environ.get(name) for name in SINGLE_THREAD_ENV}
-    os.environ.update(SINGLE_THREAD_ENV)  # spawned processes start with this environment
-    try:
-        pools = {k: ProcessPoolExecutor(k, mp_context=multiprocessing.get_context("spawn")) for k in ks}
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
+    pools = {k: ProcessPoolExecutor(k, mp_context=multiprocessing.get_context("spawn")) for k in ks}
     rates: dict[int, float] = {}
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        # the pools spawn their processes as work arrives; they start with this environment
+        with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, SINGLE_THREAD_ENV):
             for rep in ("warm", 0, 1):
                 for k, pool in pools.items():
                     out = Path(tmp) / f"p{k}-{rep}"
@@ -256,10 +248,9 @@ def bench_simulate(*, num_hubbub: int = 60, num_plain: int = 12, ray_num: int = 
     for name, _, _ in (STORAGES[0], STORAGES[-1]):
         bank[name]["speedup_vs_plain"] = round(bank[name]["mixtures_per_s_per_core"] / plain_rate, 2)
 
-    ray_recipe = load_recipe(recipe, base)
-    plans = plan_shards(ray_recipe, ray_num, ["train"])
+    plans = plan_shards(r, ray_num, ["train"])
     ks = sorted({1, workers})
-    scaling = _ray_rates(ray_recipe, ray_num, seed, ks)
+    scaling = _ray_rates(r, ray_num, sum(p.num_samples for p in plans), seed, ks)
     pool_rates = _pool_rates(sim, plans, ks)
     rt60 = [d["room"]["rt60_s_target"] for d in draws[:num_plain]]
     return {
