@@ -4,6 +4,8 @@ Everything here is deterministic from its ``seed`` and makes its own data (nothi
 """
 from __future__ import annotations
 
+import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -357,3 +359,21 @@ def simulate_one(simulator, out_dir: str | Path, index: int = 0, split: str = "t
     raw = next(iter(wds.WebDataset(str(Path(out_dir) / shard_name(split, 0)), shardshuffle=False,
                                    empty_check=False)))
     return decode_sample(raw)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a rendezvous or a test server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def hubbub_launch(config_file: str | Path, *args: str, num_processes: int | None = None) -> list[str]:
+    """The command line of ``accelerate launch --config_file CONFIG -m hubbub.cli ARGS``, through
+    this interpreter (``python -m accelerate.commands.launch``: no ``accelerate`` executable on
+    PATH, so a virtual environment need not be activated) with a free rendezvous port."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
+           "--main_process_port", str(free_port())]
+    if num_processes is not None:
+        cmd += ["--num_processes", str(num_processes)]
+    return cmd + ["-m", "hubbub.cli", *args]

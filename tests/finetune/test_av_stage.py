@@ -15,7 +15,7 @@ from hubbub.models import build_model, load_model, model_config, save_model
 from hubbub.separate import separate_file
 from hubbub.shards.format import decode_npy
 from hubbub.shards.reader import ShardDataset
-from hubbub.testing import make_dummy_corpus
+from hubbub.testing import hubbub_launch, make_dummy_corpus
 from hubbub.train import load_train_config
 from hubbub.video import fit_frames
 
@@ -171,6 +171,7 @@ def test_separate_takes_the_target_speakers_mouth_rois(av_run, tmp_path):
         separate_file(av_run, wav, tmp_path / "short", lips=lips)
 
 
+@pytest.mark.slow
 def test_av_stage_runs_under_two_processes(av_corpus, tmp_path):
     """DDP over the extractor (video encoder, VQ, reconstruction, fusion: every parameter gets a
     gradient) trains the same global batches as one process. On CPU the lip encoder's BatchNorm
@@ -182,9 +183,8 @@ def test_av_stage_runs_under_two_processes(av_corpus, tmp_path):
     config = Path(__file__).parents[2] / "cluster" / "accelerate" / "cpu-2proc.yaml"
     common = ["--shards", str(av_corpus), "--set", "steps=3", "--set", "data.crop_s=0.48", "--set", "log_every=1",
               "--set", "log_sample_keys=true"]
-    res = subprocess.run(["accelerate", "launch", "--config_file", str(config), "--main_process_port", "29519",
-                          "-m", "hubbub.cli", "finetune", "av", "--out", str(tmp_path / "two"), *common,
-                          "--set", "data.batch_size=2"],
+    res = subprocess.run(hubbub_launch(config, "finetune", "av", "--out", str(tmp_path / "two"), *common,
+                                       "--set", "data.batch_size=2"),
                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     assert load_model(tmp_path / "two" / "model").spec["name"] == "avextractor"

@@ -1,4 +1,6 @@
 """The point of training: a debug PIT run on simulated built-in voices beats the mixture."""
+import pytest
+
 from hubbub.evaluate import evaluate_run
 from hubbub.finetune import finetune_pit
 from hubbub.simulate import load_recipe, simulate
@@ -6,6 +8,7 @@ from hubbub.train import load_train_config
 from hubbub.voices import make_voices
 
 
+@pytest.mark.slow
 def test_debug_pit_improves_si_snri_on_the_valid_split(tmp_path):
     voices = make_voices(tmp_path / "voices", num_speakers=24, utterances_per_speaker=6, sample_rate_hz=8000).parent
     corpus = simulate(load_recipe("anechoic_2spk", [f"speech.corpus={voices}", "samples_per_shard=40",

@@ -13,7 +13,7 @@ from hubbub.config import ConfigError
 from hubbub.finetune import PITStage, finetune_pit
 from hubbub.pretrain import pretrain_mixit
 from hubbub.pretrain.mixit import default_num_outputs, mixit_batch
-from hubbub.testing import make_dummy_corpus, make_speech_folder
+from hubbub.testing import hubbub_launch, make_dummy_corpus, make_speech_folder
 from hubbub.train import load_train_config
 
 
@@ -47,6 +47,7 @@ def test_default_outputs_are_twice_the_most_speakers():
     assert default_num_outputs({"recipe": {"kind": "recordings"}}) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("consistency", ["uniform", "learned"])
 def test_mixit_lowers_its_validation_loss(tmp_path, corpus, consistency):
     metrics = pretrain_mixit(_cfg(corpus, "steps=150", "eval_every=1", f"mixit.consistency={consistency}"),
@@ -77,9 +78,9 @@ def test_two_processes_match_one_process(tmp_path, corpus):
     steps = 4
     pretrain_mixit(_cfg(corpus, f"steps={steps}", "data.batch_size=2"), tmp_path / "one")
     config = Path(__file__).parents[2] / "cluster" / "accelerate" / "cpu-2proc.yaml"
-    cmd = ["accelerate", "launch", "--config_file", str(config), "--main_process_port", "29519", "-m", "hubbub.cli",
-           "pretrain", "mixit", "--shards", str(corpus), "--out", str(tmp_path / "two"), "--set", "data.crop_s=0.5",
-           "--set", "log_every=1", "--set", "ckpt_every=4", "--set", f"steps={steps}", "--set", "data.batch_size=1"]
+    cmd = hubbub_launch(config, "pretrain", "mixit", "--shards", str(corpus), "--out", str(tmp_path / "two"),
+                        "--set", "data.crop_s=0.5", "--set", "log_every=1", "--set", "ckpt_every=4",
+                        "--set", f"steps={steps}", "--set", "data.batch_size=1")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     one = [(r["step"], r["loss"]) for r in _rows(tmp_path / "one") if "loss" in r]

@@ -3,6 +3,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 import webdataset as wds
 
 from hubbub.cli import main
@@ -45,6 +46,7 @@ def test_mixtures_reuse_bank_rooms(tmp_path):
     np.testing.assert_array_equal(dequantize(again.mix_q, storage_of(again.meta)["bits"]), samples[0]["mix"])
 
 
+@pytest.mark.slow
 def test_bank_rooms_are_identical_for_any_worker_count(tmp_path):
     r = load_recipe("debug", ["samples_per_shard=2"])
     simulate_rir_bank(r, num_rooms=6, positions=3, out_dir=tmp_path / "a", workers=0, progress=False)

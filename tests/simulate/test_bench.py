@@ -13,6 +13,7 @@ def speech(tmp_path_factory):
                               seconds=2.0)
 
 
+@pytest.mark.slow
 def test_the_benchmark_reports_every_path_and_its_ratios(speech):
     allocator_untouched = keep_freed_memory.cache_info().currsize == 0
     res = bench_simulate(num_hubbub=2, num_plain=1, ray_num=10, workers=2, recipe="whamr",

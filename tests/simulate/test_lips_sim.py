@@ -131,6 +131,7 @@ def test_metadata_alone_re_renders_the_lips(tmp_path, voices):
     np.testing.assert_array_equal(dequantize(again.mix_q, storage_of(again.meta)["bits"]), s["mix"])
 
 
+@pytest.mark.slow
 @needs_voices
 def test_one_and_two_workers_write_identical_av_shards(tmp_path, voices):
     r = load_recipe("av_debug", [f"speech.corpus={voices}", "samples_per_shard=2"])

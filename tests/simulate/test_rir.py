@@ -30,6 +30,7 @@ def _random_room(rng, rt60_range_s):
         return dims, rt60, rng.uniform(0.5, dims - 0.5, (1, 3)), rng.uniform(0.5, dims - 0.5, (2, 3))
 
 
+@pytest.mark.slow
 def test_fast_reproduces_full_rt60_and_drr():
     """60 random rooms (3-10 x 3-10 x 2.5-4 m, RT60 0.2-0.6 s, 1 source and 2 mics >= 0.5 m from
     the walls), at 8 kHz and RT60 <= 0.6 s to keep pra's full model affordable (~10 s of CPU):

@@ -29,6 +29,7 @@ def _tar_bytes(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.glob("*.tar"))}
 
 
+@pytest.mark.slow
 def test_one_and_two_workers_write_identical_shards(tmp_path, speech):
     r = _recipe(speech)
     simulate(r, num=12, out_dir=tmp_path / "w1", seed=3, workers=1, progress=False)
@@ -103,6 +104,7 @@ def test_a_failing_sample_is_reported_not_fatal(tmp_path, speech, monkeypatch):
     assert res.index["splits"]["train"]["num_samples"] == 2 and res.index["splits"]["train"]["num_failed"] == 1
 
 
+@pytest.mark.slow
 def test_a_two_node_ray_cluster_runs_a_job(tmp_path, speech):
     from ray.cluster_utils import Cluster
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from hubbub.finetune import PITStage, finetune_pit
-from hubbub.testing import make_dummy_corpus
+from hubbub.testing import hubbub_launch, make_dummy_corpus
 from hubbub.train import load_train_config
 
 
@@ -68,9 +68,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, co
     finetune_pit(_cfg(corpus, f"steps={steps}", "data.batch_size=4", "log_sample_keys=true"), tmp_path / "one")
     out = tmp_path / "two"
     config = Path(__file__).parents[2] / "cluster" / "accelerate" / "cpu-2proc.yaml"
-    cmd = ["accelerate", "launch", "--config_file", str(config), "--main_process_port", "29517", "-m", "hubbub.cli", "finetune", "pit", "--shards", str(corpus), "--out", str(out),
+    cmd = hubbub_launch(config, "finetune", "pit", "--shards", str(corpus), "--out", str(out),
            "--set", "data.crop_s=0.5", "--set", "log_every=1", "--set", "ckpt_every=4", "--set", f"steps={steps}",
-           "--set", "data.batch_size=2", "--set", "log_sample_keys=true"]
+           "--set", "data.batch_size=2", "--set", "log_sample_keys=true")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
 

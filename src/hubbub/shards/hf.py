@@ -40,10 +40,19 @@ def split_tars(corpus_dir: str | Path, split: str) -> list[str]:
     return tars
 
 
+def _datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("loading a corpus with Hugging Face datasets needs the `datasets` package: "
+                          "pip install 'hubbub[hf]'") from None
+    return datasets
+
+
 def hf_features(corpus_dir: str | Path, split: str):
     """``datasets.Features`` for every member name that occurs in the split (tar headers only,
     plus one instance of each npy member for its dtype and rank), and ``__key__``."""
-    import datasets
+    datasets = _datasets()
 
     features = {"__key__": datasets.Value("string")}
     for tar_path in split_tars(corpus_dir, split):
@@ -76,7 +85,7 @@ def load_hf_dataset(corpus_dir: str | Path, split: str = "train", *, streaming: 
         ds = load_hf_dataset("corpora/libri2mix", "train")
         mix, sample_rate_hz = decode_audio(ds[0]["mix.flac"])     # (M, T) float32
     """
-    import datasets
+    datasets = _datasets()
 
     return datasets.load_dataset("webdataset", data_files={split: split_tars(corpus_dir, split)}, split=split,
                                  features=hf_features(corpus_dir, split), streaming=streaming,

@@ -126,12 +126,11 @@ def _ray_rates(recipe, num: int, mixtures: int, seed: int, ks: list[int]) -> dic
     import ray
 
     from hubbub.simulate import simulate
-    from hubbub.simulate.runner import SINGLE_THREAD_ENV
+    from hubbub.simulate.runner import init_local_ray
 
     rates: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ray.init(address="local", num_cpus=max(ks), include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": dict(SINGLE_THREAD_ENV)})
+        init_local_ray(max(ks), log_to_driver=False)
         try:
             # warm the workers as a long run has them: imports done, the utterances they draw
             # decoded (the same run, into another folder)

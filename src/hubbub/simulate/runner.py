@@ -166,19 +166,42 @@ def write_shard(job, plan: ShardPlan, out_dir: str) -> dict:
     return rec.__dict__
 
 
+class _DropNotice(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def init_local_ray(num_cpus: int, **kwargs) -> None:
+    """Start a new Ray instance on this machine for this process (``address="local"``: whatever
+    ``RAY_ADDRESS`` or a running cluster says), its tasks single-threaded (:data:`SINGLE_THREAD_ENV`).
+
+    Token authentication stays on, Ray's default for a new local cluster; only Ray's notice that
+    it turned it on by default, printed at every start, is dropped (``RAY_AUTH_MODE`` still rules).
+    """
+    import ray
+
+    notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropNotice) for f in notices.filters):
+        notices.addFilter(_DropNotice("Token authentication is enabled for this Ray cluster"))
+    kwargs.setdefault("runtime_env", {"env_vars": dict(SINGLE_THREAD_ENV)})
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+
+
 def _init_ray(address: str | None, workers: int | None):
     import ray
 
-    runtime_env = {"env_vars": dict(SINGLE_THREAD_ENV)}
     if ray.is_initialized():
         return False
-    kwargs = dict(runtime_env=runtime_env, include_dashboard=False, log_to_driver=True,
-                  configure_logging=True, logging_level=logging.WARNING)
+    kwargs = dict(log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
     if address:
-        ray.init(address=address, **kwargs)
+        ray.init(address=address, runtime_env={"env_vars": dict(SINGLE_THREAD_ENV)}, include_dashboard=False,
+                 **kwargs)
     else:
-        # "local" always starts a new instance, whatever RAY_ADDRESS or a running cluster says
-        ray.init(address="local", num_cpus=workers or os.cpu_count(), **kwargs)
+        init_local_ray(workers or os.cpu_count(), **kwargs)
     return True
 
 
