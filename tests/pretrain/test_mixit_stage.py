@@ -116,7 +116,7 @@ def test_semi_supervised_pit_adds_mixit_on_unlabelled_mixtures(tmp_path, corpus)
     rows = [r for r in _rows(tmp_path / "semi") if "loss" in r]
     for r in rows:
         assert r["loss"] == pytest.approx(r["pit_loss"] + 0.5 * r["mixit_loss"], abs=1e-4)
-    state = json.loads((tmp_path / "semi" / "checkpoints" / "step_00000006" / "rank0.json").read_text())
-    assert state["unlabelled"]["consumed"] > 0
+    state = json.loads((tmp_path / "semi" / "checkpoints" / "step_00000006" / "data.json").read_text())
+    assert state["unlabelled"]["global_consumed"] > 0
     card = json.loads((tmp_path / "semi" / "run.json").read_text())["data_card"]
     assert card["unlabelled"]["weight"] == 0.5

@@ -3,27 +3,58 @@
 The base class owns the loop on Accelerate: device placement and DDP, mixed precision, gradient
 accumulation and clipping, the learning-rate schedule, NaN/inf steps skipped and counted,
 TensorBoard logging through Accelerate's trackers, a progress bar, checkpoints and exact resume
-(model, optimizer, schedule, RNG and the position in the shard stream). A stage overrides four
-hooks: :meth:`build_model`, :meth:`build_datasets`, :meth:`train_step` and :meth:`evaluate`.
+(model, optimizer, schedule, random streams and the position in the shard stream), also on
+another number of processes. A stage overrides four hooks: :meth:`build_model`,
+:meth:`build_datasets`, :meth:`train_step` and :meth:`evaluate`.
 
 A run directory holds::
 
     run.json            config, stage, data card, final metrics (written at start and end)
     metrics.jsonl       one row per logged step (the same numbers TensorBoard gets)
+    samples_rank{r}.jsonl   with log_sample_keys: the keys rank r trained on, one row per micro-batch
     checkpoints/step_XXXXXXXX/   model.safetensors + config.json, optimizer.pt, scheduler.pt,
-                        trainer.json, rank{r}.json (data position), rng_rank{r}.pt
+                        trainer.json (step, epoch, skipped steps, world size, global batch),
+                        data.json (the position in the global sample sequence)
     model/              the final model (save_model), what evaluate/separate/publish read
     tensorboard/
 
-The same command restarts a killed run from its latest checkpoint and logs exactly the losses an
-uninterrupted run logs. Optimizer and RNG states are loaded with ``torch.load(weights_only=True)``.
+The same command restarts a killed run from its latest checkpoint, on any number of processes W'
+that divides the global batch. On the run's own W it logs exactly the losses an uninterrupted run
+logs; on another W' it trains on the same global batches, which gives the same losses up to float
+reassociation (DDP's all-reduce sums in another order) where a step depends on its global batch
+only: not with torch-RNG draws (below) or BatchNorm on CPU ranks, whose statistics are per
+process. Nothing in a checkpoint depends on the rank:
+
+* The global batch. ``data.batch_size`` and ``semi.batch_size`` are per process; trainer.json
+  records them times W (``global_batch``). A resumed run keeps the global batch whatever its
+  config says: before :meth:`build_datasets` the Solver sets those fields to global / W' (a
+  one-line ValueError when W' does not divide it), so stages size their datasets from the config
+  as on a fresh run (MixIT's ``2 * data.batch_size`` included). Gradient accumulation stays as
+  configured. run.json holds the per-process batches actually used.
+* The data position. data.json, written by the main process, is the loader's state in global
+  terms: ``{"epoch", "global_consumed"}``, with a :class:`~hubbub.shards.reader.PairedLoader`'s
+  extra stream nested under its key. The global sample sequence does not depend on the world size
+  (:mod:`hubbub.shards.reader`), and with the same global batch the position is a global batch
+  boundary on every W', so every rank resumes from this one file.
+* The random streams. Before every micro-batch each process seeds torch (all devices) from a
+  digest of (seed, step, micro-batch, rank), so no RNG state is saved and a resumed run draws what
+  an uninterrupted run on the same W draws. Training randomness comes from two places: the
+  reader's crops and lip ROIs, drawn from (seed, epoch, key) and so the same on any W, and
+  torch's global RNG (the codec stage's span masks; no model has dropout), whose draws depend on
+  the rank: such a stage continues on another W' with other draws than on W.
+
+Checkpoints written before elastic resume (per-rank ``rank{r}.json`` and ``rng_rank{r}.pt``, no
+global batch) still resume on their own number of processes; their RNG states are not read.
+Optimizer and schedule states are loaded with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +65,10 @@ from hubbub.shards.writer import atomic_write_json
 from hubbub.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+# The config's per-process batch sizes: a checkpoint records them times the processes (the global
+# batch), which a resumed run keeps on any number of processes.
+BATCH_FIELDS = ("data.batch_size", "semi.batch_size")
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -115,6 +150,10 @@ class Solver:
         acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.optim.grad_accum,
                           log_with="tensorboard", project_dir=str(self.out_dir / "tensorboard"))
         self.accelerator = acc
+        ckpt = self._latest_checkpoint()
+        trainer = json.loads((ckpt / "trainer.json").read_text()) if ckpt is not None else None
+        if trainer is not None:  # before build_datasets, which sizes batches from the config
+            self.cfg = cfg = self._resume_config(ckpt, trainer, acc.num_processes)
         set_seed(cfg.seed)
         model = self.build_model()
         if acc.num_processes > 1 and acc.device.type == "cuda":
@@ -134,9 +173,8 @@ class Solver:
         loader = self.build_loader(train_ds)
 
         state = {"step": 0, "epoch": 0, "skipped_nonfinite": 0}
-        ckpt = self._latest_checkpoint()
         if ckpt is not None:
-            state = self._load_checkpoint(ckpt, acc, model, optimizer, scheduler, loader)
+            state = self._load_checkpoint(ckpt, trainer, acc, model, optimizer, scheduler, loader)
             log.info("resumed from %s at step %d", ckpt, state["step"])
         elif acc.is_main_process:
             (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -150,6 +188,7 @@ class Solver:
         bar = tqdm(total=cfg.steps, initial=state["step"], desc=self.stage, disable=not acc.is_local_main_process)
         model.train()
         metrics: dict[str, float] = {}
+        micro = 0  # micro-batches of the current optimizer step so far
         while state["step"] < cfg.steps:
             loader.set_epoch(state["epoch"])
             for batch in loader:
@@ -157,6 +196,9 @@ class Solver:
                     keys_file.write(json.dumps({"step": state["step"], "epoch": state["epoch"],
                                                 "keys": list(batch["keys"])}) + "\n")
                 batch = send_to_device(batch, acc.device, non_blocking=True)
+                # After the batch is fetched: a new epoch's DataLoader draws its workers' seeds
+                # from this RNG too.
+                torch.manual_seed(_stream_seed(cfg.seed, state["step"], micro, acc.process_index))
                 with acc.accumulate(model):
                     loss, logs = self.train_step(model, batch)
                     # Every rank must take the same branch or DDP's all-reduce hangs.
@@ -170,7 +212,9 @@ class Solver:
                         state["skipped_nonfinite"] += 1
                     optimizer.zero_grad(set_to_none=True)
                 if not acc.sync_gradients:
+                    micro += 1
                     continue
+                micro = 0
                 scheduler.step()
                 state["step"] += 1
                 bar.update(1)
@@ -241,20 +285,18 @@ class Solver:
         root = self.out_dir / "checkpoints"
         final = root / f"step_{state['step']:08d}"
         tmp = root / f"step_{state['step']:08d}.tmp"
+        # Nothing in a checkpoint differs between ranks: the replicas are equal and the data
+        # position is global (the ranks step together), so the main process writes it alone.
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        r = acc.process_index
-        atomic_write_json(tmp / f"rank{r}.json", loader.state_dict())
-        torch.save(torch.get_rng_state(), tmp / f"rng_rank{r}.pt")
-        if acc.is_main_process:
             _save_state(acc.unwrap_model(model), tmp)
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            atomic_write_json(tmp / "trainer.json", {**state, "world_size": acc.num_processes})
-        acc.wait_for_everyone()
-        if acc.is_main_process:
+            atomic_write_json(tmp / "data.json", _global_position(loader.state_dict()))
+            global_batch = {f: _field(self.cfg, f) * acc.num_processes for f in BATCH_FIELDS}
+            atomic_write_json(tmp / "trainer.json", {**state, "world_size": acc.num_processes,
+                                                     "global_batch": global_batch})
             tmp.rename(final)  # the checkpoint exists only once every file is in it
             for old in sorted(root.glob("step_*[0-9]"))[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -271,19 +313,41 @@ class Solver:
         tmp.write_text("".join(r + "\n" for r in rows))
         tmp.replace(path)
 
-    def _load_checkpoint(self, ckpt: Path, acc, model, optimizer, scheduler, loader) -> dict:
+    def _resume_config(self, ckpt: Path, trainer: dict, world_size: int) -> TrainConfig:
+        """The config with the checkpoint's global batch split over ``world_size`` processes."""
+        written_by = trainer["world_size"]
+        if "global_batch" not in trainer:
+            if written_by != world_size:
+                raise ValueError(f"{ckpt} holds per-rank data positions of {written_by} processes (written before "
+                                 f"elastic resume), this run has {world_size}: resume it on {written_by}")
+            return self.cfg
+        sections: dict[str, dict[str, int]] = {}
+        for name, total in trainer["global_batch"].items():
+            if total % world_size:
+                raise ValueError(f"{ckpt} trains a global batch of {total} ({name} {total // written_by} x "
+                                 f"{written_by} processes), which {world_size} processes cannot split evenly: "
+                                 f"resume on a number of processes that divides {total}")
+            if _field(self.cfg, name) != total // world_size:
+                log.warning("%s: %s=%d per process on %d processes keeps the checkpoint's global batch of %d "
+                            "(the config says %d)", ckpt, name, total // world_size, world_size, total,
+                            _field(self.cfg, name))
+            section, key = name.split(".")
+            sections.setdefault(section, {})[key] = total // world_size
+        return replace(self.cfg, **{s: replace(getattr(self.cfg, s), **kw) for s, kw in sections.items()})
+
+    def _load_checkpoint(self, ckpt: Path, trainer: dict, acc, model, optimizer, scheduler, loader) -> dict:
         from safetensors.torch import load_file
 
-        trainer = json.loads((ckpt / "trainer.json").read_text())
-        if trainer.get("world_size") != acc.num_processes:
-            raise RuntimeError(f"{ckpt} was written by {trainer.get('world_size')} processes, this run has "
-                               f"{acc.num_processes}: resume with the same number of processes")
-        acc.unwrap_model(model).load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(acc.device)))
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=acc.device, weights_only=True))
+        # Launched CPU ranks are on "cpu:{local rank}", a device torch.load and safetensors refuse.
+        device = "cpu" if acc.device.type == "cpu" else str(acc.device)
+        acc.unwrap_model(model).load_state_dict(load_file(str(ckpt / "model.safetensors"), device=device))
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
         scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-        r = acc.process_index
-        loader.load_state_dict(json.loads((ckpt / f"rank{r}.json").read_text()))
-        torch.set_rng_state(torch.load(ckpt / f"rng_rank{r}.pt", weights_only=True))
+        # _resume_config let a checkpoint without data.json through only on its own world size.
+        data = ckpt / "data.json"
+        if not data.exists():
+            data = ckpt / f"rank{acc.process_index}.json"
+        loader.load_state_dict(json.loads(data.read_text()))
         if acc.is_main_process:
             self._truncate_metrics(trainer["step"])
         acc.wait_for_everyone()
@@ -300,6 +364,23 @@ def _save_state(model: torch.nn.Module, directory: Path) -> None:
         save_model(model, directory)
     else:
         save_weights(model, directory)
+
+
+def _stream_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """torch's seed for one micro-batch of one rank: a digest (the same in every run and process,
+    unlike hash()) of where it is in the run, so resume needs no saved RNG state."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}/{step}/{micro}/{rank}".encode(), digest_size=8).digest(), "little")
+
+
+def _global_position(state: dict) -> dict:
+    """A loader's state without the per-rank ``consumed``: ``epoch`` and ``global_consumed`` of each
+    stream, nested streams (a PairedLoader's extra one) under their keys."""
+    return {k: _global_position(v) if isinstance(v, dict) else v for k, v in state.items() if k != "consumed"}
+
+
+def _field(cfg: TrainConfig, name: str):
+    section, key = name.split(".")
+    return getattr(getattr(cfg, section), key)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
