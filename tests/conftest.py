@@ -16,3 +16,17 @@ def _one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def _s3_server():
+    from hubbub.testing import s3_server
+
+    with s3_server() as bucket:
+        yield bucket
+
+
+@pytest.fixture
+def s3_bucket(_s3_server, request):
+    """``s3://hubbub-test/<test name>``: a fresh prefix of the session's S3 server (moto, 127.0.0.1)."""
+    return f"{_s3_server}/{request.node.name.replace('[', '-').replace(']', '')}"

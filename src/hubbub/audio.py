@@ -3,9 +3,16 @@
 Corpora in the wild hold unreadable, empty, NaN-filled, too-short and non-audio files; a long job
 must skip them with a reason rather than crash. Other sample rates are resampled (polyphase,
 ``scipy.signal.resample_poly``) and multichannel files downmixed to mono.
+
+Where the bytes come from: a local path is read from the disk, an fsspec URL (``s3://...``)
+from its store, and while a source provider is set (:func:`use_sources`, what a Ray worker on a
+node without the driver's disk gets: the files shipped through Ray's object store) every path
+from the provider only. A file that cannot be fetched is an OSError, not an AudioError: it says
+nothing about the file's content, so the task fails (and is retried) instead of skipping it.
 """
 from __future__ import annotations
 
+import io
 import os
 from collections import OrderedDict
 from fractions import Fraction
@@ -14,6 +21,35 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
+
+
+_PROVIDER = None  # callable: path -> bytes, set by use_sources()
+_PROVIDER_TOKEN = None
+
+
+def use_sources(provider, token: str | None) -> None:
+    """From now on read every source path through ``provider(path) -> bytes`` (which raises
+    OSError for a path it cannot give); ``use_sources(None, None)`` goes back to paths and URLs.
+    ``token`` names the provider: setting the same one again is free, a new one drops the decoded
+    audio cached so far, so nothing read another way is served from the cache."""
+    global _PROVIDER, _PROVIDER_TOKEN
+    if token != _PROVIDER_TOKEN:
+        _PROVIDER, _PROVIDER_TOKEN = provider, token
+        _CACHE.clear()
+
+
+def _open_source(path: str | Path):
+    """What soundfile reads for ``path``: the path itself, or its bytes from the provider or store."""
+    if _PROVIDER is not None:
+        return io.BytesIO(_PROVIDER(str(path)))
+    if "://" in str(path):
+        from hubbub import storage
+
+        if not storage.is_local(path):
+            return io.BytesIO(storage.read_bytes(path))
+    if not os.path.exists(path):  # gone since it was indexed, or not on this machine: not its content's fault
+        raise FileNotFoundError(f"{path}: source file not found on this machine")
+    return str(path)
 
 
 class AudioError(ValueError):
@@ -28,8 +64,9 @@ class AudioError(ValueError):
 
 def probe(path: str | Path) -> tuple[int, int, int]:
     """(sample_rate_hz, frames, channels) from the header, or AudioError('unreadable')."""
+    source = _open_source(path)
     try:
-        info = sf.info(str(path))
+        info = sf.info(source)
     except Exception as exc:  # libsndfile raises several types for non-audio input
         raise AudioError(path, "unreadable", str(exc).splitlines()[0][:200]) from None
     return int(info.samplerate), int(info.frames), int(info.channels)
@@ -56,7 +93,10 @@ def load_audio(path: str | Path, sample_rate_hz: int, *, start_s: float = 0.0,
     start = int(round(start_s * sr))
     stop = frames if stop_s is None else min(frames, int(round(stop_s * sr)))
     try:
-        x, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+        source = _open_source(path)
+        x, sr = sf.read(source, start=start, stop=stop, dtype="float32", always_2d=True)
+    except OSError:
+        raise
     except Exception as exc:
         raise AudioError(path, "unreadable", str(exc).splitlines()[0][:200]) from None
     if x.size == 0:
@@ -83,6 +123,10 @@ class _AudioCache:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.bytes = 0
 
     def get(self, path: str, sample_rate_hz: int) -> np.ndarray:
         key = (str(path), sample_rate_hz)
@@ -117,6 +161,9 @@ def check_audio_file(path: str | Path, *, min_duration_s: float = 0.0) -> dict:
 
     Used when indexing a corpus, so bad files are found once, up front, not deep in a job.
     """
-    sr, frames, channels = probe(path)
-    load_audio(path, sr, min_duration_s=min_duration_s)
+    try:
+        sr, frames, channels = probe(path)
+        load_audio(path, sr, min_duration_s=min_duration_s)
+    except FileNotFoundError as exc:  # listed but not there (a dangling link): a bad file of the corpus
+        raise AudioError(path, "unreadable", str(exc)) from None
     return {"sample_rate_hz": sr, "channels": channels, "duration_s": frames / sr}

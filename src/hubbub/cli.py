@@ -40,7 +40,7 @@ def _cmd_simulate(args) -> int:
 
     recipe = load_recipe(args.recipe, args.set)
     res = simulate(recipe, num=args.num, out_dir=args.out, seed=args.seed, workers=args.workers,
-                   address=args.address, splits=args.splits, progress=not args.quiet)
+                   address=args.address, splits=args.splits, progress=not args.quiet, shared_disk=args.shared_disk)
     splits = ", ".join(f"{k}: {v['num_samples']}" for k, v in res.index["splits"].items())
     print(f"{res.out_dir}: {splits} samples; {res.written} shards written, {res.skipped_complete} already "
           f"complete; {len(res.skipped_files)} source files skipped, {len(res.failed_samples)} samples failed "
@@ -53,7 +53,8 @@ def _cmd_rirs(args) -> int:
 
     recipe = load_recipe(args.recipe, args.set)
     res = simulate_rir_bank(recipe, num_rooms=args.rooms, positions=args.positions, out_dir=args.out,
-                            seed=args.seed, workers=args.workers, address=args.address, progress=not args.quiet)
+                            seed=args.seed, workers=args.workers, address=args.address, progress=not args.quiet,
+                            shared_disk=args.shared_disk)
     rooms = ", ".join(f"{k}: {v['num_samples']}" for k, v in res.index["splits"].items())
     print(f"{res.out_dir}: RIR bank of {rooms} rooms x {args.positions} positions; use it with "
           f"--set room.rir_bank={res.out_dir}")
@@ -68,11 +69,22 @@ def _cmd_shards_verify(args) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_shards_index(args) -> int:
+    from hubbub.shards.writer import index_members
+
+    index = index_members(args.dir, progress=not args.quiet)
+    print(f"{args.dir}: member byte ranges of {len(index['shards'])} shards recorded "
+          f"(format version {index['format_version']})")
+    return 0
+
+
 def _cmd_shards_stats(args) -> int:
     from hubbub.shards.stats import corpus_stats, format_stats, plot_stats
 
+    from hubbub import storage
+
     stats = corpus_stats(args.dir)
-    png = Path(args.png) if args.png else Path(args.dir) / "stats.png"
+    png = args.png or storage.join(args.dir, "stats.png")
     plot_stats(stats, png)
     if args.json:
         print(json.dumps(stats, indent=1))
@@ -221,10 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="simulate mixtures into WebDataset shards (Ray)")
     s.add_argument("--recipe", required=True, help="preset name (hubbub recipes) or YAML file")
     s.add_argument("--num", type=int, required=True, help="samples in all splits together")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="a folder or an object-store URL (s3://, gs://, az://, ...)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=None, help="tasks at once (0: no Ray, in this process)")
     s.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
+    s.add_argument("--shared-disk", action=argparse.BooleanOptionalAction, default=None,
+                   help="every Ray node reads and writes this machine's paths (default: yes on one node; on "
+                        "several, sources travel through Ray and --out must be an object store)")
     s.add_argument("--splits", nargs="+", default=None, help="only these splits")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     s.add_argument("--quiet", action="store_true")
@@ -234,10 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--recipe", required=True, help="its room, mics and sample rate are used")
     b.add_argument("--rooms", type=int, required=True, help="rooms in all splits together")
     b.add_argument("--positions", type=int, default=6, help="source positions per room")
-    b.add_argument("--out", required=True)
+    b.add_argument("--out", required=True, help="a folder or an object-store URL")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--workers", type=int, default=None)
     b.add_argument("--address", default=None)
+    b.add_argument("--shared-disk", action=argparse.BooleanOptionalAction, default=None,
+                   help="as for simulate")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_cmd_rirs)
@@ -252,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.add_argument("--png", default=None, help="plot path (default DIR/stats.png)")
     st.set_defaults(func=_cmd_shards_stats)
+    ix = sh.add_parser("index", help="record each member's byte range (corpora of format 1; after rewrites)")
+    ix.add_argument("dir")
+    ix.add_argument("--quiet", action="store_true")
+    ix.set_defaults(func=_cmd_shards_index)
     tk = sh.add_parser("tokens", help="cache EnCodec tokens of mixtures and sources into the shards")
     tk.add_argument("dir")
     tk.add_argument("--codec", required=True, help="EnCodec: local directory or hub id (facebook/encodec_24khz)")

@@ -32,6 +32,7 @@ import torch
 from hubbub.metrics import METRICS, evaluate_separation
 from hubbub.separate import RUN_CONFIG_NAME, load_separator, separate_waveform
 from hubbub.shards.reader import ShardDataset
+from hubbub import storage
 from hubbub.shards.writer import atomic_write_bytes, atomic_write_json
 from hubbub.video import fit_frames
 
@@ -194,7 +195,7 @@ def evaluate_run(run_dir: str | Path, shards_dir: str | Path, *, split: str = "t
             raise ValueError(f"{run_dir / RUN_CONFIG_NAME} records no config.data.target: pass target")
     model, sample_rate_hz = load_separator(run_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    corpus = Path(shards_dir).resolve().name
+    corpus = storage.name_of(storage.normalize(shards_dir))
     audio_visual = hasattr(model, "video")
     targets = (target, "lips") if audio_visual else (target,)
     dataset = ShardDataset(shards_dir, split, targets=targets, shuffle=False, mic=0, roi_crop="center")

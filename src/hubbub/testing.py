@@ -4,14 +4,19 @@ Everything here is deterministic from its ``seed`` and makes its own data (nothi
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from hubbub.shards.format import encode_audio, encode_json, encode_npy, quantize, sample_key, shard_name
+from hubbub.shards.format import (encode_audio, encode_json, encode_npy, encode_npy_zst, lips_member_name, quantize,
+                                  sample_key, shard_name)
 from hubbub.shards.writer import ShardRecord, ShardWriter, build_index, write_sidecar
 
 
@@ -33,7 +38,7 @@ def make_dummy_sample(split: str, index: int, *, num_speakers: int = 2, num_mics
 
     Reverberant images are the dry sources through a random short decaying filter, so the sample
     satisfies the format's invariants (mix == sum of reverberant images + noise, exactly).
-    ``lips=True`` adds the target "lips": ``s{k}.lips.npy`` (F, 96, 96) uint8 mouths that open
+    ``lips=True`` adds the target "lips": ``s{k}.lips.npy.zst`` (F, 96, 96) uint8 mouths that open
     where source k is loud, and their ``sources[k]["lips"]`` entries (the rest is unchanged).
     """
     rng = np.random.default_rng([seed, index, sum(map(ord, split))])
@@ -80,7 +85,8 @@ def make_dummy_sample(split: str, index: int, *, num_speakers: int = 2, num_mics
             phonemes = envelope_phonemes(dry, sample_rate_hz)
             sources_meta[s]["lips"] = {"kind": "phonemes", "fps": 25, "num_frames": num_frames, "seed": index,
                                        "phoneme_set": "cmu", "phonemes": phonemes}
-            members[f"s{s}.lips.npy"] = encode_npy(_mouths(sources_meta[s]["speaker"], phonemes, num_frames, index))
+            frames = _mouths(sources_meta[s]["speaker"], phonemes, num_frames, index)
+            members[lips_member_name(s)] = encode_npy_zst(frames)
     members["json"] = encode_json(meta)
     return members
 
@@ -361,6 +367,19 @@ def simulate_one(simulator, out_dir: str | Path, index: int = 0, split: str = "t
     return decode_sample(raw)
 
 
+def stale_temporary(path: str | Path, data: bytes = b"partial") -> Path:
+    """The temporary file a killed writer of ``path`` leaves (see
+    :func:`hubbub.storage.temporary_name`): its process is gone."""
+    from hubbub import storage
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = storage.temporary_name(path)
+    head, _pid, rand, tail = live.name.rsplit(".", 3)
+    stale = live.with_name(f"{head}.{done.stdout.strip()}.{rand}.{tail}")
+    stale.write_bytes(data)
+    return stale
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (for a rendezvous or a test server)."""
     with socket.socket() as s:
@@ -377,3 +396,98 @@ def hubbub_launch(config_file: str | Path, *args: str, num_processes: int | None
     if num_processes is not None:
         cmd += ["--num_processes", str(num_processes)]
     return cmd + ["-m", "hubbub.cli", *args]
+
+
+@contextlib.contextmanager
+def s3_server(bucket: str = "hubbub-test"):
+    """A real S3 HTTP API on 127.0.0.1 (moto in server mode, in its own process) with one empty
+    bucket; yields ``s3://{bucket}``. While it runs, the ``AWS_*`` variables of this process
+    (inherited by the processes it starts: Ray workers, ``accelerate launch``) point every S3
+    client, s3fs included, at it. Nothing leaves the machine."""
+    import tempfile
+
+    port = free_port()
+    recording = Path(tempfile.mkdtemp(prefix="hubbub-moto-")) / "requests.jsonl"
+    # The server can record every request (S3RequestLog); its log goes to a file of our own.
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MOTO_RECORDER_FILEPATH": str(recording)})
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the moto S3 server did not start on port {port}")
+            time.sleep(0.1)
+        import fsspec
+
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
+        yield f"s3://{bucket}"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        proc.terminate()
+        proc.wait(timeout=30)
+        recording.unlink(missing_ok=True)
+        recording.parent.rmdir()
+
+
+class S3RequestLog:
+    """Requests the S3 server of :func:`s3_server` received, as the server saw them (moto's
+    recorder): a count that includes every process, Ray workers and DataLoader workers too.
+    Example::
+
+        with S3RequestLog() as log:
+            ...                                   # anything that reads from the bucket
+        log.bytes_read("train-")                  # bytes of GETs of objects whose name has "train-"
+    """
+
+    def __init__(self, endpoint: str | None = None):
+        self.endpoint = endpoint or os.environ["AWS_ENDPOINT_URL"]
+        self.entries: list[dict] = []
+
+    def _post(self, what: str) -> None:
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/recorder/{what}", method="POST"),
+                               timeout=30).read()
+
+    def __enter__(self) -> "S3RequestLog":
+        self._post("reset-recording")
+        self._post("start-recording")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import json
+        import urllib.request
+
+        self._post("stop-recording")
+        text = urllib.request.urlopen(f"{self.endpoint}/moto-api/recorder/download-recording", timeout=30).read()
+        self.entries = [json.loads(line) for line in text.decode().splitlines() if line.strip()]
+
+    def gets(self, name_part: str = "") -> list[dict]:
+        return [e for e in self.entries if e["method"] == "GET" and name_part in e["url"].split("?")[0]]
+
+    def bytes_read(self, name_part: str = "", sizes: dict[str, int] | None = None) -> int:
+        """Bytes the GETs of matching objects asked for: their Range, or the whole object (its
+        size from ``sizes``, object name -> bytes) for a GET without one."""
+        total = 0
+        for e in self.gets(name_part):
+            rng = {k.lower(): v for k, v in e["headers"].items()}.get("range")
+            if rng:
+                first, last = rng.split("=", 1)[1].split("-")
+                total += int(last) - int(first) + 1
+            else:
+                name = e["url"].split("?")[0].rsplit("/", 1)[-1]
+                if sizes is None or name not in sizes:
+                    raise ValueError(f"a GET of all of {name}: pass its size in sizes to count it")
+                total += sizes[name]
+        return total

@@ -13,7 +13,7 @@ from hubbub.evaluate import evaluate_run
 from hubbub.finetune import AVStage, finetune_av
 from hubbub.models import build_model, load_model, model_config, save_model
 from hubbub.separate import separate_file
-from hubbub.shards.format import decode_npy
+from hubbub.shards.format import decode_array, is_array_member
 from hubbub.shards.reader import ShardDataset
 from hubbub.testing import hubbub_launch, make_dummy_corpus
 from hubbub.train import load_train_config
@@ -32,9 +32,9 @@ def _stored_lips(corpus, key):
 
     for tar_path in sorted(corpus.glob("*.tar")):
         with tarfile.open(tar_path) as tar:
-            names = [m for m in tar.getnames() if m.startswith(key + ".") and m.endswith(".lips.npy")]
+            names = [m for m in tar.getnames() if m.startswith(key + ".") and ".lips." in m and is_array_member(m)]
             if names:
-                return np.stack([decode_npy(tar.extractfile(n).read()) for n in sorted(names)])
+                return np.stack([decode_array(n, tar.extractfile(n).read()) for n in sorted(names)])
     raise KeyError(key)
 
 

@@ -15,7 +15,7 @@ from hubbub.shards.ingest import ingest_recordings
 from hubbub.shards.reader import ShardDataset, ShardLoader
 from hubbub.shards.stats import corpus_stats, format_stats
 from hubbub.shards.verify import verify_corpus
-from hubbub.testing import dummy_speech, make_bad_files
+from hubbub.testing import dummy_speech, make_bad_files, stale_temporary
 
 FS = 16000
 SETTINGS = dict(segment_s=2.0, min_segment_s=1.0, sample_rate_hz=FS, splits={"train": 0.7, "valid": 0.3},
@@ -195,7 +195,7 @@ def test_rerun_resumes_and_decodes_only_what_is_missing(corpus, tmp_path, record
 
     (out / "train-000001.tar").unlink()
     (out / "train-000000.tar").write_bytes(b"truncated by a crash")
-    (out / "valid-000000.tar.tmp").write_bytes(b"partial")
+    stale_temporary(out / "valid-000000.tar")
     resumed = ingest_recordings(recordings[0], out, **SETTINGS)
     assert (resumed.written, resumed.skipped_complete) == (2, len(shards) - 2)
     rewritten = [json.loads((out / f"train-00000{i}.json").read_text()) for i in (0, 1)]

@@ -113,7 +113,8 @@ def test_a_two_node_ray_cluster_runs_a_job(tmp_path, speech):
     try:
         cluster.wait_for_nodes()
         r = _recipe(speech)
-        simulate(r, num=12, out_dir=tmp_path / "cluster", seed=3, address=cluster.address, progress=False)
+        simulate(r, num=12, out_dir=tmp_path / "cluster", seed=3, address=cluster.address, progress=False,
+                 shared_disk=True)
         import ray
         assert not ray.is_initialized()
     finally:
@@ -172,3 +173,24 @@ def test_a_worker_reuses_freed_memory_instead_of_faulting_it_in_each_mixture(tmp
         faults[mode] = int(run.stdout.split()[-1])
     # 6 mixtures of 4 s: ~1000 page faults each with glibc's defaults, ~100 once freed memory is kept
     assert faults["on"] * 4 < faults["off"], faults
+
+
+def test_a_source_gone_at_render_time_fails_the_run_and_writes_no_shard(tmp_path, speech, monkeypatch):
+    """An unreadable source is the machine's fault, not the sample's: no empty shard counted as complete."""
+    from hubbub.simulate import runner
+
+    copy = tmp_path / "speech"
+    import shutil
+
+    shutil.copytree(speech, copy)
+    real = runner.prepare_sources
+
+    def prepare_then_lose(recipe, seed):
+        out = real(recipe, seed)
+        shutil.rmtree(copy)  # indexed, then gone (a node without the driver's disk)
+        return out
+
+    monkeypatch.setattr(runner, "prepare_sources", prepare_then_lose)
+    with pytest.raises(FileNotFoundError, match="not found on this machine"):
+        simulate(_recipe(copy), num=4, out_dir=tmp_path / "out", seed=0, workers=0, progress=False, splits=["train"])
+    assert not list((tmp_path / "out").glob("train-*"))

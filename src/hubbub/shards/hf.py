@@ -16,7 +16,8 @@ The explicit ``features`` are needed for two reasons:
 :func:`hf_features` declares FLAC members ``Value("binary")`` (decode them with
 :func:`hubbub.shards.format.decode_audio`), the sample JSON ``Json()`` (the builder has parsed it
 into a dict) and npy members as nested ``List``s of their dtype (the builder decodes npy itself,
-without pickle). Members a sample lacks (``s2.*`` in a two-speaker mixture) are None.
+without pickle, after unpacking the zstd frame of a ``.npy.zst`` lip stream as it does any
+``.zst`` member). Members a sample lacks (``s2.*`` in a two-speaker mixture) are None.
 
 One loss: ``Json`` stores the JSON through pandas' ujson, which keeps 10 decimals of a float
 (``rt60_s_measured`` 0.7026073137004334 comes back as 0.7026073137). Read the shard itself
@@ -27,7 +28,7 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-from hubbub.shards.format import decode_npy
+from hubbub.shards.format import decode_array, is_array_member
 from hubbub.shards.writer import load_index
 
 
@@ -61,8 +62,8 @@ def hf_features(corpus_dir: str | Path, split: str):
                 field = member.name.partition(".")[2]
                 if not member.isfile() or not field or field in features:
                     continue
-                if field.endswith(".npy"):
-                    array = decode_npy(tar.extractfile(member).read())
+                if is_array_member(field):
+                    array = decode_array(field, tar.extractfile(member).read())
                     feature = datasets.Value(array.dtype.name)
                     for _ in range(array.ndim):
                         feature = datasets.List(feature)

@@ -52,9 +52,10 @@ import soundfile as sf
 
 from hubbub.audio import AudioError, probe, resample
 from hubbub.shards.format import BITS, CODECS, encode_audio, encode_json, quantize, sample_key, shard_name
-from hubbub.shards.writer import (ShardPlan, ShardRecord, ShardWriter, atomic_write_json, build_index,
-                                  check_same_corpus, plan_split, read_sidecar, shard_is_complete, sidecar_path,
-                                  write_sidecar)
+from hubbub import storage
+from hubbub.shards.writer import (ShardPlan, ShardRecord, atomic_write_json, build_index, check_same_corpus,
+                                  complete_shards, plan_split, read_sidecar, sidecar_name, write_sidecar,
+                                  writing_shard)
 from hubbub.sources.speech import _walk_audio, assign_splits
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ _BLOCK_S = 30.0
 
 @dataclass
 class IngestResult:
-    out_dir: Path
+    out_dir: Path | str  # a Path for a local corpus, else its URL
     index: dict
     written: int                 # shards written by this run
     skipped_complete: int        # shards found complete and kept
@@ -129,11 +130,11 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
     _check_settings(segment_s, min_segment_s, sample_rate_hz, splits, samples_per_shard)
     if codec not in CODECS or bits not in BITS:
         raise ValueError(f"codec must be one of {CODECS} and bits one of {BITS}, got {codec!r} and {bits}")
-    storage = {"codec": codec, "bits": int(bits)}
+    stored_as = {"codec": codec, "bits": int(bits)}
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
         raise FileNotFoundError(f"recordings folder {folder} does not exist or is not a directory")
-    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir = storage.normalize(Path(out_dir).expanduser() if storage.is_local(out_dir) else out_dir)
     segment_len = int(round(segment_s * sample_rate_hz))
     min_len = max(1, int(round(min_segment_s * sample_rate_hz)))
 
@@ -152,18 +153,18 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
     recipe_hash = _hash({k: v for k, v in recipe.items() if k != "source"} | {"channel": CHANNEL})
     # Storage changes the bytes, not the segments: not in the recipe hash, but a rerun keeps it.
     identity = {"kind": KIND, "recipe_hash": recipe_hash, "sources_hash": sources_hash, "seed": seed,
-                "samples_per_shard": samples_per_shard, "splits": splits, "storage": storage, "recipe": recipe}
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+                "samples_per_shard": samples_per_shard, "splits": splits, "storage": stored_as, "recipe": recipe}
+    created = not storage.list_sizes(out_dir)
+    storage.makedirs(out_dir)
     check_same_corpus(out_dir, identity, labels={"sources_hash": "recordings"})
-    atomic_write_json(out_dir / "recipe.json", identity)
-    for stale in out_dir.glob("*.tar.tmp"):  # partial shards of a killed run
-        stale.unlink()
+    atomic_write_json(storage.join(out_dir, "recipe.json"), identity)
+    if storage.is_local(out_dir):
+        storage.remove_stale_temporaries(out_dir)  # partial shards of killed runs
 
     plans = {split: plan_split(split, sum(f.num_segments for f in fs), samples_per_shard)
              for split, fs in by_split.items()}
-    pending = {p.name for ps in plans.values() for p in ps
-               if not shard_is_complete(out_dir, p.name, p.num_samples)}
+    done = complete_shards(out_dir, {p.name: p.num_samples for ps in plans.values() for p in ps})
+    pending = {p.name for ps in plans.values() for p in ps if p.name not in done}
     to_decode = [f for fs in by_split.values() for f in fs
                  if any(shard_name(f.split, k) in pending for k in _shards_of(f, samples_per_shard))]
     from tqdm import tqdm
@@ -171,10 +172,11 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
     bar = tqdm(total=len(to_decode), desc="recordings", unit="file", disable=not progress)
     for split, fs in by_split.items():
         _write_split(fs, plans[split], pending, out_dir, bar, sample_rate_hz, segment_len, min_len,
-                     samples_per_shard, storage)
+                     samples_per_shard, stored_as)
     bar.close()
 
-    records = [read_sidecar(sidecar_path(out_dir / p.name)) for ps in plans.values() for p in ps]
+    records = [done.get(p.name) or read_sidecar(storage.join(out_dir, sidecar_name(p.name)))
+               for ps in plans.values() for p in ps]
     decode_skipped, skipped_segments = _failures(records, files)
     skipped_files = header_skipped + decode_skipped
     if not any(r.keys for r in records):
@@ -184,7 +186,7 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
     empty = [s for s in plans if not any(r.keys for r in records if r.split == s)]
     for s in empty:
         log.warning("split %s holds no usable segment: all its files were skipped (see report.json)", s)
-    atomic_write_json(out_dir / "report.json", {
+    atomic_write_json(storage.join(out_dir, "report.json"), {
         "folder": str(folder), "skipped_files": skipped_files, "skipped_segments": skipped_segments,
         "summary": {"files_found": len(files) + len(header_skipped), "skipped_files": len(skipped_files),
                     "skipped_segments": len(skipped_segments), "empty_splits": empty}})
@@ -194,7 +196,7 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
     written = len(pending)
     log.info("%d shards written, %d complete kept; %d files skipped", written,
              len(records) - written, len(skipped_files))
-    return IngestResult(out_dir, index, written, len(records) - written, skipped_files, skipped_segments)
+    return IngestResult(storage.as_path(out_dir), index, written, len(records) - written, skipped_files, skipped_segments)
 
 
 def _check_settings(segment_s, min_segment_s, sample_rate_hz, splits, samples_per_shard) -> None:
@@ -275,20 +277,20 @@ def _shards_of(f: _File, per: int) -> set[int]:
     return set(range(f.first_index // per, (f.first_index + f.num_segments - 1) // per + 1))
 
 
-def _write_split(files: list[_File], plans: list[ShardPlan], pending: set[str], out_dir: Path, bar,
-                 sample_rate_hz: int, segment_len: int, min_len: int, per: int, storage: dict) -> None:
+def _write_split(files: list[_File], plans: list[ShardPlan], pending: set[str], out_dir: str, bar,
+                 sample_rate_hz: int, segment_len: int, min_len: int, per: int, stored_as: dict) -> None:
     """Write the pending shards of one split, decoding only the files that fill them.
 
     Sample indices only grow along the split's files, so one shard is open at a time.
     """
-    current: tuple[ShardWriter, ShardRecord] | None = None
+    current = None  # (context manager, ShardWriter, ShardRecord) of the open shard
 
     def close(exc_info=(None, None, None)):
         nonlocal current
         if current is not None:
-            writer, rec = current
+            opened, writer, rec = current
             current = None
-            writer.__exit__(*exc_info)
+            opened.__exit__(*exc_info)
             if exc_info[0] is None:
                 write_sidecar(rec, out_dir, writer)
 
@@ -301,12 +303,13 @@ def _write_split(files: list[_File], plans: list[ShardPlan], pending: set[str], 
                 plan = plans[index // per]
                 if plan.name not in pending:
                     continue  # decoded for a later shard; this one is complete
-                if current is None or current[1].shard_index != plan.shard_index:
+                if current is None or current[2].shard_index != plan.shard_index:
                     close()
-                    current = (ShardWriter(out_dir / plan.name).__enter__(),
+                    opened = writing_shard(out_dir, plan.name)
+                    current = (opened, opened.__enter__(),
                                ShardRecord(name=plan.name, split=plan.split, shard_index=plan.shard_index,
                                            first_sample=plan.first_sample, num_planned=plan.num_samples))
-                writer, rec = current
+                _, writer, rec = current
                 key = sample_key(f.split, index)
                 offset_samples = i * segment_len
                 if segment is None:
@@ -314,7 +317,7 @@ def _write_split(files: list[_File], plans: list[ShardPlan], pending: set[str], 
                                        "offset_s": round(offset_samples / sample_rate_hz, 6), "reason": reason,
                                        "error": f"{reason}: {detail}" if detail else reason})
                     continue
-                members = _members(f, key, index, segment, offset_samples, sample_rate_hz, storage)
+                members = _members(f, key, index, segment, offset_samples, sample_rate_hz, stored_as)
                 writer.write(members)
                 rec.keys.append(key)
                 rec.durations_s.append(len(segment) / sample_rate_hz)
@@ -326,7 +329,7 @@ def _write_split(files: list[_File], plans: list[ShardPlan], pending: set[str], 
 
 
 def _members(f: _File, key: str, index: int, segment: np.ndarray, offset_samples: int,
-             sample_rate_hz: int, storage: dict) -> dict:
+             sample_rate_hz: int, stored_as: dict) -> dict:
     n = len(segment)
     meta = {
         "key": key, "split": f.split, "index": index, "kind": KIND, "labelled": False,
@@ -334,10 +337,10 @@ def _members(f: _File, key: str, index: int, segment: np.ndarray, offset_samples
         "num_speakers": 0, "num_mics": 1, "targets": [], "sources": [],
         "source_file": f.rel, "offset_s": round(offset_samples / sample_rate_hz, 6),
         "offset_samples": offset_samples, "channel": CHANNEL, "source_channels": f.channels,
-        "source_sample_rate_hz": f.sample_rate_hz, "storage": storage,
+        "source_sample_rate_hz": f.sample_rate_hz, "storage": stored_as,
     }
-    audio = encode_audio(quantize(segment, storage["bits"]), sample_rate_hz, **storage)
-    return {"__key__": key, "json": encode_json(meta), f"mix.{storage['codec']}": audio}
+    audio = encode_audio(quantize(segment, stored_as["bits"]), sample_rate_hz, **stored_as)
+    return {"__key__": key, "json": encode_json(meta), f"mix.{stored_as['codec']}": audio}
 
 
 def _segments(f: _File, sample_rate_hz: int, segment_len: int, min_len: int
@@ -447,12 +450,12 @@ def _data_card(folder: Path, by_split: dict[str, list[_File]], records: list[Sha
     }
 
 
-def _remove_written(out_dir: Path, plans: dict[str, list[ShardPlan]], created: bool) -> None:
+def _remove_written(out_dir: str, plans: dict[str, list[ShardPlan]], created: bool) -> None:
     """Undo a run that found no usable segment, so that it leaves nothing behind."""
-    if created:
+    if created and storage.is_local(out_dir):
         shutil.rmtree(out_dir)
         return
     for p in (p for ps in plans.values() for p in ps):
-        (out_dir / p.name).unlink(missing_ok=True)
-        sidecar_path(out_dir / p.name).unlink(missing_ok=True)
-    (out_dir / "recipe.json").unlink(missing_ok=True)
+        storage.remove(storage.join(out_dir, p.name))
+        storage.remove(storage.join(out_dir, sidecar_name(p.name)))
+    storage.remove(storage.join(out_dir, "recipe.json"))

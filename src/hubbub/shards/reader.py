@@ -45,24 +45,29 @@ How an epoch is laid out (all of it computed from the sidecars' key lists, no ta
    exactly even with another world size or batch size, provided the position is a multiple of
    the new ``B*W``.
 
-Cost: every rank streams every shard of the split, and so does every DataLoader worker, skipping
-the samples of other ranks and workers; that is the price of batches that do not depend on the
-world size. Skipping a sample costs reading its tar headers and its bytes through, with no
-decoding (the FLAC decoding, which dominates the CPU cost, is done only for samples yielded) and
-nothing kept. The reads grow with ``W * num_workers`` where a split of the shards between ranks
-would read each once: on one node the page cache serves the ranks and workers that read the same
-shards at about the same time, but each node reads the whole split every epoch, which matters
-with shards on a network file system or object store. A worker holds about
-``shuffle_buffer / (W * num_workers)`` undecoded samples in memory, plus the head samples it
-must repeat as padding at the end of the epoch.
+Cost: each rank and worker reads only the members it yields, of only its own samples: the
+sidecars record where each member's bytes lie in its shard, the writer gathers them per split
+into ``{split}.members.npz`` (keys, shard, per member ``[offset, size]``), which a process loads
+in one read; then a worker fetches exactly the wanted members of its next samples with ranged
+reads (``os.pread`` on a local disk, concurrent range requests on an object store through
+fsspec), one window of samples ahead while it decodes the current one, and decodes only the
+crop (WAV seeks to it; FLAC from the nearest seek point). Across the whole job each byte of a
+wanted member is read once per epoch (plus the 512-byte tar header between two wanted members
+that lie next to each other, read to save a request), whatever the world size and worker count.
+Corpora of format version 1 (no member ranges) still read, the old way: every rank and worker
+streams every shard of the split, skipping what is not its own (``W * num_workers`` times the
+bytes); ``hubbub shards index DIR`` adds the ranges in one pass.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import os
 import re
-from collections import Counter
+from collections import Counter, OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Sequence
 
@@ -71,8 +76,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from hubbub.shards.format import audio_member, audio_stem, decode_audio, decode_npy, is_audio_member
-from hubbub.shards.writer import load_index, read_sidecar, sidecar_path
+from hubbub import storage
+from hubbub.shards.format import (array_member, audio_member, audio_stem, decode_array, decode_audio, decode_audio_crop,
+                                  decode_npy, is_audio_member)
+from hubbub.shards.writer import load_index, read_members_table, record_from_json, sidecar_name
+
+log = logging.getLogger(__name__)
+# Ranges of two wanted members separated by no more than a tar header are read as one.
+_MERGE_GAP = 512
 
 # Tags that keep the three random streams of an epoch independent of each other.
 _SHARD_ORDER, _WINDOWS, _CROP, _ROI = 0, 1, 2, 3
@@ -118,7 +129,7 @@ class ShardDataset(IterableDataset):
     Args:
         corpus_dir: directory with ``index.json``, shards and sidecars.
         split: split name as in ``index.json``.
-        targets: per-source targets to return, members ``s{i}.{target}.flac|wav|npy``: any of
+        targets: per-source targets to return, members ``s{i}.{target}.flac|wav|npy[.zst]``: any of
             "dry", "direct", "early", "reverberant", "rir", or a later stage's ("lips", "codec").
         extras: sample-level members to return, by member name ("noise.flac", "mix.codec.npy");
             an audio member is found whatever its codec (``noise.flac`` returns a ``noise.wav``).
@@ -173,7 +184,6 @@ class ShardDataset(IterableDataset):
             raise ValueError(f"roi_crop must be 'center', 'random' or None, got {roi_crop!r}")
         if batch_size < 1 or shuffle_buffer < 1:
             raise ValueError("batch_size and shuffle_buffer must be positive")
-        self.corpus_dir = Path(corpus_dir)
         self.split = split
         self.targets = tuple(targets)
         self.extras = tuple(extras)
@@ -192,21 +202,46 @@ class ShardDataset(IterableDataset):
         self._start = 0  # first rank-sequence position of the next iteration
         self._consumed = 0  # samples of this epoch yielded in this process, counting _start
 
+        self.corpus_dir = storage.normalize(corpus_dir)
         names = [s["name"] for s in load_index(self.corpus_dir)["shards"] if s["split"] == split]
         if not names:
-            raise ValueError(f"split {split!r} has no shards in {self.corpus_dir / 'index.json'}")
-        self._paths = [self.corpus_dir / n for n in names]
-        keys = [read_sidecar(sidecar_path(p)).keys for p in self._paths]
-        # Fixed-width bytes, not a list of str: millions of keys stay compact and are shared
-        # copy-on-write with forked workers (refcounts would dirty the pages of a list).
-        self._keys = np.array([k for ks in keys for k in ks], dtype="S")
-        self._shard_of = np.repeat(np.arange(len(keys)), [len(ks) for ks in keys])
-        self._shard_start = np.concatenate([[0], np.cumsum([len(ks) for ks in keys])])
+            raise ValueError(f"split {split!r} has no shards in {storage.join(self.corpus_dir, 'index.json')}")
+        self._paths = [storage.join(self.corpus_dir, n) for n in names]
+        target_names = "|".join(re.escape(t) for t in self.targets)
+        self._source_member = re.compile(rf"^s(\d+)\.({target_names})\.(flac|wav|npy\.zst|npy)$")
+        self._extra_stems = {audio_stem(m) or m for m in self.extras}
+        # only the wanted members' columns are read: a process holds ~40 bytes a sample for them
+        table = read_members_table(self.corpus_dir, split, wanted=self._wanted)
+        if table is not None and len(table["shard"]) and int(table["shard"].max()) >= len(names):
+            raise ValueError(f"{self.corpus_dir}: {split}.members.npz does not match index.json; "
+                             f"rebuild it with `hubbub shards index {self.corpus_dir}`")
+        if table is not None:
+            # Fixed-width bytes, not a list of str: millions of keys stay compact and are shared
+            # copy-on-write with forked workers (refcounts would dirty the pages of a list).
+            self._keys, self._shard_of = table["keys"], table["shard"]
+            self._member_names = [str(m) for m in table["member_names"]]
+            # a member is < 2 GiB: int32 sizes (offsets stay int64, shards may be larger)
+            self._offsets, self._sizes = table["offsets"], table["sizes"].astype(np.int32)
+            counts = np.bincount(self._shard_of, minlength=len(names))
+        else:
+            log.warning("%s has no member byte ranges (format version 1): every worker streams whole shards; "
+                        "`hubbub shards index %s` adds them", self.corpus_dir, self.corpus_dir)
+            sidecars = [storage.join(self.corpus_dir, sidecar_name(n)) for n in names]
+            raw = storage.read_many(sidecars)
+            missing = [u for u in sidecars if u not in raw]
+            if missing:
+                raise FileNotFoundError(f"sidecar {missing[0]} not found: run `hubbub shards verify {self.corpus_dir}`")
+            keys = [record_from_json(json.loads(raw[u]), u).keys for u in sidecars]
+            self._keys = np.array([k for ks in keys for k in ks], dtype="S")
+            self._shard_of = np.repeat(np.arange(len(keys)), [len(ks) for ks in keys])
+            self._member_names, self._offsets, self._sizes = None, None, None
+            counts = np.array([len(ks) for ks in keys])
+        self._shard_start = np.concatenate([[0], np.cumsum(counts)])
         if len(self._keys) == 0:
             raise ValueError(f"split {split!r} of {self.corpus_dir} has no samples")
-        target_names = "|".join(re.escape(t) for t in self.targets)
-        self._source_member = re.compile(rf"^s(\d+)\.({target_names})\.(flac|wav|npy)$")
-        self._extra_stems = {audio_stem(m) or m for m in self.extras}
+        if self._member_names is not None:
+            self._wanted_columns = np.arange(len(self._member_names))  # the table holds only wanted ones
+        self.read_ahead = max(8, batch_size)  # samples fetched ahead of the one being decoded
 
     @property
     def global_num_samples(self) -> int:
@@ -319,7 +354,52 @@ class ShardDataset(IterableDataset):
             yield sample
 
     def _read_raw(self, ordinals: np.ndarray) -> Iterator[dict]:
-        """Raw samples (member name -> bytes) for ``ordinals``, in that order, each tar read once.
+        """Raw samples (member name -> bytes, the wanted members only) for ``ordinals``, in order."""
+        if self._member_names is None:
+            return self._stream_raw(ordinals)
+        return self._ranged_raw(ordinals)
+
+    def _ranged_raw(self, ordinals: np.ndarray) -> Iterator[dict]:
+        """Fetch each sample's wanted members by their byte ranges, ``read_ahead`` samples ahead:
+        the next window is requested in a thread while this one is decoded."""
+        windows = [ordinals[i:i + self.read_ahead] for i in range(0, len(ordinals), self.read_ahead)]
+        if not windows:
+            return
+        reader = _RangeReader()
+        with ThreadPoolExecutor(1, thread_name_prefix="hubbub-read-ahead") as pool:
+            future = pool.submit(self._fetch_window, reader, windows[0])
+            try:
+                for i in range(len(windows)):
+                    samples = future.result()
+                    if i + 1 < len(windows):
+                        future = pool.submit(self._fetch_window, reader, windows[i + 1])
+                    yield from samples
+            finally:
+                future.cancel()
+                reader.close()
+
+    def _fetch_window(self, reader: "_RangeReader", ordinals: np.ndarray) -> list[dict]:
+        requests, parts = [], []  # one request per merged range; parts: (sample, member, offset in request)
+        for i, o in enumerate(ordinals):
+            cols = self._wanted_columns[self._offsets[o, self._wanted_columns] >= 0]
+            cols = cols[np.argsort(self._offsets[o, cols])]
+            shard = int(self._shard_of[o])
+            for j in cols:
+                start, size = int(self._offsets[o, j]), int(self._sizes[o, j])
+                if requests and requests[-1][0] == shard and 0 <= start - requests[-1][2] <= _MERGE_GAP:
+                    parts.append((i, j, start - requests[-1][1], size, len(requests) - 1))
+                    requests[-1][2] = start + size
+                else:
+                    parts.append((i, j, 0, size, len(requests)))
+                    requests.append([shard, start, start + size])
+        data = reader.read([(self._paths[r[0]], r[1], r[2]) for r in requests])
+        samples = [{"__key__": self._keys[o].decode()} for o in ordinals]
+        for i, j, at, size, r in parts:
+            samples[i][self._member_names[j]] = data[r][at:at + size]
+        return samples
+
+    def _stream_raw(self, ordinals: np.ndarray) -> Iterator[dict]:
+        """Format version 1: stream whole shards, each tar read once by this worker.
 
         Shards are opened when first needed and stay open while they still hold samples this
         worker needs; samples read ahead of their turn wait in ``ready``, and so do samples
@@ -337,7 +417,7 @@ class ShardDataset(IterableDataset):
                 shard, key = int(self._shard_of[o]), self._keys[o].decode()
                 while key not in ready:
                     if shard not in open_shards:
-                        f = open(self._paths[shard], "rb")
+                        f = storage.open_file(self._paths[shard], block_size=1 << 22)
                         open_shards[shard] = (f, self._tar_samples(f, shard, needed[shard]))
                     raw = next(open_shards[shard][1], None)
                     if raw is None:
@@ -377,11 +457,12 @@ class ShardDataset(IterableDataset):
         for target in self.targets:
             per_source = []
             for i in range(num_sources):
-                name = audio_member(raw, f"s{i}.{target}") or f"s{i}.{target}.npy"
+                name = (audio_member(raw, f"s{i}.{target}") or array_member(raw, f"s{i}.{target}")
+                        or f"s{i}.{target}.npy")
                 if name not in raw:
                     raise KeyError(f"{key} has no member s{i}.{target}.*; it stores targets {meta['targets']}")
                 if target == "lips":
-                    per_source.append(self._lips(key, raw[name], crop, int(meta["sample_rate_hz"])))
+                    per_source.append(self._lips(key, name, raw[name], crop, int(meta["sample_rate_hz"])))
                 else:
                     per_source.append(self._member(name, raw[name], crop))
             if self.max_sources is not None:
@@ -415,11 +496,12 @@ class ShardDataset(IterableDataset):
                              f"({per_frame} samples at {sample_rate_hz} Hz): lip frames could not be cut with the audio")
         return int(rng.integers(0, max(num_samples - length, 0) // per_frame + 1)) * per_frame, length
 
-    def _lips(self, key: str, data: bytes, crop: tuple[int, int] | None, sample_rate_hz: int) -> torch.Tensor:
+    def _lips(self, key: str, name: str, data: bytes, crop: tuple[int, int] | None,
+              sample_rate_hz: int) -> torch.Tensor:
         """A source's stored (F, 96, 96) lip frames, cut to the audio crop and cropped by roi_crop."""
         from hubbub.voices.lips import crop_roi
 
-        frames = decode_npy(data)
+        frames = decode_array(name, data)
         if frames.ndim != 3:
             raise ValueError(f"{key}: lip frames must be (frames, height, width), got shape {frames.shape}")
         if crop is not None:
@@ -437,7 +519,8 @@ class ShardDataset(IterableDataset):
             return torch.from_numpy(decode_npy(data))
         if not is_audio_member(name):
             raise ValueError(f"cannot decode member {name!r}: only audio (.flac, .wav) and .npy members are tensors")
-        audio = decode_audio(data)[0]
+        # Only the crop is decoded; every channel of it (one is picked below).
+        audio = decode_audio(data)[0] if crop is None else decode_audio_crop(data, *crop)
         stem = audio_stem(name)
         # Every audio member but a dry source is an (M, T) image; one microphone decodes as (T,).
         if not stem.endswith(".dry"):
@@ -445,11 +528,84 @@ class ShardDataset(IterableDataset):
             if self.mic is not None:
                 audio = audio[self.mic:self.mic + 1] if stem == "mix" else audio[self.mic]
         if crop is not None:
-            start, length = crop
-            audio = audio[..., start:start + length]
+            length = crop[1]
             if audio.shape[-1] < length:
                 audio = np.pad(audio, [(0, 0)] * (audio.ndim - 1) + [(0, length - audio.shape[-1])])
         return torch.from_numpy(np.ascontiguousarray(audio))
+
+
+def read_members(corpus_dir: str | Path, split: str, member: str, *, window: int = 256
+                 ) -> Iterator[tuple[str, bytes]] | None:
+    """``(key, bytes)`` of one member (``"json"``, ``"mix.wav"``) of every sample of ``split`` in
+    corpus order, fetched by byte range in windows of ``window`` concurrent requests; None when
+    the corpus records no member ranges (format version 1). Samples without the member are
+    left out."""
+    table = read_members_table(corpus_dir, split, wanted=lambda name: name == member)
+    if table is None:
+        return None
+    if not len(table["member_names"]):
+        return iter(())
+    column = 0
+    shard_names = [s["name"] for s in load_index(corpus_dir)["shards"] if s["split"] == split]
+    urls = [storage.join(corpus_dir, n) for n in shard_names]
+    rows = np.flatnonzero(table["offsets"][:, column] >= 0)
+
+    def gen():
+        reader = _RangeReader()
+        try:
+            for i in range(0, len(rows), window):
+                chunk = rows[i:i + window]
+                ranges = [(urls[table["shard"][r]], int(table["offsets"][r, column]),
+                           int(table["offsets"][r, column] + table["sizes"][r, column])) for r in chunk]
+                for r, data in zip(chunk, reader.read(ranges)):
+                    yield table["keys"][r].decode(), data
+        finally:
+            reader.close()
+    return gen()
+
+
+class _RangeReader:
+    """Byte ranges of shards, local (``os.pread`` on descriptors kept open, a few shards at a
+    time) or remote (fsspec ``cat_ranges``: one concurrent batch of range requests)."""
+
+    def __init__(self, max_open: int = 16):
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._max_open = max_open
+
+    def read(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
+        if not ranges:
+            return []
+        if storage.is_local(ranges[0][0]):
+            return [self._pread(url, start, end) for url, start, end in ranges]
+        fs, _ = storage.filesystem(ranges[0][0])
+        paths = [storage.filesystem(url)[1] for url, _, _ in ranges]
+        try:
+            out = fs.cat_ranges(paths, [r[1] for r in ranges], [r[2] for r in ranges], on_error="raise")
+        except OSError as exc:
+            raise storage.StorageError(f"{ranges[0][0]}: cannot read: {type(exc).__name__}: {exc}") from exc
+        for (url, start, end), data in zip(ranges, out):
+            if isinstance(data, Exception) or len(data) != end - start:
+                raise storage.StorageError(f"{url}: bytes {start}-{end} could not be read ({data!r:.200}); "
+                                           "the shard changed or is truncated: run `hubbub shards verify`")
+        return out
+
+    def _pread(self, url: str, start: int, end: int) -> bytes:
+        fd = self._fds.pop(url, None)
+        if fd is None:
+            fd = os.open(storage.local_path(url), os.O_RDONLY)
+            if len(self._fds) >= self._max_open:
+                os.close(self._fds.popitem(last=False)[1])
+        self._fds[url] = fd
+        data = os.pread(fd, end - start, start)
+        if len(data) != end - start:
+            raise storage.StorageError(f"{url}: truncated (bytes {start}-{end} asked, {len(data)} read): "
+                                       "run `hubbub shards verify`")
+        return data
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 def collate_mixtures(batch: Sequence[dict]) -> dict:

@@ -1,15 +1,15 @@
 """What a corpus contains: distributions of the sampled parameters, from the sample JSONs only.
 
-``corpus_stats`` reads only the ``{key}.json`` members (audio is never decoded, and the tar is
-read with seeks past the audio), so it takes seconds on a corpus that takes hours to verify.
+``corpus_stats`` reads only the ``{key}.json`` members, by their byte ranges (audio is never
+read), so it takes seconds on a corpus that takes hours to verify, also in an object store.
 ``format_stats`` prints it, ``plot_stats`` draws it; ``hubbub shards stats DIR [--json]`` is
 these three functions.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from hubbub import storage
 from hubbub.shards.writer import load_index
 
 # Metric name -> how to read it from one sample's JSON (a list: sir_db has one value per further
@@ -33,13 +34,28 @@ METRICS = {
 HISTOGRAM_BINS = 20
 
 
+def iter_split_json(corpus_dir: str | Path, split: str, shard_names: list[str]) -> Iterator[dict]:
+    """The sample JSONs of a split in shard order, reading nothing else: by their byte ranges
+    (:func:`hubbub.shards.reader.read_members`), or shard by shard from the tar headers for
+    corpora without ranges."""
+    from hubbub.shards.reader import read_members
+
+    members = read_members(corpus_dir, split, "json")
+    if members is not None:
+        for _, data in members:
+            yield json.loads(data)
+        return
+    for name in shard_names:
+        yield from iter_sample_json(storage.join(corpus_dir, name))
+
+
 def iter_sample_json(tar_path: str | Path) -> Iterator[dict]:
     """The ``{key}.json`` members of one shard, in order, without reading any audio.
 
     The stdlib tarfile in random-access mode seeks over member data; a streaming reader (as
     webdataset uses) would read every audio byte to skip it.
     """
-    with tarfile.open(tar_path, mode="r:") as tar:
+    with storage.open_file(tar_path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
         for member in tar:
             # "{key}.json" has exactly one dot; later stages' "{key}.x.json" are not the sample JSON.
             if member.isfile() and member.name.endswith(".json") and member.name.count(".") == 1:
@@ -89,14 +105,14 @@ def corpus_stats(corpus_dir: str | Path, *, splits: Iterable[str] | None = None)
     for split in wanted:
         values = {name: [] for name in METRICS}
         speaker_counts, speakers, lip_streams = Counter(), set(), Counter()
-        for shard in (s["name"] for s in index["shards"] if s["split"] == split):
-            for meta in iter_sample_json(Path(corpus_dir) / shard):
-                for name, read in METRICS.items():
-                    values[name] += read(meta)
-                speaker_counts[meta["num_speakers"]] += 1
-                speakers.update(s["speaker"] for s in meta.get("sources", []))
-                lip_streams.update(s["lips"]["kind"] for s in meta.get("sources", [])
-                                   if isinstance(s.get("lips"), dict) and "kind" in s["lips"])
+        shards = [s["name"] for s in index["shards"] if s["split"] == split]
+        for meta in iter_split_json(corpus_dir, split, shards):
+            for name, read in METRICS.items():
+                values[name] += read(meta)
+            speaker_counts[meta["num_speakers"]] += 1
+            speakers.update(s["speaker"] for s in meta.get("sources", []))
+            lip_streams.update(s["lips"]["kind"] for s in meta.get("sources", [])
+                               if isinstance(s.get("lips"), dict) and "kind" in s["lips"])
         out["splits"][split] = {
             "num_samples": sum(speaker_counts.values()),
             "hours": sum(values["duration_s"]) / 3600.0,
@@ -125,9 +141,9 @@ def format_stats(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_stats(stats: dict, png_path: str | Path) -> Path:
+def plot_stats(stats: dict, png_path: str | Path) -> str | Path:
     """Save one panel per metric (histograms of every split overlaid), mixtures per speaker count
-    and hours per split, as a PNG written atomically (tmp file + rename)."""
+    and hours per split, as a PNG written atomically (a local path or any fsspec URL)."""
     # A bare Figure renders with Agg and leaves pyplot's global state (and the caller's backend) alone.
     from matplotlib.figure import Figure
 
@@ -157,8 +173,7 @@ def plot_stats(stats: dict, png_path: str | Path) -> Path:
         ax.set_visible(False)
     if axes[0].get_legend_handles_labels()[0]:   # unlabelled recordings have no RT60s to plot
         axes[0].legend()
-    png_path = Path(png_path)
-    tmp = png_path.with_name(png_path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, png_path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    storage.write_bytes(png_path, buf.getvalue())
     return png_path

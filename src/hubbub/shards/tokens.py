@@ -45,7 +45,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from hubbub.codec import Codec
 from hubbub.shards.format import audio_member, decode_audio, encode_npy
 from hubbub.shards.stats import iter_sample_json
-from hubbub.shards.writer import (INDEX_NAME, ShardRecord, ShardWriter, atomic_write_json, load_index,
+from hubbub.shards.writer import (INDEX_NAME, ShardRecord, ShardWriter, atomic_write_json, index_members, load_index,
                                   read_sidecar, sha256_file, sidecar_path, write_sidecar)
 
 # The image a source's tokens are taken from by default: the first of these a corpus stores.
@@ -290,3 +290,5 @@ def _update_index(corpus_dir: Path, done: set[str], entry: dict | None) -> None:
         changed = True
     if changed:
         atomic_write_json(corpus_dir / INDEX_NAME, index)
+    if done:
+        index_members(corpus_dir)  # the rewritten shards' members moved: new byte ranges

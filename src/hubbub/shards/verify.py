@@ -4,20 +4,22 @@
 published. It checks, and keeps going after a fault so one run lists everything wrong:
 
 * files: ``index.json`` parses; every shard it lists exists with its sidecar, with the size and
-  sha256 both record; no shard or sidecar exists that the index does not list; split totals add
+  sha256 both record and the member byte ranges its sidecar records; no shard or sidecar exists that the index does not list; split totals add
   up; ``.tmp`` leftovers of an interrupted run are warnings, not faults.
 * samples (every tar is read through webdataset, as the reader reads it): keys match the
   sidecar's list in order, are unique across the corpus and have no dots; the JSON parses and
   has the required fields; the members its ``targets`` promise exist for every source
   ``0..num_speakers-1`` and no others.
 * audio (``check_audio=True``): every audio member (FLAC or WAV, of the bit depth the json
-  says) and npy member decodes (npy without pickle) and is finite; the mixture is (num_mics,
-  num_samples) at ``sample_rate_hz``, images (direct, early, reverberant, noise) the same
-  shape, dry sources (num_samples,), RIRs (num_mics, L); and
+  says) and array member (``.npy``, ``.npy.zst``) decodes, without pickle, and is finite; the
+  mixture is (num_mics, num_samples) at ``sample_rate_hz``, images (direct, early, reverberant,
+  noise) the same shape, dry sources (num_samples,), RIRs (num_mics, L); and
   ``mix == sum(reverberant) + noise`` to 1e-6 (exact: integer sums).
-* lips (target ``"lips"``, audio-visual corpora): every source has ``s{i}.lips.npy`` and a
+* lips (target ``"lips"``, audio-visual corpora): every source has one lip member,
+  ``s{i}.lips.npy.zst`` (``s{i}.lips.npy`` in corpora written before lips were compressed), and a
   ``sources[i].lips`` entry whose ``num_frames`` is ``F = ceil(num_samples * 25 / sample_rate_hz)``;
-  with ``check_audio`` the member decodes without pickle as uint8 ``(F, 96, 96)``.
+  with ``check_audio`` the member decodes without pickle (a damaged zstd frame fails its checksum)
+  as uint8 ``(F, 96, 96)``.
 
 Members it does not know (or lips in a sample without the target) are decoded by extension and
 otherwise left alone. Codec tokens (``mix.codec.npy``, ``s{i}.codec.npy``, see
@@ -30,6 +32,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +40,10 @@ import numpy as np
 import soundfile as sf
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from hubbub.shards.format import (audio_member, decode_audio, decode_npy, is_audio_member, parse_source_member,
-                                  storage_of)
-from hubbub.shards.writer import INDEX_NAME, read_sidecar, sha256_file, sidecar_path
+from hubbub.shards.format import (ARRAY_EXTENSIONS, audio_member, decode_array, decode_audio, is_array_member,
+                                  is_audio_member, lips_member_name, parse_source_member, storage_of)
+from hubbub import storage
+from hubbub.shards.writer import INDEX_NAME, member_ranges, read_sidecar, sha256_fileobj, sidecar_name
 
 REQUIRED_FIELDS = ("key", "split", "index", "sample_rate_hz", "num_samples", "duration_s",
                    "num_speakers", "num_mics", "targets", "room.rt60_s_target",
@@ -74,7 +78,7 @@ class VerifyReport:
     from them, ``num_bytes`` bytes hashed.
     """
 
-    corpus_dir: Path
+    corpus_dir: str
     checked_audio: bool
     faults: list[Fault] = field(default_factory=list)
     warnings: list[Fault] = field(default_factory=list)
@@ -116,18 +120,22 @@ def verify_corpus(corpus_dir: str | Path, *, check_audio: bool = True) -> Verify
         print(report.format())
         sys.exit(0 if report.ok else 1)
     """
-    corpus_dir = Path(corpus_dir)
+    corpus_dir = storage.normalize(corpus_dir)
     report = VerifyReport(corpus_dir=corpus_dir, checked_audio=check_audio)
-    if not corpus_dir.is_dir():
+    if storage.is_local(corpus_dir) and not storage.local_path(corpus_dir).is_dir():
         report.fault(str(corpus_dir), None, "not a directory")
         return report
-    for tmp in sorted(corpus_dir.glob("*.tmp")):
-        report.warnings.append(Fault(tmp.name, None, "leftover of an interrupted write"))
+    sizes = storage.list_sizes(corpus_dir)
+    if not sizes:
+        report.fault(str(corpus_dir), None, "no files: not a corpus, or the store is empty at this URL")
+        return report
+    for tmp in sorted(n for n in sizes if n.endswith(".tmp")):
+        report.warnings.append(Fault(tmp, None, "leftover of an interrupted write"))
 
     index = _read_index(corpus_dir, report)
     listed = {s["name"]: s for s in index["shards"]} if index else None
-    tars = {p.name for p in corpus_dir.glob("*.tar")}
-    sidecars = {p.with_suffix(".tar").name for p in corpus_dir.glob("*.json") if _SIDECAR.match(p.name)}
+    tars = {n for n in sizes if n.endswith(".tar")}
+    sidecars = {n[: -len(".json")] + ".tar" for n in sizes if _SIDECAR.match(n)}
     owner_of_key: dict[str, str] = {}
     for name in sorted(tars | sidecars | set(listed or ())):
         if listed is not None and name not in listed:
@@ -135,22 +143,25 @@ def verify_corpus(corpus_dir: str | Path, *, check_audio: bool = True) -> Verify
         if name not in tars:
             report.fault(name, None, "shard missing" + (" (listed in index.json)" if listed else ""))
         if name not in sidecars:
-            report.fault(sidecar_path(name).name, None, "sidecar missing")
+            report.fault(sidecar_name(name), None, "sidecar missing")
         if name in tars:
-            _check_shard(corpus_dir, name, (listed or {}).get(name), name in sidecars, owner_of_key, report,
-                         codec=(index or {}).get("codec"))
+            _check_shard(corpus_dir, name, sizes[name], (listed or {}).get(name), name in sidecars, owner_of_key,
+                         report, codec=(index or {}).get("codec"))
     if index:
         _check_split_totals(index, report)
     return report
 
 
-def _read_index(corpus_dir: Path, report: VerifyReport) -> dict | None:
-    path = corpus_dir / INDEX_NAME
-    if not path.exists():
+def _read_index(corpus_dir: str, report: VerifyReport) -> dict | None:
+    try:
+        index = storage.read_json(storage.join(corpus_dir, INDEX_NAME))
+    except FileNotFoundError:
         report.fault(INDEX_NAME, None, "missing: shards are checked against their sidecars only")
         return None
+    except storage.StorageError as e:
+        report.fault(INDEX_NAME, None, f"does not parse as a hubbub index: {e}")
+        return None
     try:
-        index = json.loads(path.read_text())
         if not isinstance(index.get("shards"), list) or not isinstance(index.get("splits"), dict):
             raise ValueError("no shards list or splits dict")
         for entry in index["shards"]:
@@ -171,18 +182,19 @@ def _check_split_totals(index: dict, report: VerifyReport) -> None:
                                            f"but its shards hold {counted}")
 
 
-def _check_shard(corpus_dir: Path, name: str, entry: dict | None, has_sidecar: bool,
+def _check_shard(corpus_dir: str, name: str, size: int, entry: dict | None, has_sidecar: bool,
                  owner_of_key: dict[str, str], report: VerifyReport, codec: dict | None = None) -> None:
-    tar_path = corpus_dir / name
-    size, sha = tar_path.stat().st_size, sha256_file(tar_path)
+    tar_path = storage.join(corpus_dir, name)
+    with storage.open_file(tar_path) as f:
+        sha = sha256_fileobj(f)
     report.num_shards += 1
     report.num_bytes += size
     record = None
     if has_sidecar:
         try:
-            record = read_sidecar(sidecar_path(tar_path))
+            record = read_sidecar(storage.join(corpus_dir, sidecar_name(name)))
         except (OSError, ValueError, TypeError) as e:
-            report.fault(sidecar_path(name).name, None, f"does not parse: {e}")
+            report.fault(sidecar_name(name), None, f"does not parse: {e}")
     for source, expected in (("sidecar", record and record.__dict__), ("index.json", entry)):
         if not expected:
             continue
@@ -192,6 +204,15 @@ def _check_shard(corpus_dir: Path, name: str, entry: dict | None, has_sidecar: b
             report.fault(name, None, f"sha256 differs from {source}: the shard changed after it was written")
     if record and entry and entry["num_samples"] != record.num_samples:
         report.fault(name, None, f"index.json says {entry['num_samples']} samples, sidecar {record.num_samples}")
+    if record is not None and record.members is not None and (record.size_bytes == size and record.sha256 == sha):
+        try:
+            actual = member_ranges(tar_path)
+        except (OSError, tarfile.TarError) as e:
+            actual = None
+            report.fault(name, None, f"tar headers unreadable: {e}")
+        if actual is not None and actual != record.members:
+            report.fault(sidecar_name(name), None, "member byte ranges differ from the shard's: a reader would "
+                                                   "fetch the wrong bytes (rebuild with `hubbub shards index`)")
 
     split = name.rsplit("-", 1)[0]
     sidecar_durations_s = dict(zip(record.keys, record.durations_s)) if record else {}
@@ -202,7 +223,7 @@ def _check_shard(corpus_dir: Path, name: str, entry: dict | None, has_sidecar: b
         tar_errors.append(str(exn.args[0] if exn.args else repr(exn)).split(" @ <")[0])
         return True  # read on: a damaged tar may still yield its other samples
 
-    with open(tar_path, "rb") as f:
+    with storage.open_file(tar_path, block_size=1 << 22) as f:
         files = tar_file_expander([{"url": str(tar_path), "stream": f}], handler=handler)
         for raw in group_by_keys(files, handler=handler):
             key = raw["__key__"]
@@ -279,7 +300,12 @@ def _check_sample(raw: dict, split: str, sidecar_duration_s: float | None, check
             expected.add(f"noise.{ext}")
             continue
         if target == "lips":
-            expected.update(f"s{i}.lips.npy" for i in range(num_speakers))
+            for i in range(num_speakers):
+                stored = [f"s{i}.lips.{e}" for e in ARRAY_EXTENSIONS if f"s{i}.lips.{e}" in members]
+                if not stored:
+                    faults.append(f"target lips of source {i} missing (no {lips_member_name(i)})")
+                elif len(stored) > 1:  # a reader would take the first and never look at the other
+                    faults.append(f"lips of source {i} stored twice: {', '.join(stored)}")
             faults += _check_lips_meta(meta)
             continue
         for i in range(num_speakers):
@@ -313,8 +339,8 @@ def _check_audio(raw: dict, members: set[str], meta: dict, codec: dict | None = 
                     faults.append(f"{m}: {sr} Hz, json says {sample_rate_hz}")
                 if subtype != f"PCM_{bits}":
                     faults.append(f"{m}: {subtype}, json says {bits}-bit")
-            elif m.endswith(".npy"):
-                x = decode_npy(raw[m])
+            elif is_array_member(m):
+                x = decode_array(m, raw[m])
             else:
                 if m.endswith(".json"):
                     json.loads(raw[m])

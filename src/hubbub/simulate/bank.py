@@ -13,14 +13,14 @@ RT60 asked for and measured, absorption, orders, direct-path delays), ``rirs.npy
 from __future__ import annotations
 
 import json
-import tarfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from hubbub import storage
 from hubbub.shards.format import decode_npy, encode_json, encode_npy, sample_key
-from hubbub.shards.writer import load_index
+from hubbub.shards.writer import load_index, member_ranges, sidecar_path
 from hubbub.simulate.recipe import Recipe
 from hubbub.simulate.rir import RirSet, compute_rirs, measure_rt60_s
 
@@ -77,28 +77,29 @@ def bank_rooms_per_split(bank_dir: str | Path) -> dict[str, int]:
 
 
 @lru_cache(maxsize=64)
-def _shard_members(path: str) -> dict[str, tuple[int, int]]:
-    """Member name -> (data offset, size) of a bank shard, from its tar headers alone."""
-    with tarfile.open(path, mode="r:") as tar:
-        return {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
+def _shard_members(url: str) -> dict[str, tuple[int, int]]:
+    """Member name -> (data offset, size) of a bank shard: from its sidecar (format 2) or, for a
+    bank written before sidecars recorded them, from its tar headers alone."""
+    side = storage.read_json(sidecar_path(url))
+    if side.get("members") is not None:
+        return {f"{key}.{m}": tuple(r) for key, members in side["members"].items() for m, r in members.items()}
+    return {f"{key}.{m}": tuple(r) for key, members in member_ranges(url).items() for m, r in members.items()}
 
 
-def _read_member(path: str, name: str) -> bytes:
-    offset, size = _shard_members(path)[name]
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
+def _read_member(url: str, name: str) -> bytes:
+    offset, size = _shard_members(url)[name]
+    return storage.read_range(url, offset, offset + size)
 
 
 @lru_cache(maxsize=8)
 def _bank_keys(bank_dir: str, split: str) -> list[tuple[str, str]]:
-    """(shard path, room key) for every room of a split, in order; from the shard sidecars."""
+    """(shard URL, room key) for every room of a split, in order; from the shard sidecars."""
     index = load_index(bank_dir)
+    urls = [storage.join(bank_dir, s["name"]) for s in index["shards"] if s["split"] == split]
+    sidecars = storage.read_many([sidecar_path(u) for u in urls])
     out = []
-    for shard in index["shards"]:
-        if shard["split"] == split:
-            side = json.loads((Path(bank_dir) / shard["name"]).with_suffix(".json").read_text())
-            out += [(str(Path(bank_dir) / shard["name"]), key) for key in side["keys"]]
+    for url in urls:
+        out += [(url, key) for key in json.loads(sidecars[sidecar_path(url)])["keys"]]
     return out
 
 

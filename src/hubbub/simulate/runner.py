@@ -4,8 +4,14 @@ The driver indexes the sources once, fixes the shard plan (which sample indices 
 shard: it depends on the recipe's ``samples_per_shard`` and ``--num`` only), and submits one task
 per shard that is not already complete. A sample's content depends only on (recipe, seed, split,
 index) (:func:`hubbub.simulate.sample.sample_seed`), so 1 worker or 100 give the same bytes.
-Shards are written under a temporary name and renamed when complete; their sidecars say they
-are complete; a rerun of the same command skips them and rewrites the rest.
+Shards are written under a temporary name and renamed when complete (in an object store: built
+in local scratch and uploaded in one PUT); their sidecars say they are complete; a rerun of the
+same command skips them and rewrites the rest. ``out_dir`` is a local folder or any fsspec URL
+(``s3://bucket/corpus``, :mod:`hubbub.storage`).
+
+A sample that cannot be made from its sources (a clipped or silent draw) is recorded as failed
+and skipped; an error of the machine (a source file that cannot be read, a full disk, the store
+unreachable) fails the whole task instead, which Ray retries, and no shard is written for it.
 
 Files next to the shards: ``recipe.json`` (the resolved recipe, seed and hash: a rerun with a
 different recipe into the same folder is refused), ``report.json`` (skipped source files and
@@ -18,13 +24,14 @@ import functools
 import logging
 import os
 import traceback
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubbub import audio, storage
 from hubbub.config import to_dict
-from hubbub.shards.writer import (ShardPlan, ShardRecord, ShardWriter, atomic_write_json, build_index,
-                                  check_same_corpus, plan_split, read_sidecar, shard_is_complete, sidecar_path,
-                                  write_sidecar)
+from hubbub.shards.writer import (ShardPlan, ShardRecord, atomic_write_json, build_index, check_same_corpus,
+                                  complete_shards, plan_split, write_sidecar, writing_shard)
 from hubbub.simulate.recipe import Recipe
 from hubbub.simulate.sample import Simulator, SplitPool
 from hubbub.sources.noise import index_noise, split_noise_files
@@ -64,7 +71,7 @@ def keep_freed_memory() -> bool:
 
 @dataclass
 class SimulateResult:
-    out_dir: Path
+    out_dir: Path | str  # a Path for a local corpus, else its URL
     index: dict
     written: int          # shards written by this run
     skipped_complete: int  # shards found complete and kept
@@ -139,11 +146,14 @@ def prepare_sources(recipe: Recipe, seed: int) -> tuple[dict[str, SplitPool], li
 
 
 def write_shard(job, plan: ShardPlan, out_dir: str) -> dict:
-    """Write one shard of ``job`` (anything with ``members(split, index) -> (members, seconds)``).
+    """Write one shard of ``job`` (anything with ``members(split, index) -> (members, seconds)``)
+    into ``out_dir`` (a folder or URL) and return its record (the sidecar's content).
 
-    A sample that fails is recorded in the sidecar with its error and skipped, never fatal. Sets
-    this process up for rendering: one pyroomacoustics thread, freed memory kept for the next
-    mixture (:func:`keep_freed_memory`).
+    A sample that fails with a content error is recorded in the sidecar and skipped. An OSError
+    (unreadable source, full disk, unreachable store) is raised: the task fails and nothing is
+    left under the shard's name, so a retry or rerun makes the whole shard. Sets this process up
+    for rendering: one pyroomacoustics thread, freed memory kept for the next mixture
+    (:func:`keep_freed_memory`).
     """
     import pyroomacoustics as pra
 
@@ -151,15 +161,17 @@ def write_shard(job, plan: ShardPlan, out_dir: str) -> dict:
     keep_freed_memory()
     rec = ShardRecord(name=plan.name, split=plan.split, shard_index=plan.shard_index,
                       first_sample=plan.first_sample, num_planned=plan.num_samples)
-    with ShardWriter(Path(out_dir) / plan.name) as writer:
+    with writing_shard(out_dir, plan.name) as writer:
         for index in range(plan.first_sample, plan.first_sample + plan.num_samples):
             try:
                 members, seconds = job.members(plan.split, index)
-                writer.write(members)
+            except OSError:
+                raise
             except Exception as exc:
                 rec.failed.append({"index": index, "split": plan.split, "error": f"{type(exc).__name__}: {exc}",
                                    "traceback": traceback.format_exc(limit=3)})
                 continue
+            writer.write(members)
             rec.keys.append(members["__key__"])
             rec.durations_s.append(seconds)
     write_sidecar(rec, out_dir, writer)
@@ -207,46 +219,53 @@ def _init_ray(address: str | None, workers: int | None):
 
 def simulate(recipe: Recipe, *, num: int, out_dir: str | Path, seed: int = 0, workers: int | None = None,
              address: str | None = None, splits: list[str] | None = None, progress: bool = True,
-             max_retries: int = 3) -> SimulateResult:
+             max_retries: int = 3, shared_disk: bool | None = None) -> SimulateResult:
     """Generate (or finish) a corpus of ``num`` mixtures in ``out_dir``.
 
     ``workers``: tasks in flight at once (default: all CPUs of the local Ray, or of the cluster);
     ``workers=0`` runs in this process without Ray (debugging). ``address``: a Ray cluster
-    (``auto`` or ``ray://host:10001``); default starts a local Ray.
+    (``auto`` or ``ray://host:10001``); default starts a local Ray. ``out_dir``: a folder or any
+    fsspec URL (``s3://bucket/corpus``).
+
+    ``shared_disk``: whether every Ray node reads and writes this machine's paths. None decides:
+    yes on a Ray this call starts or a one-node cluster; no on a cluster of several nodes or
+    through Ray Client. Without a shared disk, ``out_dir`` must be an object-store URL, and
+    local source files are shipped to the workers through Ray's object store
+    (:func:`ship_sources`; refused, with what to do, above ``HUBBUB_SHIP_SOURCES_GB``).
 
     Example::
 
         from hubbub.simulate import load_recipe, simulate
         simulate(load_recipe("whamr", ["speech.corpus=/data/voices"]), num=1000, out_dir="whamr", seed=0)
     """
-    out_dir = Path(out_dir).resolve()
+    out_dir = storage.normalize(out_dir)  # an unknown scheme or missing package: said before any work
     pools, skipped_files, card = prepare_sources(recipe, seed)  # before anything is written
-    out_dir.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(out_dir)
     simulator = Simulator(recipe, pools, seed)
     identity = {"recipe_hash": simulator.recipe_hash, "sources_hash": simulator.sources_hash, "seed": seed,
                 "samples_per_shard": recipe.samples_per_shard, "splits": recipe.splits,
                 "storage": to_dict(recipe.storage), "recipe": to_dict(recipe)}
     check_same_corpus(out_dir, identity)
-    atomic_write_json(out_dir / "recipe.json", identity)
+    atomic_write_json(storage.join(out_dir, "recipe.json"), identity)
     plans = plan_shards(recipe, num, splits)
-    records, written, done = run_shards(simulator, plans, out_dir, workers=workers,
-                                        address=address, progress=progress, max_retries=max_retries)
+    records, written, done = run_shards(simulator, plans, out_dir, workers=workers, address=address,
+                                        progress=progress, max_retries=max_retries, shared_disk=shared_disk)
     failed = [f for r in records for f in r.failed]
     for f in failed:
         log.warning("sample %s/%d skipped: %s", f["split"], f["index"], f["error"])
     report = {"skipped_files": skipped_files, "failed_samples": failed,
               "summary": {"skipped_files": len(skipped_files), "failed_samples": len(failed)}}
-    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_json(storage.join(out_dir, "report.json"), report)
     index = build_index(out_dir, records, recipe=to_dict(recipe),
                         extra={"seed": seed, "recipe_hash": identity["recipe_hash"],
                                "sources_hash": identity["sources_hash"], "num_requested": num,
                                "data_card": card})
-    return SimulateResult(out_dir, index, written, done, failed, skipped_files)
+    return SimulateResult(storage.as_path(out_dir), index, written, done, failed, skipped_files)
 
 
 def simulate_rir_bank(recipe: Recipe, *, num_rooms: int, positions: int, out_dir: str | Path, seed: int = 0,
                       workers: int | None = None, address: str | None = None, progress: bool = True,
-                      max_retries: int = 3) -> SimulateResult:
+                      max_retries: int = 3, shared_disk: bool | None = None) -> SimulateResult:
     """Simulate ``num_rooms`` rooms with ``positions`` source positions each into a RIR bank.
 
     Mixtures then reuse it with ``--set room.rir_bank=OUT_DIR`` (see :mod:`hubbub.simulate.bank`).
@@ -254,66 +273,154 @@ def simulate_rir_bank(recipe: Recipe, *, num_rooms: int, positions: int, out_dir
     """
     from hubbub.simulate.bank import BANK_KIND, RirBankJob
 
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = storage.normalize(out_dir)
+    storage.makedirs(out_dir)
     identity = {"kind": BANK_KIND, "recipe_hash": recipe.content_hash(), "seed": seed,
                 "samples_per_shard": recipe.samples_per_shard, "splits": recipe.splits, "positions": positions,
                 "recipe": to_dict(recipe)}
     check_same_corpus(out_dir, identity)
-    atomic_write_json(out_dir / "recipe.json", identity)
+    atomic_write_json(storage.join(out_dir, "recipe.json"), identity)
     job = RirBankJob(recipe, seed, positions)
     records, written, done = run_shards(job, plan_shards(recipe, num_rooms), out_dir, workers=workers,
-                                        address=address, progress=progress, max_retries=max_retries)
+                                        address=address, progress=progress, max_retries=max_retries,
+                                        shared_disk=shared_disk)
     failed = [f for r in records for f in r.failed]
-    atomic_write_json(out_dir / "report.json", {"skipped_files": [], "failed_samples": failed,
+    atomic_write_json(storage.join(out_dir, "report.json"), {"skipped_files": [], "failed_samples": failed,
                                                 "summary": {"skipped_files": 0, "failed_samples": len(failed)}})
     index = build_index(out_dir, records, recipe=to_dict(recipe),
                         extra={"kind": BANK_KIND, "seed": seed, "recipe_hash": identity["recipe_hash"],
                                "positions": positions, "num_requested": num_rooms})
-    return SimulateResult(out_dir, index, written, done, failed, [])
+    return SimulateResult(storage.as_path(out_dir), index, written, done, failed, [])
 
 
-def run_shards(job, plans: list[ShardPlan], out_dir: Path, *, workers: int | None, address: str | None,
-               progress: bool, max_retries: int) -> tuple[list[ShardRecord], int, int]:
-    """Write every planned shard that is not complete; returns (all records, written, kept)."""
-    for stale in out_dir.glob("*.tar.tmp"):  # partial shards of a killed run
-        stale.unlink()
-    pending = [p for p in plans if not shard_is_complete(out_dir, p.name, p.num_samples)]
-    log.info("%d shards planned, %d complete, %d to write", len(plans), len(plans) - len(pending), len(pending))
+def run_shards(job, plans: list[ShardPlan], out_dir: str, *, workers: int | None, address: str | None,
+               progress: bool, max_retries: int, shared_disk: bool | None = None
+               ) -> tuple[list[ShardRecord], int, int]:
+    """Write every planned shard that is not complete; returns (all records, written, kept).
+
+    What is complete comes from one listing and the sidecars (:func:`complete_shards`); the
+    records of the shards written now come back from their tasks, so the index needs no read of
+    what was just written.
+    """
+    if storage.is_local(out_dir):
+        storage.remove_stale_temporaries(out_dir)  # partial shards of killed runs, not of live ones
+    done = complete_shards(out_dir, {p.name: p.num_samples for p in plans})
+    pending = [p for p in plans if p.name not in done]
+    log.info("%d shards planned, %d complete, %d to write", len(plans), len(done), len(pending))
+    written: list[dict] = []
     if pending:
         if workers == 0:
-            _drain((write_shard(job, p, str(out_dir)) for p in pending), len(pending), progress)
+            written = _drain((write_shard(job, p, out_dir) for p in pending), len(pending), progress)
         else:
-            _run_on_ray(job, pending, out_dir, workers, address, progress, max_retries)
-    records = [read_sidecar(sidecar_path(out_dir / p.name)) for p in plans]
-    return records, len(pending), len(plans) - len(pending)
+            written = _run_on_ray(job, pending, out_dir, workers, address, progress, max_retries, shared_disk)
+    records = {**done, **{r["name"]: ShardRecord(**r) for r in written}}
+    return [records[p.name] for p in plans], len(pending), len(done)
 
 
-def _drain(iterator, total: int, progress: bool) -> None:
+def _drain(iterator, total: int, progress: bool) -> list:
     from tqdm import tqdm
 
-    for _ in tqdm(iterator, total=total, desc="shards", unit="shard", disable=not progress):
-        pass
+    return list(tqdm(iterator, total=total, desc="shards", unit="shard", disable=not progress))
 
 
-def _run_on_ray(job, pending, out_dir, workers, address, progress, max_retries) -> None:
+# Local sources larger than this are not shipped through Ray's object store (its memory is shared
+# with the tasks): the run refuses and says how to make them reachable.
+SHIP_LIMIT_BYTES = int(float(os.environ.get("HUBBUB_SHIP_SOURCES_GB", "8")) * 2**30)
+
+
+class ShippedSources:
+    """A job whose local source files travel with it through Ray's object store, for clusters whose
+    nodes do not share the driver's disk: on a worker every source path is read from the object
+    store (never from that worker's disk); sources given as URLs are read from their store."""
+
+    def __init__(self, job, refs: dict):
+        self.job, self.refs = job, refs
+        self.token = uuid.uuid4().hex
+
+    def _fetch(self, path: str) -> bytes:
+        import ray
+
+        ref = self.refs.get(path)
+        if ref is None:
+            raise FileNotFoundError(f"{path} was not shipped with the job (a source outside the indexed corpus)")
+        return ray.get(ref)
+
+    def members(self, split: str, index: int):
+        audio.use_sources(self._fetch, self.token)
+        return self.job.members(split, index)
+
+
+def local_source_files(job) -> list[str]:
+    """The local files a job's workers read (utterances and noise files; URLs excluded)."""
+    pools = getattr(job, "pools", None) or {}
+    paths = {u.path for p in pools.values() for us in p.utterances_by_speaker.values() for u in us}
+    paths |= {f.path for p in pools.values() for f in p.noise_files}
+    return sorted(p for p in paths if storage.is_local(p))
+
+
+def ship_sources(job):
+    """``job`` with its local source files put in Ray's object store (:class:`ShippedSources`),
+    or a ValueError saying how to make them reachable when they cannot travel that way."""
+    import ray
+
+    files = local_source_files(job)
+    pools = getattr(job, "pools", None) or {}
+    if any((u.lips or {}).get("kind") == "file" for p in pools.values() for us in p.utterances_by_speaker.values()
+           for u in us):
+        raise ValueError("the lip ROI files are on this machine's disk, which the cluster's nodes do not share: "
+                         "put the corpus on a disk every node mounts and pass --shared-disk")
+    total = sum(os.path.getsize(p) for p in files)
+    if total > SHIP_LIMIT_BYTES:
+        raise ValueError(f"the sources are {total / 2**30:.1f} GB on this machine's disk, which the cluster's nodes "
+                         f"do not share, more than HUBBUB_SHIP_SOURCES_GB={SHIP_LIMIT_BYTES / 2**30:g} to ship "
+                         "through Ray: give them as an object-store URL (speech.corpus=s3://...), or put them on a "
+                         "disk every node mounts and pass --shared-disk")
+    log.info("shipping %d source files (%.1f MB) through Ray's object store", len(files), total / 1e6)
+    refs = {}
+    for path in files:
+        with open(path, "rb") as f:
+            refs[path] = ray.put(f.read())
+    return ShippedSources(job, refs)
+
+
+def _needs_shipping(address: str | None, shared_disk: bool | None) -> bool:
+    """Do this cluster's workers need the sources shipped (and the output in an object store)?"""
+    import ray
+
+    if shared_disk is not None:
+        return not shared_disk
+    if address is None and ray.is_initialized() and len(ray.nodes()) == 1:
+        return False  # a Ray started on this machine
+    if address and address.startswith("ray://"):
+        return True  # Ray Client: the driver is not on the cluster
+    return sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+
+
+def _run_on_ray(job, pending, out_dir, workers, address, progress, max_retries, shared_disk=None) -> list[dict]:
     import ray
     from tqdm import tqdm
 
     started = _init_ray(address, workers)
     try:
+        if _needs_shipping(address, shared_disk):
+            if storage.is_local(out_dir):
+                raise ValueError(f"--out {out_dir} is a folder on this machine, but the Ray cluster's nodes do not "
+                                 "share its disk (each would write its shards to its own): write to an object "
+                                 "store (--out s3://bucket/corpus), or pass --shared-disk if every node mounts it")
+            job = ship_sources(job)
         task = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=True)(write_shard)
         job_ref = ray.put(job)
         limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         queue = list(pending)
-        running = []
+        running, records = [], []
         with tqdm(total=len(pending), desc="shards", unit="shard", disable=not progress) as bar:
             while queue or running:
                 while queue and len(running) < limit:
-                    running.append(task.remote(job_ref, queue.pop(0), str(out_dir)))
+                    running.append(task.remote(job_ref, queue.pop(0), out_dir))
                 ready, running = ray.wait(running, num_returns=1)
-                ray.get(ready)  # re-raises a task that failed after all its retries
+                records += ray.get(ready)  # re-raises a task that failed after all its retries
                 bar.update(len(ready))
+        return records
     finally:
         if started:
             ray.shutdown()

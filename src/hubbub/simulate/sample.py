@@ -35,8 +35,10 @@ import numpy as np
 import pyloudnorm
 from scipy import fft as sp_fft
 
+from hubbub import storage
 from hubbub.audio import load_audio_cached
-from hubbub.shards.format import encode_audio, encode_json, encode_npy, quantize, sample_key, storage_of
+from hubbub.shards.format import (encode_audio, encode_json, encode_npy, encode_npy_zst, lips_member_name, quantize,
+                                  sample_key, storage_of)
 from hubbub.simulate.recipe import Recipe
 from hubbub.simulate.rir import compute_rirs, measure_rt60_s, rt60_to_absorption
 from hubbub.sources.lips import draw_lips, render_source_lips
@@ -228,7 +230,7 @@ class Simulator:
     def _draw_bank_room(self, rng: np.random.Generator, split: str, n_spk: int, sources: list[dict]):
         from hubbub.simulate.bank import bank_meta
 
-        bank = str(Path(self.recipe.room.rir_bank).resolve())
+        bank = storage.normalize(self.recipe.room.rir_bank)
         if not self.bank_rooms.get(split):
             raise SampleError(f"the RIR bank {bank} has no rooms for split {split!r}")
         room_index = int(rng.integers(self.bank_rooms[split]))
@@ -520,5 +522,5 @@ def to_members(rendered: Rendered) -> dict:
             members[f"s{k}.rir.npy"] = encode_npy(h.astype(np.float32))
     if "lips" in targets and rendered.lips is not None:
         for k, frames in enumerate(rendered.lips):
-            members[f"s{k}.lips.npy"] = encode_npy(frames)
+            members[lips_member_name(k)] = encode_npy_zst(frames)
     return members

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from hubbub import storage
 from hubbub.shards.writer import load_index
 from hubbub.train.config import TrainConfig
 
@@ -29,7 +30,7 @@ def resolve_model_dir(path: str | Path) -> Path:
 def corpus_card(shards: str | Path) -> dict:
     """The training corpus's data card: recipe, sources, licences, hours (from its index.json)."""
     index = load_index(shards)
-    return {"corpus": str(Path(shards).resolve()), "recipe": index.get("recipe", {}),
+    return {"corpus": storage.normalize(shards), "recipe": index.get("recipe", {}),
             "splits": index.get("splits", {}), "sources": index.get("data_card", {}), "seed": index.get("seed")}
 
 
