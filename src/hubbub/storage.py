@@ -23,9 +23,12 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -301,3 +304,83 @@ def open_file(url: str | os.PathLike, mode: str = "rb", **kwargs):
     """A file object for ``url`` (ranged reads on object stores: ``seek`` costs nothing until read)."""
     fs, path = filesystem(url)
     return _call(os.fspath(url), "open it", lambda: fs.open(path, mode, **kwargs))
+
+
+class LockedError(ValueError):
+    """Another process holds the lock: a one-line refusal, nothing was written."""
+
+
+LEASE_S = 120.0  # an object-store lock not renewed for this long belongs to a dead run
+
+
+@contextlib.contextmanager
+def exclusive(url: str | os.PathLike, what: str):
+    """Hold the lock at ``url`` for the block, or raise :class:`LockedError` at once.
+
+    On a local disk it is ``flock`` on that file: the kernel releases it when the holder exits,
+    however it dies. In an object store it is a lease object created only if absent (a
+    conditional PUT, ``If-None-Match: *``), renewed every ``LEASE_S / 4`` seconds by a thread and
+    deleted at the end; a lease not renewed for ``LEASE_S`` seconds (its run was killed) is taken
+    over. ``what`` says in the refusal what the holder is doing.
+    """
+    url = os.fspath(url)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "what": what}
+    if is_local(url):
+        import fcntl
+
+        path = local_path(url)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    held = json.loads(path.read_text())
+                    holder = f"{held['what']} (pid {held['pid']} on {held['host']})"
+                except (OSError, ValueError, KeyError, TypeError):
+                    holder = "another process"  # it has the lock but has not written who it is yet
+                raise LockedError(f"{path.parent} is in use by {holder}: wait for it to finish, or use "
+                                  "another folder") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(me).encode())
+            yield
+        finally:
+            os.close(fd)  # releases the lock; the file stays (removing it would race a new holder)
+        return
+    fs, path = filesystem(url)
+
+    def lease() -> bytes:
+        return json.dumps({**me, "expires_unix": time.time() + LEASE_S}).encode()
+
+    try:
+        fs.pipe_file(path, lease(), mode="create")
+    except FileExistsError:
+        try:
+            held = json.loads(fs.cat_file(path))
+        except (OSError, ValueError):
+            held = {}
+        if held.get("expires_unix", 0) > time.time():
+            raise LockedError(f"{url.rsplit('/', 1)[0]} is in use by {held.get('what')} (pid {held.get('pid')} on "
+                              f"{held.get('host')}); its lease runs out in "
+                              f"{held['expires_unix'] - time.time():.0f} s if that run is gone") from None
+        fs.rm_file(path)  # expired: a killed run's; of two takers, the conditional create picks one
+        try:
+            fs.pipe_file(path, lease(), mode="create")
+        except FileExistsError:
+            raise LockedError(f"{url.rsplit('/', 1)[0]} was just taken by another run") from None
+    stop = threading.Event()
+
+    def renew():
+        while not stop.wait(LEASE_S / 4):
+            with contextlib.suppress(OSError):
+                fs.pipe_file(path, lease())
+
+    thread = threading.Thread(target=renew, name="hubbub-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        with contextlib.suppress(OSError):
+            fs.rm_file(path)

@@ -196,3 +196,43 @@ def test_a_ray_cluster_without_a_shared_disk_writes_the_same_corpus_to_s3(tmp_pa
     assert verify_corpus(url).ok
     # both nodes made shards in their own scratch, and left nothing there
     assert all(d.is_dir() and not list(d.iterdir()) for d in scratch.values())
+
+
+def test_a_rir_bank_in_s3_serves_mixtures_as_a_local_one(tmp_path, speech, s3_bucket):
+    from hubbub.simulate import simulate_rir_bank
+
+    bank_recipe = load_recipe("debug", ["samples_per_shard=2"])
+    simulate_rir_bank(bank_recipe, num_rooms=4, positions=3, out_dir=f"{s3_bucket}/bank", seed=0, workers=0,
+                      progress=False)
+    simulate_rir_bank(bank_recipe, num_rooms=4, positions=3, out_dir=tmp_path / "bank", seed=0, workers=0,
+                      progress=False)
+    assert _objects(f"{s3_bucket}/bank") == {p.name: p.read_bytes() for p in (tmp_path / "bank").glob("*.tar")}
+
+    def mixtures(bank, out):
+        """Every member of every sample; in the JSON, the bank's location (provenance) left out."""
+        import webdataset as wds
+
+        recipe = load_recipe("debug", [f"speech.corpus={speech}", "samples_per_shard=4", f"room.rir_bank={bank}"])
+        simulate(recipe, num=6, out_dir=out, seed=0, workers=0, progress=False, splits=["train"])
+        samples = list(wds.WebDataset([str(p) for p in sorted(out.glob("train-*.tar"))], shardshuffle=False,
+                                      empty_check=False))
+        for sample in samples:
+            sample["json"] = sample["json"].replace(str(bank).encode(), b"BANK")
+        return [{k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")} for sample in samples]
+
+    remote, local = mixtures(f"{s3_bucket}/bank", tmp_path / "a"), mixtures(tmp_path / "bank", tmp_path / "b")
+    assert remote == local and len(local) == 5 and b"BANK" in local[0]["json"]
+
+
+def test_evaluate_reads_a_corpus_in_s3(tmp_path, speech, s3_bucket):
+    from hubbub.evaluate import evaluate_run
+    from hubbub.testing import make_dummy_run
+
+    url = f"{s3_bucket}/corpus"
+    simulate(_recipe(speech), num=10, out_dir=url, seed=0, workers=0, progress=False)
+    simulate(_recipe(speech), num=10, out_dir=tmp_path / "corpus", seed=0, workers=0, progress=False)
+    run = make_dummy_run(tmp_path / "run", tmp_path / "corpus")
+    remote = evaluate_run(run, url, split="train", out_dir=tmp_path / "eval-s3", metrics=("si_snri",))
+    local = evaluate_run(run, tmp_path / "corpus", split="train", out_dir=tmp_path / "eval-local",
+                         metrics=("si_snri",))
+    assert remote["overall"] == local["overall"] and remote["corpus"] == "corpus"

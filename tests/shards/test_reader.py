@@ -304,3 +304,24 @@ def test_bad_arguments(corpus):
         ShardDataset(corpus, "nosuch")
     with pytest.raises(KeyError, match="lips"):
         next(iter(ShardDataset(corpus, targets=("lips",))))
+
+
+@pytest.mark.parametrize("world_size, batch_size, workers", [(1, 4, 1), (2, 2, 2), (3, 1, 2)])
+def test_the_sampler_splits_the_global_sequence_from_counts_alone(world_size, batch_size, workers):
+    """ShardSampler needs only each shard's sample count (no corpus, no I/O): its ranks' and
+    workers' shares put together are the global sequence, batch by batch."""
+    from hubbub.shards.reader import ShardSampler
+
+    sizes = [5, 4, 7, 2]
+    samplers = [ShardSampler(sizes, seed=3, shuffle_buffer=6, rank=r, world_size=world_size, batch_size=batch_size)
+                for r in range(world_size)]
+    full = samplers[0].global_ordinals(0)
+    assert sorted(set(full.tolist())) == list(range(sum(sizes)))
+    for step in range(len(full) // (batch_size * world_size)):
+        batch = [o for s in samplers for o in s.rank_ordinals(0)[step * batch_size:(step + 1) * batch_size]]
+        assert batch == full[step * batch_size * world_size:(step + 1) * batch_size * world_size].tolist()
+    for s in samplers:
+        shares = [s.worker_share(w, workers) for w in range(workers)]
+        positions = sorted(p for pos, _ in shares for p in pos.tolist())
+        assert positions == list(range(s.num_samples))
+    assert ShardSampler(sizes, seed=3, epoch=1).global_ordinals(1).tolist() != full.tolist()

@@ -11,7 +11,8 @@ Typical use in a trainer (one process per rank)::
             ...
             checkpoint["data"] = loader.state_dict() # {"epoch": e, "consumed": n, "global_consumed": n * W}
 
-How an epoch is laid out (all of it computed from the sidecars' key lists, no tar is opened):
+How an epoch is laid out (:class:`ShardSampler`, from the shards' sample counts alone, no I/O;
+:class:`ShardDataset` fetches and decodes what the sampler hands out):
 
 1. The epoch's *global sequence* of samples is the same in every process, whatever the rank,
    world size, worker count or batch size: shuffling permutes the shard order with
@@ -52,8 +53,9 @@ in one read; then a worker fetches exactly the wanted members of its next sample
 reads (``os.pread`` on a local disk, concurrent range requests on an object store through
 fsspec), one window of samples ahead while it decodes the current one, and decodes only the
 crop (WAV seeks to it; FLAC from the nearest seek point). Across the whole job each byte of a
-wanted member is read once per epoch (plus the 512-byte tar header between two wanted members
-that lie next to each other, read to save a request), whatever the world size and worker count.
+wanted member is read once per epoch (plus the padding and tar header, under 1 kB, between two
+wanted members that lie next to each other, read to save a request), whatever the world size and
+worker count.
 Corpora of format version 1 (no member ranges) still read, the old way: every rank and worker
 streams every shard of the split, skipping what is not its own (``W * num_workers`` times the
 bytes); ``hubbub shards index DIR`` adds the ranges in one pass.
@@ -82,8 +84,9 @@ from hubbub.shards.format import (array_member, audio_member, audio_stem, decode
 from hubbub.shards.writer import load_index, read_members_table, record_from_json, sidecar_name
 
 log = logging.getLogger(__name__)
-# Ranges of two wanted members separated by no more than a tar header are read as one.
-_MERGE_GAP = 512
+# Ranges of two wanted members separated by no more than what a tar puts between them (the first
+# one's padding to a 512-byte block, then the second one's 512-byte header) are read as one.
+_MERGE_GAP = 1023
 
 # Tags that keep the three random streams of an epoch independent of each other.
 _SHARD_ORDER, _WINDOWS, _CROP, _ROI = 0, 1, 2, 3
@@ -108,6 +111,125 @@ def stack_padded(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     for i, t in enumerate(tensors):
         out[(i, *(slice(0, n) for n in t.shape))] = t
     return out
+
+
+class ShardSampler:
+    """Which samples, in which order, for this rank and worker: computed from the shards' sample
+    counts alone, with no I/O (lhotse's sampler/dataset split). :class:`ShardDataset` fetches and
+    decodes what it hands out. Positions are ordinals ``0 .. N-1`` of the split in shard order.
+
+    The epoch's global sequence, its split into ranks and workers, padding, ``drop_last`` and
+    the resume position are described in the module docstring; every argument is as in
+    :class:`ShardDataset`. Example: ``ShardSampler([5, 5, 3], batch_size=2, world_size=2,
+    rank=1).rank_ordinals(0)`` are the ordinals rank 1 of 2 reads in epoch 0.
+    """
+
+    def __init__(self, shard_sizes: Sequence[int], *, shuffle: bool = True, shuffle_buffer: int = 256,
+                 seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False,
+                 batch_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        if batch_size < 1 or shuffle_buffer < 1:
+            raise ValueError("batch_size and shuffle_buffer must be positive")
+        self.shard_start = np.concatenate([[0], np.cumsum(shard_sizes)]).astype(np.int64)
+        self.shuffle, self.shuffle_buffer, self.seed, self.epoch = shuffle, shuffle_buffer, seed, epoch
+        self.rank, self.world_size, self.drop_last, self.batch_size = rank, world_size, drop_last, batch_size
+        self.start = 0  # first rank-sequence position of the next iteration
+        self.consumed = 0  # samples of this epoch yielded in this process, counting start
+
+    @property
+    def size(self) -> int:
+        """Samples of the split."""
+        return int(self.shard_start[-1])
+
+    @property
+    def global_num_samples(self) -> int:
+        """Samples of the epoch's global sequence over all ranks: the split's size rounded up
+        (padded) or, with ``drop_last``, down to a multiple of ``batch_size * world_size``."""
+        n, per_step = self.size, self.batch_size * self.world_size
+        return (n // per_step if self.drop_last else math.ceil(n / per_step)) * per_step
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank yields in a full epoch (equal on every rank, a multiple of batch_size)."""
+        return self.global_num_samples // self.world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """See :meth:`ShardDataset.set_epoch`."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.start = self.consumed = 0
+
+    def state(self, consumed: int) -> dict:
+        """``{"epoch", "consumed"[, "global_consumed"]}`` after ``consumed`` samples of this rank."""
+        state = {"epoch": self.epoch, "consumed": consumed}
+        # Mid-batch, this rank's consumed samples are not a prefix of the global sequence.
+        if consumed % self.batch_size == 0:
+            state["global_consumed"] = consumed * self.world_size
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """See :meth:`ShardDataset.load_state_dict`."""
+        if "global_consumed" in state:
+            position, per_step = int(state["global_consumed"]), self.batch_size * self.world_size
+            if position < 0:
+                raise ValueError(f"global_consumed={position} is negative")
+            if position >= min(self.size, self.global_num_samples):
+                consumed = self.num_samples  # every sample of the epoch was seen: it is done
+            elif position % per_step == 0:
+                consumed = position // self.world_size
+            else:
+                raise ValueError(f"global_consumed={position} is not a multiple of batch_size x world_size "
+                                 f"= {per_step}: it falls inside a global batch of this run, so it cannot "
+                                 "resume there exactly")
+        else:
+            consumed = int(state["consumed"])
+            if not 0 <= consumed <= self.num_samples:
+                raise ValueError(f"consumed={consumed} outside this rank's epoch of {self.num_samples}")
+        self.epoch = int(state["epoch"])
+        self.start = self.consumed = consumed
+
+    def global_ordinals(self, epoch: int) -> np.ndarray:
+        """The epoch's global sequence, padded or cut: what one rank with batch ``B * W`` reads."""
+        order = np.arange(len(self.shard_start) - 1)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch, _SHARD_ORDER]).permutation(order)
+        seq = np.concatenate([np.arange(self.shard_start[s], self.shard_start[s + 1]) for s in order])
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, epoch, _WINDOWS])
+            window = np.arange(len(seq)) // self.shuffle_buffer
+            seq = seq[np.lexsort((rng.random(len(seq)), window))]
+        # np.resize repeats the sequence cyclically when it grows (the padding repeats its head)
+        # and keeps its head when it shrinks (drop_last).
+        return np.resize(seq, self.global_num_samples)
+
+    def rank_ordinals(self, epoch: int) -> np.ndarray:
+        """This rank's share of the epoch, in order: chunk ``rank`` of every global batch."""
+        steps = self.global_ordinals(epoch).reshape(-1, self.world_size, self.batch_size)
+        return steps[:, self.rank].reshape(-1)
+
+    def worker_share(self, worker: int, num_workers: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rank-sequence positions, ordinals) that DataLoader worker ``worker`` reads from the
+        resume position on: its batches ``k % num_workers == worker``, as the DataLoader asks."""
+        ordinals = self.rank_ordinals(self.epoch)
+        positions = np.arange(self.start, len(ordinals))
+        chunk = (positions - self.start) // self.batch_size
+        mine = positions[chunk % num_workers == worker]
+        return mine, ordinals[mine]
+
+
+class _Sampled:
+    """A :class:`ShardDataset` attribute that lives on its sampler (the Solver sets rank and
+    world size on the dataset; the order is the sampler's business)."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else getattr(obj.sampler, self.name)
+
+    def __set__(self, obj, value):
+        setattr(obj.sampler, self.name, value)
 
 
 class ShardDataset(IterableDataset):
@@ -178,29 +300,17 @@ class ShardDataset(IterableDataset):
             rank = torch.distributed.get_rank() if distributed else 0
         if world_size is None:
             world_size = torch.distributed.get_world_size() if distributed else 1
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world_size {world_size}")
         if roi_crop not in ("center", "random", None):
             raise ValueError(f"roi_crop must be 'center', 'random' or None, got {roi_crop!r}")
-        if batch_size < 1 or shuffle_buffer < 1:
-            raise ValueError("batch_size and shuffle_buffer must be positive")
+        self.sampler = ShardSampler([], shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed, epoch=epoch,
+                                    rank=rank, world_size=world_size, drop_last=drop_last, batch_size=batch_size)
         self.split = split
         self.targets = tuple(targets)
         self.extras = tuple(extras)
         self.crop_s = crop_s
-        self.shuffle = shuffle
-        self.shuffle_buffer = shuffle_buffer
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.drop_last = drop_last
         self.mic = mic
         self.max_sources = max_sources
-        self.batch_size = batch_size
         self.roi_crop = roi_crop
-        self.epoch = epoch
-        self._start = 0  # first rank-sequence position of the next iteration
-        self._consumed = 0  # samples of this epoch yielded in this process, counting _start
 
         self.corpus_dir = storage.normalize(corpus_dir)
         names = [s["name"] for s in load_index(self.corpus_dir)["shards"] if s["split"] == split]
@@ -236,37 +346,42 @@ class ShardDataset(IterableDataset):
             self._shard_of = np.repeat(np.arange(len(keys)), [len(ks) for ks in keys])
             self._member_names, self._offsets, self._sizes = None, None, None
             counts = np.array([len(ks) for ks in keys])
-        self._shard_start = np.concatenate([[0], np.cumsum(counts)])
+        self.sampler.shard_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         if len(self._keys) == 0:
             raise ValueError(f"split {split!r} of {self.corpus_dir} has no samples")
         if self._member_names is not None:
             self._wanted_columns = np.arange(len(self._member_names))  # the table holds only wanted ones
         self.read_ahead = max(8, batch_size)  # samples fetched ahead of the one being decoded
 
+    seed = _Sampled()
+    shuffle = _Sampled()
+    shuffle_buffer = _Sampled()
+    epoch = _Sampled()
+    rank = _Sampled()
+    world_size = _Sampled()
+    drop_last = _Sampled()
+    batch_size = _Sampled()
+
     @property
     def global_num_samples(self) -> int:
-        """Samples of the epoch's global sequence over all ranks: the split's size rounded up
-        (padded) or, with ``drop_last``, down to a multiple of ``batch_size * world_size``."""
-        n, per_step = len(self._keys), self.batch_size * self.world_size
-        return (n // per_step if self.drop_last else math.ceil(n / per_step)) * per_step
+        """See :attr:`ShardSampler.global_num_samples`."""
+        return self.sampler.global_num_samples
 
     @property
     def num_samples(self) -> int:
         """Samples this rank yields in a full epoch (equal on every rank, a multiple of batch_size)."""
-        return self.global_num_samples // self.world_size
+        return self.sampler.num_samples
 
     @property
     def start(self) -> int:
         """Rank-sequence position where the next iteration starts (0 unless resumed)."""
-        return self._start
+        return self.sampler.start
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch to iterate. A new epoch starts at its beginning; setting the current
         epoch again keeps the position from :meth:`load_state_dict`, so a resumed loop may call
         ``set_epoch(epoch)`` at the top of every epoch as usual."""
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self._start = self._consumed = 0
+        self.sampler.set_epoch(epoch)
 
     def state_dict(self) -> dict:
         """``{"epoch", "consumed"[, "global_consumed"]}``: samples of this epoch this rank has
@@ -275,14 +390,10 @@ class ShardDataset(IterableDataset):
         Exact when iterated in this process (directly or with ``num_workers=0``); with DataLoader
         workers use :meth:`ShardLoader.state_dict`, which counts what the consumer received.
         """
-        return self._state(self._consumed)
+        return self.sampler.state(self.sampler.consumed)
 
     def _state(self, consumed: int) -> dict:
-        state = {"epoch": self.epoch, "consumed": consumed}
-        # Mid-batch, this rank's consumed samples are not a prefix of the global sequence.
-        if consumed % self.batch_size == 0:
-            state["global_consumed"] = consumed * self.world_size
-        return state
+        return self.sampler.state(consumed)
 
     def load_state_dict(self, state: dict) -> None:
         """Continue epoch ``state["epoch"]`` after its first ``state["consumed"]`` samples on this
@@ -295,62 +406,24 @@ class ShardDataset(IterableDataset):
         ``{"epoch": 1, "consumed": 6, "global_consumed": 12}`` resumes 1 rank x batch 4 at
         sample 12 of epoch 1, and 4 ranks x batch 1 at sample 3 of each rank.
         """
-        if "global_consumed" in state:
-            position, per_step = int(state["global_consumed"]), self.batch_size * self.world_size
-            if position < 0:
-                raise ValueError(f"global_consumed={position} is negative")
-            if position >= min(len(self._keys), self.global_num_samples):
-                consumed = self.num_samples  # every sample of the epoch was seen: it is done
-            elif position % per_step == 0:
-                consumed = position // self.world_size
-            else:
-                raise ValueError(f"global_consumed={position} is not a multiple of batch_size x world_size "
-                                 f"= {per_step}: it falls inside a global batch of this run, so it cannot "
-                                 "resume there exactly")
-        else:
-            consumed = int(state["consumed"])
-            if not 0 <= consumed <= self.num_samples:
-                raise ValueError(f"consumed={consumed} outside this rank's epoch of {self.num_samples}")
-        self.epoch = int(state["epoch"])
-        self._start = self._consumed = consumed
+        self.sampler.load_state_dict(state)
 
     def global_sequence(self, epoch: int | None = None) -> list[str]:
         """The keys of ``epoch``'s global sequence (default: the current one) over all ranks, in
         order, padded or cut: what one rank with batch ``batch_size * world_size`` yields."""
-        return [k.decode() for k in self._keys[self._global_ordinals(self.epoch if epoch is None else epoch)]]
+        return [k.decode() for k in self._keys[self.sampler.global_ordinals(self.epoch if epoch is None else epoch)]]
 
     def rank_sequence(self, epoch: int | None = None) -> list[str]:
         """The keys this rank yields in ``epoch`` (default: the current one), in order."""
-        return [k.decode() for k in self._keys[self._rank_ordinals(self.epoch if epoch is None else epoch)]]
-
-    def _global_ordinals(self, epoch: int) -> np.ndarray:
-        order = np.arange(len(self._paths))
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch, _SHARD_ORDER]).permutation(order)
-        seq = np.concatenate([np.arange(self._shard_start[s], self._shard_start[s + 1]) for s in order])
-        if self.shuffle:
-            rng = np.random.default_rng([self.seed, epoch, _WINDOWS])
-            window = np.arange(len(seq)) // self.shuffle_buffer
-            seq = seq[np.lexsort((rng.random(len(seq)), window))]
-        # np.resize repeats the sequence cyclically when it grows (the padding repeats its head)
-        # and keeps its head when it shrinks (drop_last).
-        return np.resize(seq, self.global_num_samples)
-
-    def _rank_ordinals(self, epoch: int) -> np.ndarray:
-        steps = self._global_ordinals(epoch).reshape(-1, self.world_size, self.batch_size)
-        return steps[:, self.rank].reshape(-1)
+        return [k.decode() for k in self._keys[self.sampler.rank_ordinals(self.epoch if epoch is None else epoch)]]
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        ordinals = self._rank_ordinals(self.epoch)
-        positions = np.arange(self._start, len(ordinals))
-        chunk = (positions - self._start) // self.batch_size
-        mine = positions[chunk % num_workers == worker]
-        self._consumed = self._start
-        for position, raw in zip(mine, self._read_raw(ordinals[mine])):
+        positions, ordinals = self.sampler.worker_share(*((info.id, info.num_workers) if info else (0, 1)))
+        self.sampler.consumed = self.sampler.start
+        for position, raw in zip(positions, self._read_raw(ordinals)):
             sample = self._decode(raw)
-            self._consumed = int(position) + 1
+            self.sampler.consumed = int(position) + 1
             yield sample
 
     def _read_raw(self, ordinals: np.ndarray) -> Iterator[dict]:

@@ -53,6 +53,8 @@ REQUIRED_SOURCE_FIELDS = ("speaker", "sir_db")
 # hubbub.shards.ingest) have no room or mixing parameters, and no sources.
 SIMULATION_FIELDS = ("room.rt60_s_target", "room.rt60_s_measured", "mixing.overlap_ratio")
 MIXTURE_TOLERANCE = 1e-6
+# Sample JSON fields that must equal index.json's: samples of two corpora never mix unnoticed.
+IDENTITY_FIELDS = ("seed", "recipe_hash", "sources_hash")
 _SIDECAR = re.compile(r"^[A-Za-z0-9]+-\d{6}\.json$")
 _IMAGE_TARGETS = ("mix", "noise", "direct", "early", "reverberant")  # (num_mics, num_samples)
 _MISSING = object()
@@ -146,7 +148,7 @@ def verify_corpus(corpus_dir: str | Path, *, check_audio: bool = True) -> Verify
             report.fault(sidecar_name(name), None, "sidecar missing")
         if name in tars:
             _check_shard(corpus_dir, name, sizes[name], (listed or {}).get(name), name in sidecars, owner_of_key,
-                         report, codec=(index or {}).get("codec"))
+                         report, codec=(index or {}).get("codec"), identity=_identity(index))
     if index:
         _check_split_totals(index, report)
     return report
@@ -182,8 +184,14 @@ def _check_split_totals(index: dict, report: VerifyReport) -> None:
                                            f"but its shards hold {counted}")
 
 
+def _identity(index: dict | None) -> dict:
+    """What every sample of the corpus must have been drawn with (the fields index.json records)."""
+    return {k: index[k] for k in IDENTITY_FIELDS if index and k in index}
+
+
 def _check_shard(corpus_dir: str, name: str, size: int, entry: dict | None, has_sidecar: bool,
-                 owner_of_key: dict[str, str], report: VerifyReport, codec: dict | None = None) -> None:
+                 owner_of_key: dict[str, str], report: VerifyReport, codec: dict | None = None,
+                 identity: dict | None = None) -> None:
     tar_path = storage.join(corpus_dir, name)
     with storage.open_file(tar_path) as f:
         sha = sha256_fileobj(f)
@@ -234,6 +242,9 @@ def _check_shard(corpus_dir: str, name: str, size: int, entry: dict | None, has_
             owner_of_key[key] = name
             try:
                 messages = _check_sample(raw, split, sidecar_durations_s.get(key), report.checked_audio, codec)
+                meta = json.loads(raw["json"]) if "json" in raw else {}
+                messages += [f"drawn with {k} {meta[k]!r}, the corpus with {v!r}: a sample of another corpus"
+                             for k, v in (identity or {}).items() if k in meta and meta[k] != v]
             except Exception as e:  # e.g. a field of the wrong type: a fault of this sample, read on
                 messages = [f"cannot be checked: {type(e).__name__}: {e}"]
             for message in messages:

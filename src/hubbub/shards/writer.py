@@ -34,6 +34,7 @@ from hubbub import storage
 from hubbub.shards.format import DEFAULT_STORAGE, shard_name
 
 INDEX_NAME = "index.json"
+LOCK_NAME = ".hubbub.lock"  # held while a run writes the corpus (hubbub.storage.exclusive)
 # 2: sidecars record each member's byte range, and each split has a members table. Corpora of
 # version 1 still read (the reader streams their tars; `hubbub shards index` upgrades them).
 FORMAT_VERSION = 2

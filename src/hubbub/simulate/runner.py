@@ -30,8 +30,8 @@ from pathlib import Path
 
 from hubbub import audio, storage
 from hubbub.config import to_dict
-from hubbub.shards.writer import (ShardPlan, ShardRecord, atomic_write_json, build_index, check_same_corpus,
-                                  complete_shards, plan_split, write_sidecar, writing_shard)
+from hubbub.shards.writer import (LOCK_NAME, ShardPlan, ShardRecord, atomic_write_json, build_index,
+                                  check_same_corpus, complete_shards, plan_split, write_sidecar, writing_shard)
 from hubbub.simulate.recipe import Recipe
 from hubbub.simulate.sample import Simulator, SplitPool
 from hubbub.sources.noise import index_noise, split_noise_files
@@ -91,6 +91,14 @@ def split_counts(num: int, fractions: dict[str, float]) -> dict[str, int]:
 
 
 def plan_shards(recipe: Recipe, num: int, splits: list[str] | None = None) -> list[ShardPlan]:
+    """The shards of ``num`` samples (of ``splits`` only, if given); ValueError for a count below
+    one or a split the recipe does not have."""
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"the number of samples must be a whole number of at least 1, got {num!r}")
+    unknown = sorted(set(splits or ()) - {s for s, f in recipe.splits.items() if f > 0})
+    if unknown:
+        raise ValueError(f"splits {unknown} are not splits of the recipe (it has "
+                         f"{sorted(s for s, f in recipe.splits.items() if f > 0)})")
     return [plan for split, n in split_counts(num, recipe.splits).items() if not splits or split in splits
             for plan in plan_split(split, n, recipe.samples_per_shard)]
 
@@ -112,7 +120,7 @@ def prepare_sources(recipe: Recipe, seed: int) -> tuple[dict[str, SplitPool], li
     ``bad-lips``, ``lips-too-small``, ``lips-length-mismatch``: :mod:`hubbub.sources.lips`).
     """
     sc = recipe.speech
-    corpus = builtin_voices_dir() if sc.corpus == "builtin" else Path(sc.corpus)
+    corpus = builtin_voices_dir() if sc.corpus == "builtin" else sc.corpus  # a path or a URL
     lips = "lips" in recipe.targets
     idx = index_speech(corpus, layout=sc.layout, regex=sc.regex, min_duration_s=sc.min_duration_s,
                        lips=lips, lips_dir=sc.lips_dir)
@@ -239,28 +247,20 @@ def simulate(recipe: Recipe, *, num: int, out_dir: str | Path, seed: int = 0, wo
         simulate(load_recipe("whamr", ["speech.corpus=/data/voices"]), num=1000, out_dir="whamr", seed=0)
     """
     out_dir = storage.normalize(out_dir)  # an unknown scheme or missing package: said before any work
+    all_plans = plan_shards(recipe, num, None)
+    run_plans = plan_shards(recipe, num, splits)  # checks num and the split names first
     pools, skipped_files, card = prepare_sources(recipe, seed)  # before anything is written
-    storage.makedirs(out_dir)
     simulator = Simulator(recipe, pools, seed)
     identity = {"recipe_hash": simulator.recipe_hash, "sources_hash": simulator.sources_hash, "seed": seed,
                 "samples_per_shard": recipe.samples_per_shard, "splits": recipe.splits,
                 "storage": to_dict(recipe.storage), "recipe": to_dict(recipe)}
-    check_same_corpus(out_dir, identity)
-    atomic_write_json(storage.join(out_dir, "recipe.json"), identity)
-    plans = plan_shards(recipe, num, splits)
-    records, written, done = run_shards(simulator, plans, out_dir, workers=workers, address=address,
-                                        progress=progress, max_retries=max_retries, shared_disk=shared_disk)
-    failed = [f for r in records for f in r.failed]
-    for f in failed:
-        log.warning("sample %s/%d skipped: %s", f["split"], f["index"], f["error"])
-    report = {"skipped_files": skipped_files, "failed_samples": failed,
-              "summary": {"skipped_files": len(skipped_files), "failed_samples": len(failed)}}
-    atomic_write_json(storage.join(out_dir, "report.json"), report)
-    index = build_index(out_dir, records, recipe=to_dict(recipe),
-                        extra={"seed": seed, "recipe_hash": identity["recipe_hash"],
-                               "sources_hash": identity["sources_hash"], "num_requested": num,
-                               "data_card": card})
-    return SimulateResult(storage.as_path(out_dir), index, written, done, failed, skipped_files)
+    return build_corpus(simulator, out_dir, identity, all_plans, run_plans, what=f"hubbub simulate (seed {seed})",
+                        skipped_files=skipped_files, recipe=to_dict(recipe),
+                        index_extra={"seed": seed, "recipe_hash": identity["recipe_hash"],
+                                     "sources_hash": identity["sources_hash"], "num_requested": num,
+                                     "data_card": card},
+                        workers=workers, address=address, progress=progress, max_retries=max_retries,
+                        shared_disk=shared_disk)
 
 
 def simulate_rir_bank(recipe: Recipe, *, num_rooms: int, positions: int, out_dir: str | Path, seed: int = 0,
@@ -274,23 +274,47 @@ def simulate_rir_bank(recipe: Recipe, *, num_rooms: int, positions: int, out_dir
     from hubbub.simulate.bank import BANK_KIND, RirBankJob
 
     out_dir = storage.normalize(out_dir)
-    storage.makedirs(out_dir)
+    if positions < 1:
+        raise ValueError(f"positions must be at least 1, got {positions}")
+    plans = plan_shards(recipe, num_rooms)
     identity = {"kind": BANK_KIND, "recipe_hash": recipe.content_hash(), "seed": seed,
                 "samples_per_shard": recipe.samples_per_shard, "splits": recipe.splits, "positions": positions,
                 "recipe": to_dict(recipe)}
-    check_same_corpus(out_dir, identity)
-    atomic_write_json(storage.join(out_dir, "recipe.json"), identity)
-    job = RirBankJob(recipe, seed, positions)
-    records, written, done = run_shards(job, plan_shards(recipe, num_rooms), out_dir, workers=workers,
-                                        address=address, progress=progress, max_retries=max_retries,
-                                        shared_disk=shared_disk)
-    failed = [f for r in records for f in r.failed]
-    atomic_write_json(storage.join(out_dir, "report.json"), {"skipped_files": [], "failed_samples": failed,
-                                                "summary": {"skipped_files": 0, "failed_samples": len(failed)}})
-    index = build_index(out_dir, records, recipe=to_dict(recipe),
-                        extra={"kind": BANK_KIND, "seed": seed, "recipe_hash": identity["recipe_hash"],
-                               "positions": positions, "num_requested": num_rooms})
-    return SimulateResult(storage.as_path(out_dir), index, written, done, failed, [])
+    return build_corpus(RirBankJob(recipe, seed, positions), out_dir, identity, plans, plans,
+                        what=f"hubbub rirs (seed {seed})", skipped_files=[], recipe=to_dict(recipe),
+                        index_extra={"kind": BANK_KIND, "seed": seed, "recipe_hash": identity["recipe_hash"],
+                                     "positions": positions, "num_requested": num_rooms},
+                        workers=workers, address=address, progress=progress, max_retries=max_retries,
+                        shared_disk=shared_disk)
+
+
+def build_corpus(job, out_dir: str, identity: dict, all_plans: list[ShardPlan], run_plans: list[ShardPlan], *,
+                 what: str, skipped_files: list[dict], recipe: dict, index_extra: dict, workers: int | None,
+                 address: str | None, progress: bool, max_retries: int,
+                 shared_disk: bool | None) -> SimulateResult:
+    """The skeleton every corpus is built by (mixtures, RIR banks): under the corpus lock, check
+    the identity against ``recipe.json`` (a rerun must be the same corpus) and record it, write the
+    planned shards not yet complete (``run_plans``: all of them, or the splits asked for), then
+    ``report.json`` and, last, ``index.json`` over every complete shard of ``all_plans``, so a run
+    of some splits keeps the others listed. Two runs into one folder or prefix at once: the second
+    is refused (:func:`hubbub.storage.exclusive`) before it writes anything."""
+    storage.makedirs(out_dir)
+    with storage.exclusive(storage.join(out_dir, LOCK_NAME), what):
+        check_same_corpus(out_dir, identity)
+        atomic_write_json(storage.join(out_dir, "recipe.json"), identity)
+        records, written, kept = run_shards(job, run_plans, out_dir, workers=workers, address=address,
+                                            progress=progress, max_retries=max_retries, shared_disk=shared_disk)
+        ran = {p.name for p in run_plans}
+        others = complete_shards(out_dir, {p.name: p.num_samples for p in all_plans if p.name not in ran})
+        records = sorted(records + list(others.values()), key=lambda r: (r.split, r.shard_index))
+        failed = [f for r in records for f in r.failed]
+        for f in failed:
+            log.warning("sample %s/%d skipped: %s", f["split"], f["index"], f["error"])
+        atomic_write_json(storage.join(out_dir, "report.json"), {
+            "skipped_files": skipped_files, "failed_samples": failed,
+            "summary": {"skipped_files": len(skipped_files), "failed_samples": len(failed)}})
+        index = build_index(out_dir, records, recipe=recipe, extra=index_extra)
+    return SimulateResult(storage.as_path(out_dir), index, written, kept, failed, skipped_files)
 
 
 def run_shards(job, plans: list[ShardPlan], out_dir: str, *, workers: int | None, address: str | None,
