@@ -38,8 +38,11 @@ def use_sources(provider, token: str | None) -> None:
         _CACHE.clear()
 
 
-def _open_source(path: str | Path):
-    """What soundfile reads for ``path``: the path itself, or its bytes from the provider or store."""
+def _open_source(path: str | Path, data: bytes | None = None):
+    """What soundfile reads for ``path``: the path itself, or its bytes (``data`` if already
+    fetched, else from the provider or store)."""
+    if data is not None:
+        return io.BytesIO(data)
     if _PROVIDER is not None:
         return io.BytesIO(_PROVIDER(str(path)))
     if "://" in str(path):
@@ -62,9 +65,10 @@ class AudioError(ValueError):
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
-def probe(path: str | Path) -> tuple[int, int, int]:
-    """(sample_rate_hz, frames, channels) from the header, or AudioError('unreadable')."""
-    source = _open_source(path)
+def probe(path: str | Path, *, data: bytes | None = None) -> tuple[int, int, int]:
+    """(sample_rate_hz, frames, channels) from the header, or AudioError('unreadable').
+    ``data``: the file's bytes, already fetched (``path`` then only names it in errors)."""
+    source = _open_source(path, data)
     try:
         info = sf.info(source)
     except Exception as exc:  # libsndfile raises several types for non-audio input
@@ -81,19 +85,19 @@ def resample(x: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
 
 
 def load_audio(path: str | Path, sample_rate_hz: int, *, start_s: float = 0.0,
-               stop_s: float | None = None, min_duration_s: float = 0.0) -> np.ndarray:
+               stop_s: float | None = None, min_duration_s: float = 0.0, data: bytes | None = None) -> np.ndarray:
     """Mono float32 audio at ``sample_rate_hz`` (optionally a [start_s, stop_s) excerpt).
 
     Raises :class:`AudioError` with reason ``unreadable``, ``empty``, ``non-finite``, ``silent``
-    or ``too-short``.
+    or ``too-short``. ``data``: as for :func:`probe`.
     """
-    sr, frames, _ = probe(path)
+    sr, frames, _ = probe(path, data=data)
     if frames == 0:
         raise AudioError(path, "empty")
     start = int(round(start_s * sr))
     stop = frames if stop_s is None else min(frames, int(round(stop_s * sr)))
     try:
-        source = _open_source(path)
+        source = _open_source(path, data)
         x, sr = sf.read(source, start=start, stop=stop, dtype="float32", always_2d=True)
     except OSError:
         raise
@@ -162,8 +166,11 @@ def check_audio_file(path: str | Path, *, min_duration_s: float = 0.0) -> dict:
     Used when indexing a corpus, so bad files are found once, up front, not deep in a job.
     """
     try:
-        sr, frames, channels = probe(path)
-        load_audio(path, sr, min_duration_s=min_duration_s)
+        source = _open_source(path)
+        # A file fetched from a store is decoded from these bytes, not fetched twice more.
+        data = source.getvalue() if isinstance(source, io.BytesIO) else None
+        sr, frames, channels = probe(path, data=data)
+        load_audio(path, sr, min_duration_s=min_duration_s, data=data)
     except FileNotFoundError as exc:  # listed but not there (a dangling link): a bad file of the corpus
         raise AudioError(path, "unreadable", str(exc)) from None
     return {"sample_rate_hz": sr, "channels": channels, "duration_s": frames / sr}

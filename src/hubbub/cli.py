@@ -6,6 +6,7 @@ function.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -397,6 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (FileNotFoundError, ValueError) as exc:
         print(f"hubbub: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"hubbub: no space left on the device{where}: free some and rerun the same command "
+              "(what was complete is kept, nothing partial counts)", file=sys.stderr)
         return 2
 
 

@@ -194,3 +194,37 @@ def test_a_source_gone_at_render_time_fails_the_run_and_writes_no_shard(tmp_path
     with pytest.raises(FileNotFoundError, match="not found on this machine"):
         simulate(_recipe(copy), num=4, out_dir=tmp_path / "out", seed=0, workers=0, progress=False, splits=["train"])
     assert not list((tmp_path / "out").glob("train-*"))
+
+
+def test_a_full_disk_fails_the_run_with_one_line_and_a_rerun_finishes_it(tmp_path, speech, monkeypatch, capsys):
+    """ENOSPC while a shard is written: not a failed sample, not a shard counted as complete; the
+    command says the disk is full, and the same command afterwards gives the clean run's corpus."""
+    import errno
+
+    from hubbub.shards import writer
+
+    real_write, shards = writer._HashingFile.write, []
+
+    def write_until_full(self, data):
+        if self not in shards:
+            shards.append(self)
+        if len(shards) == 3 and self.size > 10_000:  # two shards fit, the third fills the disk
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.file.name))
+        return real_write(self, data)
+
+    args = ["simulate", "--recipe", "debug", "--num", "12", "--out", str(tmp_path / "full"), "--workers", "0",
+            "--quiet", "--set", f"speech.corpus={speech}", "--set", "samples_per_shard=3"]
+    monkeypatch.setattr(writer._HashingFile, "write", write_until_full)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "full" / "index.json").exists()
+    assert not list((tmp_path / "full").glob("*.tmp"))
+    kept = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "full").glob("*.tar")}
+    assert kept and all((tmp_path / "full" / n).with_suffix(".json").exists() for n in kept)
+    monkeypatch.setattr(writer._HashingFile, "write", real_write)
+    assert main(args) == 0
+    assert all((tmp_path / "full" / n).stat().st_mtime_ns == t for n, t in kept.items())
+    simulate(_recipe(speech), num=12, out_dir=tmp_path / "clean", seed=0, workers=0, progress=False)
+    assert _tar_bytes(tmp_path / "full") == _tar_bytes(tmp_path / "clean")
+    assert verify_corpus(tmp_path / "full").ok

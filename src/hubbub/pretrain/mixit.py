@@ -9,8 +9,9 @@ shards are ignored for training; where the corpus has them, validation also repo
 outputs separate single mixtures (SI-SNRi of the best M-to-S assignment).
 
 The input is a hubbub corpus (``data.shards``) or a folder of unlabelled recordings
-(``mixit.recordings``), cut into ``mixit.segment_s`` segments once, into ``RUN/recordings`` (a
-corpus like any other: verified, resumable, described by a data card).
+(``mixit.recordings``: a local folder or a URL such as ``s3://bucket/meetings``), cut into
+``mixit.segment_s`` segments once, into ``RUN/recordings`` (a corpus like any other: verified,
+resumable, described by a data card).
 
 How many speakers each mixture brings matters: on 2+2-speaker mixtures of mixtures MixIT barely
 trains, and adding 1-speaker mixtures fixes it (Asteroid #528, #531). The knob is the corpus
@@ -167,8 +168,9 @@ class MixITStage(Solver):
 
 
 def prepare_recordings(cfg: TrainConfig, out_dir: str | Path) -> TrainConfig:
-    """With ``mixit.recordings`` set, cut the folder into a corpus in ``out_dir/recordings`` (once:
-    later runs and other processes reuse it) and point ``data.shards`` at it."""
+    """With ``mixit.recordings`` set (a local folder or URL), cut it into a corpus in
+    ``out_dir/recordings`` (once: later runs and other processes reuse it) and point
+    ``data.shards`` at it."""
     if not cfg.mixit.recordings:
         return cfg
     from accelerate import PartialState

@@ -119,10 +119,46 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
     return (x.T if x.ndim == 2 else x), sr
 
 
+def _wav_layout(data: bytes) -> tuple[int, int, int, int] | None:
+    """(data chunk offset, its size, channels, bytes per sample) of integer PCM WAV bytes as
+    :func:`encode_audio` writes them (16/24-bit, plain or extensible format), else None."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, fmt = 12, None
+    while pos + 8 <= len(data):
+        chunk, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        if chunk == b"fmt " and size >= 16:
+            tag, channels = int.from_bytes(data[pos + 8:pos + 10], "little"), int.from_bytes(data[pos + 10:pos + 12], "little")
+            bits = int.from_bytes(data[pos + 22:pos + 24], "little")
+            fmt = (tag, channels, bits)
+        elif chunk == b"data":
+            if fmt is None or fmt[0] not in (1, 0xFFFE) or fmt[2] not in (16, 24) or fmt[1] < 1:
+                return None
+            return pos + 8, min(size, len(data) - pos - 8), fmt[1], fmt[2] // 8
+        pos += 8 + size + (size & 1)
+    return None
+
+
 def decode_audio_crop(data: bytes, start: int, length: int) -> np.ndarray:
     """Frames ``[start, start + length)`` of FLAC or WAV bytes as :func:`decode_audio` gives them
-    (fewer at the end), decoding only those: WAV seeks to them, FLAC decodes from the nearest
-    seek point (libsndfile), not from the start of the member."""
+    (fewer at the end), decoding only those: WAV is sliced where its frames lie, FLAC decodes from
+    the nearest seek point (libsndfile), not from the start of the member."""
+    layout = _wav_layout(data)
+    if layout is not None:
+        # ~20x faster than libsndfile through Python's file callbacks for these small crops
+        offset, size, channels, width = layout
+        frames = size // (channels * width)
+        first, last = min(start, frames), min(start + length, frames)
+        raw = np.frombuffer(data, np.uint8, count=(last - first) * channels * width,
+                            offset=offset + first * channels * width)
+        if width == 2:
+            x = raw.view("<i2").astype(np.float32) / np.float32(2**15)
+        else:
+            b = raw.reshape(-1, 3)
+            q = b[:, 0].astype(np.int32) | (b[:, 1].astype(np.int32) << 8) | (b[:, 2].view(np.int8).astype(np.int32) << 16)
+            x = q.astype(np.float32) / np.float32(FULL_SCALE)
+        x = x.reshape(-1, channels)
+        return x.T.copy() if channels > 1 else x[:, 0]
     with sf.SoundFile(io.BytesIO(data)) as f:
         f.seek(min(start, f.frames))
         q = f.read(length, dtype="int32", always_2d=False)

@@ -1,8 +1,9 @@
 """Unlabelled recordings -> a hubbub corpus of mixtures only, for MixIT pretraining.
 
-:func:`ingest_recordings` walks a folder of recordings (meetings, podcasts, real noisy speech),
-cuts each into consecutive non-overlapping segments of ``segment_s`` and writes every segment as
-one sample of the standard shard format (:mod:`hubbub.shards.format`) with only two members::
+:func:`ingest_recordings` walks a folder of recordings (meetings, podcasts, real noisy speech; a
+local folder or a URL such as ``s3://bucket/meetings``, listed once), cuts each into consecutive
+non-overlapping segments of ``segment_s`` and writes every segment as one sample of the
+standard shard format (:mod:`hubbub.shards.format`) with only two members::
 
     {key}.json       {"labelled": false, "num_speakers": 0, "targets": [], "sources": [],
                       "source_file": "meeting1/array.wav", "offset_s": 8.0, ...}
@@ -25,10 +26,11 @@ Choices, and why:
   complete shards are kept without decoding the files that fill them.
 * Each file is decoded **once per run, streamed in blocks** and resampled block by block
   (with enough context that the result equals resampling the whole file), so an hours-long
-  multichannel recording never sits in memory.
+  multichannel recording never sits in memory (a file in a store is read by ranged requests).
 * **Splits are per file** (every segment of a recording in one split), drawn deterministically
   from the seed and the files' paths relative to ``folder``
-  (:func:`hubbub.sources.speech.assign_splits`).
+  (:func:`hubbub.sources.speech.assign_splits`). The corpus's identity holds those relative paths
+  and the files' sizes and headers: the same files give the same corpus on a disk or in a store.
 
 Next to the shards: ``recipe.json`` (the identity of the corpus: a rerun with other settings or
 other files is refused), ``report.json`` (skipped files and segments, each with its reason) and
@@ -36,6 +38,7 @@ other files is refused), ``report.json`` (skipped files and segments, each with 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -53,10 +56,10 @@ import soundfile as sf
 from hubbub.audio import AudioError, probe, resample
 from hubbub.shards.format import BITS, CODECS, encode_audio, encode_json, quantize, sample_key, shard_name
 from hubbub import storage
-from hubbub.shards.writer import (ShardPlan, ShardRecord, atomic_write_json, build_index, check_same_corpus,
-                                  complete_shards, plan_split, read_sidecar, sidecar_name, write_sidecar,
-                                  writing_shard)
-from hubbub.sources.speech import _walk_audio, assign_splits
+from hubbub.shards.writer import (LOCK_NAME, ShardPlan, ShardRecord, atomic_write_json, build_index,
+                                  check_same_corpus, complete_shards, plan_split, read_sidecar, sidecar_name,
+                                  write_sidecar, writing_shard)
+from hubbub.sources.speech import _walk_audio, assign_splits, resolve_folder
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ class IngestResult:
 class _File:
     """One recording as its header describes it, and its place in the plan."""
 
-    path: Path
+    path: str  # an absolute local path or the file's URL
     rel: str
     sample_rate_hz: int
     frames: int
@@ -101,8 +104,10 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
 
     Args:
         folder: searched recursively for audio files (the extensions of
-            :data:`hubbub.sources.speech.AUDIO_EXTENSIONS`).
-        out_dir: the corpus directory (created; a rerun of the same call finishes or keeps it).
+            :data:`hubbub.sources.speech.AUDIO_EXTENSIONS`): a local folder or a URL
+            (``s3://bucket/meetings``; one listing, each header read through :mod:`hubbub.storage`).
+        out_dir: the corpus directory, local or a URL (created; a rerun of the same call finishes
+            or keeps it).
         segment_s: segment length in seconds; segments are consecutive and do not overlap.
         min_segment_s: a recording's last, shorter piece is kept when at least this long, else
             dropped; a recording shorter than this is skipped as ``too-short``.
@@ -131,9 +136,7 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
     if codec not in CODECS or bits not in BITS:
         raise ValueError(f"codec must be one of {CODECS} and bits one of {BITS}, got {codec!r} and {bits}")
     stored_as = {"codec": codec, "bits": int(bits)}
-    folder = Path(folder).expanduser().resolve()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"recordings folder {folder} does not exist or is not a directory")
+    folder = resolve_folder(folder, "recordings folder")
     out_dir = storage.normalize(Path(out_dir).expanduser() if storage.is_local(out_dir) else out_dir)
     segment_len = int(round(segment_s * sample_rate_hz))
     min_len = max(1, int(round(min_segment_s * sample_rate_hz)))
@@ -148,7 +151,7 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
     by_split = _assign(files, splits, seed)
     # Normalised types: segment_s=4 and segment_s=4.0 are the same corpus.
     recipe = {"kind": KIND, "sample_rate_hz": int(sample_rate_hz), "segment_s": float(segment_s),
-              "min_segment_s": float(min_segment_s), "source": folder.name}
+              "min_segment_s": float(min_segment_s), "source": storage.name_of(folder)}
     # The folder's name is provenance, not identity: a renamed copy of the same files is the same corpus.
     recipe_hash = _hash({k: v for k, v in recipe.items() if k != "source"} | {"channel": CHANNEL})
     # Storage changes the bytes, not the segments: not in the recipe hash, but a rerun keeps it.
@@ -156,47 +159,49 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
                 "samples_per_shard": samples_per_shard, "splits": splits, "storage": stored_as, "recipe": recipe}
     created = not storage.list_sizes(out_dir)
     storage.makedirs(out_dir)
-    check_same_corpus(out_dir, identity, labels={"sources_hash": "recordings"})
-    atomic_write_json(storage.join(out_dir, "recipe.json"), identity)
-    if storage.is_local(out_dir):
-        storage.remove_stale_temporaries(out_dir)  # partial shards of killed runs
+    with storage.exclusive(storage.join(out_dir, LOCK_NAME), "hubbub shards ingest"):
+        check_same_corpus(out_dir, identity, labels={"sources_hash": "recordings"})
+        atomic_write_json(storage.join(out_dir, "recipe.json"), identity)
+        if storage.is_local(out_dir):
+            storage.remove_stale_temporaries(out_dir)  # partial shards of killed runs
 
-    plans = {split: plan_split(split, sum(f.num_segments for f in fs), samples_per_shard)
-             for split, fs in by_split.items()}
-    done = complete_shards(out_dir, {p.name: p.num_samples for ps in plans.values() for p in ps})
-    pending = {p.name for ps in plans.values() for p in ps if p.name not in done}
-    to_decode = [f for fs in by_split.values() for f in fs
-                 if any(shard_name(f.split, k) in pending for k in _shards_of(f, samples_per_shard))]
-    from tqdm import tqdm
+        plans = {split: plan_split(split, sum(f.num_segments for f in fs), samples_per_shard)
+                 for split, fs in by_split.items()}
+        done = complete_shards(out_dir, {p.name: p.num_samples for ps in plans.values() for p in ps})
+        pending = {p.name for ps in plans.values() for p in ps if p.name not in done}
+        to_decode = [f for fs in by_split.values() for f in fs
+                     if any(shard_name(f.split, k) in pending for k in _shards_of(f, samples_per_shard))]
+        from tqdm import tqdm
 
-    bar = tqdm(total=len(to_decode), desc="recordings", unit="file", disable=not progress)
-    for split, fs in by_split.items():
-        _write_split(fs, plans[split], pending, out_dir, bar, sample_rate_hz, segment_len, min_len,
-                     samples_per_shard, stored_as)
-    bar.close()
+        bar = tqdm(total=len(to_decode), desc="recordings", unit="file", disable=not progress)
+        for split, fs in by_split.items():
+            _write_split(fs, plans[split], pending, out_dir, bar, sample_rate_hz, segment_len, min_len,
+                         samples_per_shard, stored_as)
+        bar.close()
 
-    records = [done.get(p.name) or read_sidecar(storage.join(out_dir, sidecar_name(p.name)))
-               for ps in plans.values() for p in ps]
-    decode_skipped, skipped_segments = _failures(records, files)
-    skipped_files = header_skipped + decode_skipped
-    if not any(r.keys for r in records):
-        _remove_written(out_dir, plans, created)
-        raise ValueError(f"no usable audio under {folder}: every segment of {len(files)} file(s) was "
-                         f"skipped ({_reasons(skipped_files)}); nothing written")
-    empty = [s for s in plans if not any(r.keys for r in records if r.split == s)]
-    for s in empty:
-        log.warning("split %s holds no usable segment: all its files were skipped (see report.json)", s)
-    atomic_write_json(storage.join(out_dir, "report.json"), {
-        "folder": str(folder), "skipped_files": skipped_files, "skipped_segments": skipped_segments,
-        "summary": {"files_found": len(files) + len(header_skipped), "skipped_files": len(skipped_files),
-                    "skipped_segments": len(skipped_segments), "empty_splits": empty}})
-    index = build_index(out_dir, records, recipe=recipe, extra={
-        "kind": KIND, "seed": seed, "recipe_hash": recipe_hash, "sources_hash": sources_hash,
-        "data_card": _data_card(folder, by_split, records, skipped_files, decode_skipped)})
-    written = len(pending)
-    log.info("%d shards written, %d complete kept; %d files skipped", written,
-             len(records) - written, len(skipped_files))
-    return IngestResult(storage.as_path(out_dir), index, written, len(records) - written, skipped_files, skipped_segments)
+        records = [done.get(p.name) or read_sidecar(storage.join(out_dir, sidecar_name(p.name)))
+                   for ps in plans.values() for p in ps]
+        decode_skipped, skipped_segments = _failures(records, files)
+        skipped_files = header_skipped + decode_skipped
+        if not any(r.keys for r in records):
+            _remove_written(out_dir, plans, created)
+            raise ValueError(f"no usable audio under {folder}: every segment of {len(files)} file(s) was "
+                             f"skipped ({_reasons(skipped_files)}); nothing written")
+        empty = [s for s in plans if not any(r.keys for r in records if r.split == s)]
+        for s in empty:
+            log.warning("split %s holds no usable segment: all its files were skipped (see report.json)", s)
+        atomic_write_json(storage.join(out_dir, "report.json"), {
+            "folder": str(folder), "skipped_files": skipped_files, "skipped_segments": skipped_segments,
+            "summary": {"files_found": len(files) + len(header_skipped), "skipped_files": len(skipped_files),
+                        "skipped_segments": len(skipped_segments), "empty_splits": empty}})
+        index = build_index(out_dir, records, recipe=recipe, extra={
+            "kind": KIND, "seed": seed, "recipe_hash": recipe_hash, "sources_hash": sources_hash,
+            "data_card": _data_card(folder, by_split, records, skipped_files, decode_skipped)})
+        written = len(pending)
+        log.info("%d shards written, %d complete kept; %d files skipped", written,
+                 len(records) - written, len(skipped_files))
+    return IngestResult(storage.as_path(out_dir), index, written, len(records) - written, skipped_files,
+                        skipped_segments)
 
 
 def _check_settings(segment_s, min_segment_s, sample_rate_hz, splits, samples_per_shard) -> None:
@@ -226,21 +231,23 @@ def _resampled_length(frames: int, from_hz: int, to_hz: int) -> int:
     return -(-frames * ratio.numerator // ratio.denominator)  # resample_poly's ceil(n * up / down)
 
 
-def _index_files(folder: Path, sample_rate_hz: int, segment_len: int, min_len: int,
+def _index_files(folder: str, sample_rate_hz: int, segment_len: int, min_len: int,
                  min_segment_s: float) -> tuple[list[_File], list[dict], str]:
-    """Read every header: (usable files, skipped files, fingerprint of what the folder holds)."""
+    """Read every header: (usable files, skipped files, fingerprint of what the folder holds).
+    The fingerprint's rows are paths relative to ``folder`` and sizes from its listing, so a
+    copy of the folder in a store fingerprints as the folder does."""
     files, skipped, rows = [], [], []
-    for path in _walk_audio(folder):
-        rel = path.relative_to(folder).as_posix()
+    for listed in _walk_audio(folder):
+        path, rel = listed.path, listed.rel
         try:
             sr, frames, channels = probe(path)
             if frames == 0:
                 raise AudioError(path, "empty")
         except AudioError as exc:
-            rows.append([rel, path.stat().st_size])
+            rows.append([rel, listed.size])
             skipped.append({"path": rel, "reason": exc.reason, "detail": exc.detail})
             continue
-        rows.append([rel, path.stat().st_size, sr, frames, channels])
+        rows.append([rel, listed.size, sr, frames, channels])
         n = _resampled_length(frames, sr, sample_rate_hz)
         count = n // segment_len + (n % segment_len >= min_len)
         if count == 0:
@@ -379,14 +386,15 @@ def _judge(segment: np.ndarray) -> tuple[np.ndarray | None, str | None, str]:
     return segment, None, ""
 
 
-def _stream_channel(path: Path, from_hz: int, to_hz: int, frames: int) -> Iterator[np.ndarray]:
+def _stream_channel(path: str, from_hz: int, to_hz: int, frames: int) -> Iterator[np.ndarray]:
     """Channel ``CHANNEL`` of a file at ``to_hz``, as consecutive float32 blocks whose
     concatenation equals :func:`hubbub.audio.resample` of the whole channel (to float rounding).
 
     Each block is resampled with ``margin`` input samples of context on both sides (zeros past
     the file's ends, as ``resample_poly`` pads), more than the half-length of its filter; the
     margin and the block are multiples of the decimation factor so block outputs land on the
-    whole signal's output grid.
+    whole signal's output grid. A file in a store is read through a ranged-read file object,
+    block by block as decoding goes, never whole.
     """
     ratio = Fraction(to_hz, from_hz)
     up, down = ratio.numerator, ratio.denominator
@@ -398,7 +406,8 @@ def _stream_channel(path: Path, from_hz: int, to_hz: int, frames: int) -> Iterat
     limit = _resampled_length(frames, from_hz, to_hz)  # the header's length: audio past it is dropped
     emitted, read, eof = 0, 0, False
     buffer = np.zeros(margin, np.float32)  # input from (block start - margin) on
-    with sf.SoundFile(str(path)) as audio:
+    opened = contextlib.nullcontext(path) if storage.is_local(path) else storage.open_file(path)
+    with opened as source, sf.SoundFile(source) as audio:
         while emitted < limit:
             while not eof and buffer.size < in_block + 2 * margin:
                 chunk = audio.read(in_block, dtype="float32", always_2d=True)[:, CHANNEL]
@@ -436,11 +445,11 @@ def _failures(records: list[ShardRecord], files: list[_File]) -> tuple[list[dict
     return files_out, segments_out
 
 
-def _data_card(folder: Path, by_split: dict[str, list[_File]], records: list[ShardRecord],
+def _data_card(folder: str, by_split: dict[str, list[_File]], records: list[ShardRecord],
                skipped_files: list[dict], decode_skipped: list[dict]) -> dict:
     unusable = {s["path"] for s in decode_skipped}
     return {
-        "kind": KIND, "source": folder.name, "licence": LICENCE,
+        "kind": KIND, "source": storage.name_of(folder), "licence": LICENCE,
         "files": sum(f.rel not in unusable for fs in by_split.values() for f in fs),
         "files_per_split": {s: sum(f.rel not in unusable for f in fs) for s, fs in by_split.items()},
         "hours_per_split": {s: round(sum(sum(r.durations_s) for r in records if r.split == s) / 3600, 4)

@@ -105,12 +105,15 @@ def samples_per_frame(sample_rate_hz: int, fps: int = 25) -> int:
 
 
 def stack_padded(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stack tensors of equal rank, zero-padding every axis at its end to the largest size."""
-    shape = [max(sizes) for sizes in zip(*(t.shape for t in tensors))]
-    out = tensors[0].new_zeros((len(tensors), *shape))
-    for i, t in enumerate(tensors):
-        out[(i, *(slice(0, n) for n in t.shape))] = t
-    return out
+    """Stack CPU tensors of equal rank, zero-padding every axis at its end to the largest size."""
+    # In numpy, on the tensors' memory: torch's intra-op threads would spin against the loader's
+    # read-ahead thread for these small copies (2.5x slower with 2 threads on 2 cores).
+    arrays = [t.numpy() for t in tensors]
+    shape = [max(sizes) for sizes in zip(*(a.shape for a in arrays))]
+    out = np.zeros((len(arrays), *shape), dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[(i, *(slice(0, n) for n in a.shape))] = a
+    return torch.from_numpy(out)
 
 
 class ShardSampler:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy import fft as sp_fft
 
-from hubbub.sources.speech import AUDIO_EXTENSIONS, check_files
+from hubbub.sources.speech import _walk_audio, check_files, resolve_folder
 
 SPEED_OF_SOUND_M_S = 343.0
 
@@ -30,15 +30,18 @@ class NoiseFile:
 
 
 def index_noise(folder: str | Path, *, min_duration_s: float = 1.0, cache_dir=None) -> tuple[list[NoiseFile], list[dict]]:
-    """All usable audio files under ``folder`` (sorted), and the skipped ones with reasons."""
-    folder = Path(folder).expanduser().resolve()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"noise folder {folder} does not exist")
-    entries = [{"path": str(p)} for p in sorted(folder.rglob("*")) if p.suffix.lower() in AUDIO_EXTENSIONS]
+    """All usable audio files under ``folder`` (sorted by path), and the skipped ones with reasons.
+
+    ``folder`` is a local path or a URL (``s3://bucket/wham_noise``): a store is listed once and
+    each ``NoiseFile.path`` is the file's full URL. Decoding results are cached as for
+    :func:`hubbub.sources.speech.index_speech`, so a rerun reads no unchanged file again.
+    """
+    folder = resolve_folder(folder, "noise folder")
+    entries = [{"path": f.path, "stamp": f.stamp} for f in _walk_audio(folder)]
     if not entries:
         raise ValueError(f"no audio files under noise folder {folder}")
     checked, skipped = check_files(entries, min_duration_s=min_duration_s,
-                                   cache_key=json.dumps(["noise", str(folder), min_duration_s]), cache_dir=cache_dir)
+                                   cache_key=json.dumps(["noise", folder, min_duration_s]), cache_dir=cache_dir)
     files = [NoiseFile(e["path"], i["duration_s"], i["sample_rate_hz"], i["channels"]) for e, i in checked]
     return files, skipped
 

@@ -30,16 +30,23 @@ mouth-ROI stream, ``Utterance.lips``: from the row's ``phonemes`` (the built-in 
 or under ``lips_dir``; one ROI file per utterance, not per mixture. Utterances without one are
 skipped and reported (see :mod:`hubbub.sources.lips`).
 
+A corpus (folder or manifest) is a local path or an fsspec URL (``s3://bucket/libri``, see
+:mod:`hubbub.storage`): a store is listed with one recursive listing, its layout detected as for
+a folder, and every ``Utterance.path`` is the file's full URL, which workers read from the store.
+
 Indexing decodes every file once, so unreadable, empty, non-finite, silent and too-short files
 are found up front and reported with a reason. The result is cached per corpus (keyed by its path
-and options, reusing entries whose size and mtime are unchanged), so reruns cost a directory walk.
+or URL and options, reusing entries whose stamp is unchanged: size and mtime on a disk, size and
+ETag in a store), so reruns cost a directory walk or a listing.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import posixpath
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +54,7 @@ from typing import Iterable
 
 import numpy as np
 
+from hubbub import storage
 from hubbub.audio import AudioError, check_audio_file
 from hubbub.sources.lips import attach_lip_sources
 
@@ -65,7 +73,7 @@ LAYOUT_PATTERNS = {
 
 @dataclass
 class Utterance:
-    path: str                    # absolute
+    path: str                    # an absolute local path or a full URL
     speaker: str
     duration_s: float
     sample_rate_hz: int
@@ -97,15 +105,101 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HUBBUB_CACHE", Path.home() / ".cache" / "hubbub"))
 
 
-def _walk_audio(root: Path) -> list[Path]:
-    files = [p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()]
-    return sorted(files)
+@dataclass
+class ListedFile:
+    """A file found under a corpus root."""
+
+    path: str             # what readers open: an absolute local path or the full URL
+    rel: str              # relative to the root, "/"-separated
+    size: int
+    stamp: list | None    # changes with the content: [size, mtime_ns] on a disk, [size, ETag] in a
+                          # store; None where the store tells neither ETag nor time (never cached)
 
 
-def detect_layout(root: Path, files: list[Path]) -> str:
+def _is_audio(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
+
+
+def _remote_stamp(info: dict) -> list | None:
+    # Each store names them its own way; an ETag (a content hash on S3, GCS, Azure) is best.
+    for key in ("ETag", "etag", "md5Hash", "LastModified", "last_modified", "updated", "mtime", "created"):
+        if info.get(key) is not None:
+            return [int(info.get("size") or 0), str(info[key])]
+    return None
+
+
+def _list_files(root: str | Path, keep) -> list[ListedFile]:
+    """The files under ``root`` (a local folder or URL) whose name ``keep(name)`` accepts, sorted
+    as paths (by their parts, as sorting Paths does). A store is listed recursively in one request
+    tree (``fs.find``: on S3 one paged listing of the prefix, no request per folder or file)."""
+    if storage.is_local(root):
+        base, out = Path(root), []
+        for p in base.rglob("*"):
+            if not keep(p.name):
+                continue
+            try:
+                st = p.stat()
+            except OSError:  # a dangling link: not a file
+                continue
+            if stat.S_ISREG(st.st_mode):
+                out.append(ListedFile(str(p), p.relative_to(base).as_posix(), st.st_size,
+                                      [st.st_size, st.st_mtime_ns]))
+    else:
+        fs, path = storage.filesystem(root)
+
+        def find():
+            try:
+                return fs.find(path, detail=True)
+            except FileNotFoundError:
+                return {}
+
+        prefix = path.rstrip("/") + "/"
+        out = [ListedFile(storage.join(root, name[len(prefix):]), name[len(prefix):], int(info.get("size") or 0),
+                          _remote_stamp(info))
+               for name, info in storage._call(str(root), "list it", find).items()
+               if info.get("type") == "file" and name.startswith(prefix) and keep(name.rsplit("/", 1)[-1])]
+    return sorted(out, key=lambda f: f.rel.split("/"))
+
+
+def _walk_audio(root: str | Path) -> list[ListedFile]:
+    return _list_files(root, _is_audio)
+
+
+def _normalize(source: str | Path) -> str:
+    """A local path (``~`` expanded) as an absolute path, a URL as itself without trailing slash."""
+    return storage.normalize(storage.local_path(source).expanduser() if storage.is_local(source) else source)
+
+
+def _kind(url: str) -> str | None:
+    """``"file"``, ``"directory"``, or None where there is nothing (one metadata request in a store)."""
+    if storage.is_local(url):
+        p = Path(url)
+        return "file" if p.is_file() else "directory" if p.is_dir() else None
+    fs, path = storage.filesystem(url)
+    try:
+        return storage._call(url, "look it up", lambda: fs.info(path))["type"]
+    except FileNotFoundError:
+        return None
+
+
+def resolve_folder(folder: str | Path, what: str) -> str:
+    """``folder`` (a local path or URL) normalised (absolute path, or URL without trailing slash);
+    FileNotFoundError naming ``what`` where it is not a folder (in a store: no object under it)."""
+    url = _normalize(folder)
+    if _kind(url) != "directory":
+        raise FileNotFoundError(f"{what} {url} does not exist or is not a folder")
+    return url
+
+
+def _parent(url: str) -> str:
+    return str(Path(url).parent) if storage.is_local(url) else url.rsplit("/", 1)[0]
+
+
+def detect_layout(root: str | Path, files: list[ListedFile]) -> str:
     """Pick the built-in layout whose pattern matches most files (at least 90% of them); on a tie
-    the one listed first in :data:`LAYOUT_PATTERNS` wins (``voxceleb2`` before ``lrs``)."""
-    rel = [p.relative_to(root).as_posix() for p in files[:500]]
+    the one listed first in :data:`LAYOUT_PATTERNS` wins (``voxceleb2`` before ``lrs``).
+    ``files`` are :func:`_walk_audio`'s listing of ``root`` (their paths relative to it count)."""
+    rel = [f.rel for f in files[:500]]
     best, best_hits = None, 0
     for name, pattern in LAYOUT_PATTERNS.items():
         hits = sum(bool(re.search(pattern, r)) for r in rel)
@@ -118,17 +212,19 @@ def detect_layout(root: Path, files: list[Path]) -> str:
     return best
 
 
-def _librispeech_transcripts(root: Path) -> dict[str, str]:
+def _librispeech_transcripts(files: list[ListedFile]) -> dict[str, str]:
     out = {}
-    for trans in root.rglob("*.trans.txt"):
-        for line in trans.read_text(errors="replace").splitlines():
+    texts = storage.read_many([f.path for f in files])  # concurrent requests in a store
+    for f in files:
+        for line in texts.get(f.path, b"").decode(errors="replace").splitlines():
             utt_id, _, text = line.partition(" ")
             out[utt_id] = text.strip()
     return out
 
 
-def _file_entries(root: Path, layout: str, regex: str | None) -> tuple[list[dict], list[dict]]:
-    files = _walk_audio(root)
+def _file_entries(root: str, layout: str, regex: str | None) -> tuple[list[dict], list[dict]]:
+    listed = _list_files(root, lambda name: _is_audio(name) or name.endswith(".trans.txt"))
+    files = [f for f in listed if _is_audio(f.rel)]
     if not files:
         raise ValueError(f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) under {root}")
     if layout == "auto":
@@ -139,60 +235,89 @@ def _file_entries(root: Path, layout: str, regex: str | None) -> tuple[list[dict
         pattern = re.compile(regex)
     else:
         pattern = re.compile(LAYOUT_PATTERNS[layout])
-    transcripts = _librispeech_transcripts(root) if layout == "librispeech" else {}
+    transcripts = (_librispeech_transcripts([f for f in listed if f.rel.endswith(".trans.txt")])
+                   if layout == "librispeech" else {})
     entries, skipped = [], []
-    for p in files:
-        rel = p.relative_to(root).as_posix()
-        m = pattern.search(rel)
+    for f in files:
+        m = pattern.search(f.rel)
         if not m:
-            skipped.append({"path": str(p), "reason": "no-speaker", "detail": f"path does not match {layout} layout"})
+            skipped.append({"path": f.path, "reason": "no-speaker", "detail": f"path does not match {layout} layout"})
             continue
-        entries.append({"path": str(p), "speaker": m.group("speaker"), "transcript": transcripts.get(p.stem)})
+        entries.append({"path": f.path, "speaker": m.group("speaker"), "stamp": f.stamp,
+                        "transcript": transcripts.get(Path(f.rel).stem)})
     return entries, skipped
 
 
-def _manifest_entries(manifest: Path) -> tuple[list[dict], list[dict]]:
+def _manifest_path(base: str, path: str) -> str:
+    """A manifest row's path: a URL or absolute path as it is, else relative to ``base``."""
+    if "://" in path or os.path.isabs(path):
+        return path
+    if storage.is_local(base):
+        return str(Path(base) / path)
+    scheme, rest = base.split("://", 1)
+    # A store resolves no "." or "..": a key must be spelled as it is stored.
+    return f"{scheme}://{posixpath.normpath(f'{rest}/{path}')}"
+
+
+def _manifest_entries(manifest: str) -> tuple[list[dict], list[dict]]:
     entries, skipped = [], []
-    base = manifest.parent
-    with open(manifest) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                path, speaker = row.pop("path"), row.pop("speaker")
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                skipped.append({"path": f"{manifest}:{lineno}", "reason": "bad-manifest-line", "detail": str(exc)})
-                continue
-            full = Path(path) if Path(path).is_absolute() else base / path
-            entries.append({"path": str(full), "speaker": str(speaker), "transcript": row.pop("transcript", None),
-                            "licence": row.pop("licence", None), "declared_duration_s": row.pop("duration_s", None),
-                            "extra": row})
+    base = _parent(manifest)
+    for lineno, line in enumerate(storage.read_bytes(manifest).decode().split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            path, speaker = _manifest_path(base, row.pop("path")), row.pop("speaker")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            skipped.append({"path": f"{manifest}:{lineno}", "reason": "bad-manifest-line", "detail": str(exc)})
+            continue
+        entries.append({"path": path, "speaker": str(speaker), "transcript": row.pop("transcript", None),
+                        "licence": row.pop("licence", None), "declared_duration_s": row.pop("duration_s", None),
+                        "extra": row})
+    if not storage.is_local(base):
+        # One listing stamps the files under the manifest's folder: no request per file.
+        stamps = {f.path: f.stamp for f in _walk_audio(base)}
+        for entry in entries:
+            if entry["path"] in stamps:
+                entry["stamp"] = stamps[entry["path"]]
     return entries, skipped
+
+
+def _stamp(path: str) -> list | None:
+    """The stamp (:class:`ListedFile`) of one file: a stat, or a metadata request in a store."""
+    if storage.is_local(path):
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+    fs, key = storage.filesystem(path)
+    return _remote_stamp(storage._call(path, "look it up", lambda: fs.info(key)))
 
 
 def _check(entry: dict, min_duration_s: float, cached: dict | None) -> dict:
-    p = Path(entry["path"])
+    path = entry["path"]
     try:
-        st = p.stat()
+        stamp = entry["stamp"] if "stamp" in entry else _stamp(path)
+    except storage.StorageError:
+        raise  # the store is unreachable: nothing is known about the file
     except OSError as exc:
-        return {"skip": {"path": str(p), "reason": "missing", "detail": exc.strerror or str(exc)}}
-    stamp = [st.st_size, st.st_mtime_ns]
-    if cached is not None and cached.get("stamp") == stamp:
+        return {"skip": {"path": path, "reason": "missing", "detail": exc.strerror or str(exc)}}
+    if stamp is not None and cached is not None and cached.get("stamp") == stamp:
         return cached
     try:
-        info = check_audio_file(p, min_duration_s=min_duration_s)
+        info = check_audio_file(path, min_duration_s=min_duration_s)
     except AudioError as exc:
-        return {"stamp": stamp, "skip": {"path": str(p), "reason": exc.reason, "detail": exc.detail}}
+        return {"stamp": stamp, "skip": {"path": path, "reason": exc.reason, "detail": exc.detail}}
     return {"stamp": stamp, "info": info}
 
 
 def check_files(entries: list[dict], *, min_duration_s: float, cache_key: str,
                 cache_dir: str | Path | None = None, max_workers: int | None = None
                 ) -> tuple[list[tuple[dict, dict]], list[dict]]:
-    """Decode each entry's ``path`` once (in threads); return ([(entry, info)], skipped).
+    """Decode each entry's ``path`` (a local path or URL) once, in threads; return ([(entry,
+    info)], skipped).
 
-    Results are cached under ``cache_key`` and reused for files whose size and mtime match.
+    Results are cached under ``cache_key`` and reused for files whose stamp (:class:`ListedFile`)
+    matches. An entry's ``stamp``, where a listing gave it, saves a stat (a metadata request in
+    a store) per file; a file whose stamp is None is decoded on every run.
     """
     digest = hashlib.sha1(cache_key.encode()).hexdigest()[:16]
     cache_path = Path(cache_dir or default_cache_dir()) / "index" / f"{digest}.json"
@@ -206,7 +331,7 @@ def check_files(entries: list[dict], *, min_duration_s: float, cache_key: str,
         results = list(pool.map(lambda e: _check(e, min_duration_s, cache.get(e["path"])), entries))
     checked, skipped, new_cache = [], [], {}
     for entry, result in zip(entries, results):
-        if "stamp" in result:
+        if result.get("stamp") is not None:
             new_cache[entry["path"]] = result
         if "skip" in result:
             skipped.append(result["skip"])
@@ -223,32 +348,42 @@ def index_speech(source: str | Path, *, layout: str = "auto", regex: str | None 
                  min_duration_s: float = 0.5, cache_dir: str | Path | None = None,
                  max_workers: int | None = None, lips: bool = False,
                  lips_dir: str | Path | None = None) -> SpeechIndex:
-    """Index a speech corpus (folder or manifest) into utterances with speakers and durations.
+    """Index a speech corpus (folder or manifest, a local path or URL) into utterances with
+    speakers and durations.
+
+    In a store, the folder is listed once (``fs.find``), each file is read whole once through
+    :mod:`hubbub.storage` and decoded from memory, and ``Utterance.path`` is its full URL. A rerun
+    reuses the cached result of every file whose stamp (size and ETag in a store, size and mtime
+    on a disk) is unchanged: a listing, and no audio read.
 
     ``lips=True`` also gives every utterance its lip source (``Utterance.lips``) and skips, with a
     reason, those without a usable one; ``lips_dir`` is a tree of ROI files parallel to the corpus
-    (same relative paths and stems), default beside the audio. See :mod:`hubbub.sources.lips`.
+    (same relative paths and stems), default beside the audio. See :mod:`hubbub.sources.lips`
+    (ROI files are found on a local disk only).
 
     Example::
 
         idx = index_speech("/data/LibriSpeech/train-clean-100")   # layout detected
         idx.speakers[:3], len(idx.utterances), idx.skipped[:1]
+        idx = index_speech("s3://bucket/LibriSpeech/train-clean-100")  # the same, from a store
+        idx.utterances[0].path   # "s3://bucket/LibriSpeech/train-clean-100/103/1240/103-1240-0000.flac"
         av = index_speech("/data/lrs3/audio", layout="lrs", lips=True, lips_dir="/data/lrs3/mouths")
         av.utterances[0].lips   # {"kind": "file", "path": ".../50001.npz", "num_frames": 63}
     """
-    source = Path(source).expanduser().resolve()
-    if not source.exists():
+    source = _normalize(source)
+    kind = _kind(source)
+    if kind is None:
         raise FileNotFoundError(f"speech corpus {source} does not exist")
-    manifest = source if source.is_file() else (source / "manifest.jsonl")
-    is_manifest = source.is_file() or (layout in ("auto", "manifest") and manifest.exists())
+    manifest = source if kind == "file" else storage.join(source, "manifest.jsonl")
+    is_manifest = kind == "file" or (layout in ("auto", "manifest") and storage.exists(manifest))
     if is_manifest:
         entries, skipped = _manifest_entries(manifest)
-        corpus = manifest.parent.name
+        corpus = storage.name_of(_parent(manifest))
     else:
         entries, skipped = _file_entries(source, layout, regex)
-        corpus = source.name
+        corpus = storage.name_of(source)
 
-    key = json.dumps([str(source), layout, regex, min_duration_s])
+    key = json.dumps([source, layout, regex, min_duration_s])
     checked, bad = check_files(entries, min_duration_s=min_duration_s, cache_key=key, cache_dir=cache_dir,
                                max_workers=max_workers)
     skipped.extend(bad)
@@ -261,8 +396,8 @@ def index_speech(source: str | Path, *, layout: str = "auto", regex: str | None 
     utterances.sort(key=lambda u: u.path)
     if lips:
         utterances, no_lips = attach_lip_sources(
-            utterances, root=manifest.parent if is_manifest else source, lips_dir=lips_dir,
-            cache_dir=cache_dir or default_cache_dir(), cache_key=json.dumps([str(source), str(lips_dir)]),
+            utterances, root=_parent(manifest) if is_manifest else source, lips_dir=lips_dir,
+            cache_dir=cache_dir or default_cache_dir(), cache_key=json.dumps([source, str(lips_dir)]),
             max_workers=max_workers)
         skipped.extend(no_lips)
     return SpeechIndex(corpus=corpus, utterances=utterances, skipped=skipped)
