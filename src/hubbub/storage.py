@@ -247,20 +247,26 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     return removed
 
 
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """A unique temporary next to ``path`` to fill; synced and renamed over ``path`` when the
+    block ends cleanly, removed otherwise."""
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_bytes(url: str | os.PathLike, data: bytes) -> None:
     """Replace ``url`` with ``data`` atomically (see the module docstring)."""
     if is_local(url):
-        path = local_path(url)
-        tmp = temporary_name(path)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with _replacing(local_path(url)) as tmp:
+            tmp.write_bytes(data)
         return
     fs, path = filesystem(url)
     _call(os.fspath(url), "write it", lambda: fs.pipe_file(path, data))
@@ -278,15 +284,8 @@ def put_file(local: str | os.PathLike, url: str | os.PathLike) -> None:
         path = local_path(url)
         if Path(local).resolve() == path.resolve():
             return
-        tmp = temporary_name(path)
-        try:
+        with _replacing(path) as tmp:
             shutil.copyfile(local, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         return
     fs, path = filesystem(url)
     _call(os.fspath(url), "upload to it", lambda: fs.put_file(os.fspath(local), path))

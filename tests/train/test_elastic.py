@@ -10,17 +10,11 @@ import pytest
 from hubbub.codec import make_random_codec
 from hubbub.finetune import PITStage, finetune_pit
 from hubbub.pretrain import pretrain_codec
-from hubbub.testing import hubbub_launch, make_dummy_corpus
+from hubbub.testing import hubbub_launch
 from hubbub.train import load_train_config
 
 CONFIG = Path(__file__).parents[2] / "cluster" / "accelerate" / "cpu-2proc.yaml"
 STEPS, STOP = 6, 3  # 16 samples in global batches of 4: the resumed steps cross an epoch
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_dummy_corpus(tmp_path_factory.mktemp("corpus"), splits={"train": 16, "valid": 4},
-                             samples_per_shard=5, num_speakers=[1, 2], seconds=1.0)
 
 
 def _cfg(corpus, *extra):

@@ -12,14 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from hubbub.finetune import PITStage, finetune_pit
-from hubbub.testing import hubbub_launch, make_dummy_corpus
+from hubbub.testing import hubbub_launch
 from hubbub.train import load_train_config
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_dummy_corpus(tmp_path_factory.mktemp("corpus"), splits={"train": 16, "valid": 4},
-                             samples_per_shard=5, num_speakers=[1, 2], seconds=1.0)
 
 
 def _cfg(corpus, *extra):
