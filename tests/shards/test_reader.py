@@ -325,3 +325,21 @@ def test_the_sampler_splits_the_global_sequence_from_counts_alone(world_size, ba
         positions = sorted(p for pos, _ in shares for p in pos.tolist())
         assert positions == list(range(s.num_samples))
     assert ShardSampler(sizes, seed=3, epoch=1).global_ordinals(1).tolist() != full.tolist()
+
+
+def test_a_damaged_members_table_says_how_to_rebuild_it(tmp_path):
+    import numpy as np
+
+    from hubbub import storage
+    from hubbub.shards.writer import index_members
+    from hubbub.testing import make_dummy_corpus
+
+    corpus = make_dummy_corpus(tmp_path / "c", splits={"train": 6}, samples_per_shard=3)
+    table = corpus / "train.members.npz"
+    with np.load(table, allow_pickle=False) as z:
+        keys, shard = z["keys"], z["shard"]
+    np.savez_compressed(table, keys=keys, shard=shard)  # the member columns lost
+    with pytest.raises(storage.StorageError, match="hubbub shards index"):
+        ShardDataset(corpus, "train")
+    index_members(corpus)
+    assert len(list(ShardDataset(corpus, "train", shuffle=False))) == 6

@@ -325,6 +325,9 @@ class ShardDataset(IterableDataset):
         self._extra_stems = {audio_stem(m) or m for m in self.extras}
         # only the wanted members' columns are read: a process holds ~40 bytes a sample for them
         table = read_members_table(self.corpus_dir, split, wanted=self._wanted)
+        if table is not None and "json" not in table["member_names"]:
+            raise storage.StorageError(f"{storage.join(self.corpus_dir, f'{split}.members.npz')} lists no json "
+                                       f"members: damaged; rebuild it with `hubbub shards index {self.corpus_dir}`")
         if table is not None and len(table["shard"]) and int(table["shard"].max()) >= len(names):
             raise ValueError(f"{self.corpus_dir}: {split}.members.npz does not match index.json; "
                              f"rebuild it with `hubbub shards index {self.corpus_dir}`")
@@ -442,17 +445,20 @@ class ShardDataset(IterableDataset):
         if not windows:
             return
         reader = _RangeReader()
-        with ThreadPoolExecutor(1, thread_name_prefix="hubbub-read-ahead") as pool:
-            future = pool.submit(self._fetch_window, reader, windows[0])
-            try:
-                for i in range(len(windows)):
-                    samples = future.result()
-                    if i + 1 < len(windows):
-                        future = pool.submit(self._fetch_window, reader, windows[i + 1])
-                    yield from samples
-            finally:
-                future.cancel()
-                reader.close()
+        try:
+            # the pool is shut down (its fetch finished) before the reader's files are closed
+            with ThreadPoolExecutor(1, thread_name_prefix="hubbub-read-ahead") as pool:
+                future = pool.submit(self._fetch_window, reader, windows[0])
+                try:
+                    for i in range(len(windows)):
+                        samples = future.result()
+                        if i + 1 < len(windows):
+                            future = pool.submit(self._fetch_window, reader, windows[i + 1])
+                        yield from samples
+                finally:
+                    future.cancel()
+        finally:
+            reader.close()
 
     def _fetch_window(self, reader: "_RangeReader", ordinals: np.ndarray) -> list[dict]:
         requests, parts = [], []  # one request per merged range; parts: (sample, member, offset in request)

@@ -167,6 +167,8 @@ def write_shard(job, plan: ShardPlan, out_dir: str) -> dict:
 
     pra.constants.set("num_threads", 1)
     keep_freed_memory()
+    if not isinstance(job, ShippedSources):
+        audio.use_sources(None, None)  # a reused Ray worker may hold an earlier job's shipped sources
     rec = ShardRecord(name=plan.name, split=plan.split, shard_index=plan.shard_index,
                       first_sample=plan.first_sample, num_planned=plan.num_samples)
     with writing_shard(out_dir, plan.name) as writer:
