@@ -48,3 +48,28 @@ def test_merge_is_recursive_and_does_not_mutate():
 def test_override_without_equals_is_an_error():
     with pytest.raises(ConfigError):
         apply_overrides({}, ["inner.lr"])
+
+
+@pytest.mark.parametrize("override", ["room.rt60_s=[nan,nan]", "duration.fixed_s=inf", "mixing.snr_db=[0,nan]",
+                                      "mics.radius_m=nan", "splits.train=nan"])
+def test_nan_and_inf_in_a_recipe_are_refused_naming_the_field(override):
+    from hubbub.simulate import load_recipe
+
+    field = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{field.split('.')[0]}.*finite"):
+        load_recipe("whamr", [override])
+
+
+@pytest.mark.parametrize("override", ["optim.lr=inf", "schedule.min_lr_ratio=nan"])
+def test_nan_and_inf_in_a_training_config_are_refused(override):
+    from hubbub.train import load_train_config
+
+    with pytest.raises(ConfigError, match=rf"{override.split('=')[0]}: must be a finite number"):
+        load_train_config("pit_debug", [override])
+
+
+def test_keeping_no_checkpoint_is_refused():
+    from hubbub.train import load_train_config
+
+    with pytest.raises(ConfigError, match="keep_checkpoints: must be >= 1"):
+        load_train_config("pit_debug", ["keep_checkpoints=-1"])

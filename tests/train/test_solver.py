@@ -1,6 +1,7 @@
 """The trainer: exact resume after a kill, 2 processes == 1 process, NaN steps skipped, init."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,3 +136,41 @@ def test_bf16_mixed_precision_trains_and_logs_to_tensorboard(tmp_path, corpus):
     finetune_pit(_cfg(corpus, "steps=3", "precision=bf16"), tmp_path / "bf16")
     assert all(torch.isfinite(torch.tensor(loss)) for _, loss in _losses(tmp_path / "bf16"))
     assert list((tmp_path / "bf16" / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("damage", ["model.safetensors", "optimizer.pt", "trainer.json"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, corpus, damage, caplog):
+    """A truncated file in the newest checkpoint (a crash or a full disk while it was written):
+    the run resumes from the previous intact one, says which file it passed over, and logs the
+    losses of an uninterrupted run."""
+    cfg = _cfg(corpus, "steps=12", "keep_checkpoints=3")
+    finetune_pit(cfg, tmp_path / "full")
+    run = tmp_path / "damaged"
+    finetune_pit(_cfg(corpus, "steps=12", "keep_checkpoints=3"), run)
+    shutil.rmtree(run / "checkpoints" / "step_00000012")
+    shutil.rmtree(run / "model")
+    path = run / "checkpoints" / "step_00000008" / damage
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3] if damage != "trainer.json" else b"")
+    with caplog.at_level("WARNING"):
+        finetune_pit(_cfg(corpus, "steps=12", "keep_checkpoints=3"), run)
+    assert f"step_00000008/{damage}" in caplog.text
+    assert _losses(run) == _losses(tmp_path / "full")
+
+
+def test_a_pickle_in_a_checkpoint_is_refused_unread_without_advice_to_load_it(tmp_path, corpus, caplog):
+    import pickle
+
+    run = tmp_path / "run"
+    finetune_pit(_cfg(corpus, "steps=8", "keep_checkpoints=3"), run)
+    shutil.rmtree(run / "model")
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (run / "checkpoints" / "step_00000008" / "optimizer.pt").write_bytes(pickle.dumps(Payload()))
+    with caplog.at_level("WARNING"):
+        finetune_pit(_cfg(corpus, "steps=8", "keep_checkpoints=3"), run)
+    assert not marker.exists()
+    assert "optimizer.pt: holds objects other than tensors" in caplog.text and "weights_only=False" not in caplog.text

@@ -173,7 +173,7 @@ class TrainConfig:
     def validate(self):
         if self.steps < 1:
             raise ConfigError("steps", "must be >= 1")
-        for name in ("log_every", "ckpt_every"):
+        for name in ("log_every", "ckpt_every", "keep_checkpoints"):  # keeping none would delete each as written
             if getattr(self, name) < 1:
                 raise ConfigError(name, "must be >= 1")
         from hubbub.models.factory import AUDIO_VISUAL

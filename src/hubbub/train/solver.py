@@ -53,6 +53,7 @@ import hashlib
 import json
 import logging
 import math
+import pickle
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -278,8 +279,21 @@ class Solver:
         atomic_write_json(self.out_dir / "run.json", info)
 
     def _latest_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose files all read back; a damaged newer one (a truncated file
+        after a crash or a full disk) is passed over with a warning that names the file."""
         ckpts = sorted((self.out_dir / "checkpoints").glob("step_*[0-9]"))
-        return ckpts[-1] if ckpts else None
+        damaged = []
+        for ckpt in reversed(ckpts):
+            problem = _checkpoint_problem(ckpt)
+            if problem is None:
+                if damaged:
+                    log.warning("resuming from %s; newer checkpoints are damaged: %s", ckpt, "; ".join(damaged))
+                return ckpt
+            damaged.append(problem)
+        if damaged:
+            raise RuntimeError(f"every checkpoint in {self.out_dir / 'checkpoints'} is damaged ({'; '.join(damaged)}): "
+                               "delete them to start over")
+        return None
 
     def _save_checkpoint(self, acc, model, optimizer, scheduler, loader, state) -> None:
         root = self.out_dir / "checkpoints"
@@ -297,6 +311,7 @@ class Solver:
             global_batch = {f: _field(self.cfg, f) * acc.num_processes for f in BATCH_FIELDS}
             atomic_write_json(tmp / "trainer.json", {**state, "world_size": acc.num_processes,
                                                      "global_batch": global_batch})
+            shutil.rmtree(final, ignore_errors=True)  # a damaged one of this step, passed over on resume
             tmp.rename(final)  # the checkpoint exists only once every file is in it
             for old in sorted(root.glob("step_*[0-9]"))[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -364,6 +379,30 @@ def _save_state(model: torch.nn.Module, directory: Path) -> None:
         save_model(model, directory)
     else:
         save_weights(model, directory)
+
+
+def _checkpoint_problem(ckpt: Path) -> str | None:
+    """What is wrong with a checkpoint's files ("FILE: reason"), or None if each reads back."""
+    from safetensors import safe_open
+
+    def json_file(name: str) -> None:
+        json.loads((ckpt / name).read_text())
+
+    checks = [("trainer.json", lambda: json_file("trainer.json")),
+              ("model.safetensors", lambda: safe_open(str(ckpt / "model.safetensors"), "pt").keys()),
+              ("optimizer.pt", lambda: torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)),
+              ("scheduler.pt", lambda: torch.load(ckpt / "scheduler.pt", map_location="cpu", weights_only=True))]
+    if (ckpt / "data.json").exists() or not list(ckpt.glob("rank*.json")):
+        checks.append(("data.json", lambda: json_file("data.json")))
+    for name, check in checks:
+        try:
+            check()
+        except pickle.UnpicklingError:
+            # never PyTorch's advice to load it with weights_only=False: it would run its code
+            return f"{ckpt / name}: holds objects other than tensors and numbers, refused unread"
+        except Exception as exc:  # truncated or empty files fail in many ways, all the same here
+            return f"{ckpt / name}: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'unreadable'}"
+    return None
 
 
 def _stream_seed(seed: int, step: int, micro: int, rank: int) -> int:
