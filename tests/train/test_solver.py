@@ -169,8 +169,57 @@ def test_a_pickle_in_a_checkpoint_is_refused_unread_without_advice_to_load_it(tm
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    (run / "checkpoints" / "step_00000008" / "optimizer.pt").write_bytes(pickle.dumps(Payload()))
+    (run / "checkpoints" / "step_00000008" / "optimizer.pt").write_bytes(pickle.dumps(Payload(), protocol=2))
     with caplog.at_level("WARNING"):
         finetune_pit(_cfg(corpus, "steps=8", "keep_checkpoints=3"), run)
     assert not marker.exists()
     assert "optimizer.pt: holds objects other than tensors" in caplog.text and "weights_only=False" not in caplog.text
+
+
+def test_a_nan_target_is_skipped_by_its_gradients_and_the_model_stays_finite(tmp_path, corpus, monkeypatch):
+    """A NaN in one reference can leave the loss finite (the source looks absent) while every
+    gradient is NaN: that step is skipped and counted, and the saved model is finite."""
+    real = PITStage.train_step
+    calls = {"n": 0}
+
+    def nan_target_once(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            for target in batch["sources"].values():
+                target[0, 0, :10] = float("nan")
+        return real(self, model, batch)
+
+    monkeypatch.setattr(PITStage, "train_step", nan_target_once)
+    finetune_pit(_cfg(corpus, "steps=6"), tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_nonfinite"] for r in rows if "loss" in r][-1] == 1
+    weights = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_weights_that_diverge_stop_the_run_in_one_line_and_save_nothing(tmp_path, corpus, capsys, monkeypatch):
+    """Weights that stop being finite (a divergence, here forced after step 3's update) end the run
+    with one line that says what to do; no model is saved and every checkpoint stays finite."""
+    from hubbub.cli import main
+
+    real, calls = PITStage.train_step, {"n": 0}
+
+    def diverge(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the update of step 3 has been applied
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("inf"))
+        return real(self, model, batch)
+
+    monkeypatch.setattr(PITStage, "train_step", diverge)
+    args = ["finetune", "pit", "--shards", str(corpus), "--out", str(tmp_path / "run"), "--set", "data.crop_s=0.5",
+            "--set", "steps=6", "--set", "ckpt_every=2", "--set", "log_every=1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("hubbub:")]  # the rest is the progress bar
+    assert "Traceback" not in err and len(said) == 1
+    assert "no longer finite at step 4" in said[0] and "optim.lr" in said[0]
+    assert not (tmp_path / "run" / "model").exists()
+    ckpts = list((tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert [c.name for c in ckpts] == ["step_00000002"]
+    assert all(torch.isfinite(w).all() for w in load_file(str(ckpts[0] / "model.safetensors")).values())

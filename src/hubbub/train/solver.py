@@ -1,7 +1,8 @@
 """The one training loop. Stages (PIT, MixIT, codec tokens, AV) subclass :class:`Solver`.
 
 The base class owns the loop on Accelerate: device placement and DDP, mixed precision, gradient
-accumulation and clipping, the learning-rate schedule, NaN/inf steps skipped and counted,
+accumulation and clipping, the learning-rate schedule, steps with a non-finite loss or
+gradients skipped and counted (a run whose weights stop being finite stopped before it saves them),
 TensorBoard logging through Accelerate's trackers, a progress bar, checkpoints and exact resume
 (model, optimizer, schedule, random streams and the position in the shard stream), also on
 another number of processes. A stage overrides four hooks: :meth:`build_model`,
@@ -190,53 +191,60 @@ class Solver:
         model.train()
         metrics: dict[str, float] = {}
         micro = 0  # micro-batches of the current optimizer step so far
-        while state["step"] < cfg.steps:
-            loader.set_epoch(state["epoch"])
-            for batch in loader:
-                if keys_file:
-                    keys_file.write(json.dumps({"step": state["step"], "epoch": state["epoch"],
-                                                "keys": list(batch["keys"])}) + "\n")
-                batch = send_to_device(batch, acc.device, non_blocking=True)
-                # After the batch is fetched: a new epoch's DataLoader draws its workers' seeds
-                # from this RNG too.
-                torch.manual_seed(_stream_seed(cfg.seed, state["step"], micro, acc.process_index))
-                with acc.accumulate(model):
-                    loss, logs = self.train_step(model, batch)
-                    # Every rank must take the same branch or DDP's all-reduce hangs.
-                    finite = acc.gather(torch.isfinite(loss.detach()).float().reshape(1)).min() > 0
-                    if finite:
-                        acc.backward(loss)
-                        if acc.sync_gradients and cfg.optim.grad_clip > 0:
-                            acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                        optimizer.step()
-                    else:
-                        state["skipped_nonfinite"] += 1
-                    optimizer.zero_grad(set_to_none=True)
-                if not acc.sync_gradients:
-                    micro += 1
-                    continue
-                micro = 0
-                scheduler.step()
-                state["step"] += 1
-                bar.update(1)
-                step = state["step"]
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    # note: a CPU-GPU sync point; only on logging steps
-                    row = {"step": step, "epoch": state["epoch"], "loss": acc.reduce(loss.detach(), "mean").item(),
-                           "lr": scheduler.get_last_lr()[0], "skipped_nonfinite": state["skipped_nonfinite"]}
-                    row.update({k: float(acc.reduce(torch.as_tensor(v, device=acc.device), "mean").item())
-                                for k, v in logs.items()})
-                    self._log(acc, row)
-                    bar.set_postfix(loss=f"{row['loss']:.3f}")
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                    metrics = self._evaluate(acc, model, step)
-                if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                    self._save_checkpoint(acc, model, optimizer, scheduler, loader, state)
-                if step >= cfg.steps:
-                    break
-            else:
-                state["epoch"] += 1
-        bar.close()
+        try:
+            while state["step"] < cfg.steps:
+                loader.set_epoch(state["epoch"])
+                for batch in loader:
+                    if keys_file:
+                        keys_file.write(json.dumps({"step": state["step"], "epoch": state["epoch"],
+                                                    "keys": list(batch["keys"])}) + "\n")
+                    batch = send_to_device(batch, acc.device, non_blocking=True)
+                    # After the batch is fetched: a new epoch's DataLoader draws its workers' seeds
+                    # from this RNG too.
+                    torch.manual_seed(_stream_seed(cfg.seed, state["step"], micro, acc.process_index))
+                    with acc.accumulate(model):
+                        loss, logs = self.train_step(model, batch)
+                        # Every rank must take the same branch or DDP's all-reduce hangs.
+                        finite = acc.gather(torch.isfinite(loss.detach()).float().reshape(1)).min() > 0
+                        if finite:
+                            acc.backward(loss)
+                            # A finite loss can still give NaN gradients (a NaN in a target the loss
+                            # masks out): the step is skipped, or one batch would ruin the weights.
+                            if not acc.sync_gradients or _finite_gradients(acc, model, cfg.optim.grad_clip):
+                                optimizer.step()
+                            else:
+                                state["skipped_nonfinite"] += 1
+                        else:
+                            state["skipped_nonfinite"] += 1
+                        optimizer.zero_grad(set_to_none=True)
+                    if not acc.sync_gradients:
+                        micro += 1
+                        continue
+                    micro = 0
+                    scheduler.step()
+                    state["step"] += 1
+                    bar.update(1)
+                    step = state["step"]
+                    if step % cfg.log_every == 0 or step % cfg.ckpt_every == 0 or step == cfg.steps:
+                        _check_weights(acc, model, step, self.out_dir)  # before anything logs or saves them
+                    if step % cfg.log_every == 0 or step == cfg.steps:
+                        # note: a CPU-GPU sync point; only on logging steps
+                        row = {"step": step, "epoch": state["epoch"], "loss": acc.reduce(loss.detach(), "mean").item(),
+                               "lr": scheduler.get_last_lr()[0], "skipped_nonfinite": state["skipped_nonfinite"]}
+                        row.update({k: float(acc.reduce(torch.as_tensor(v, device=acc.device), "mean").item())
+                                    for k, v in logs.items()})
+                        self._log(acc, row)
+                        bar.set_postfix(loss=f"{row['loss']:.3f}")
+                    if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                        metrics = self._evaluate(acc, model, step)
+                    if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                        self._save_checkpoint(acc, model, optimizer, scheduler, loader, state)
+                    if step >= cfg.steps:
+                        break
+                else:
+                    state["epoch"] += 1
+        finally:
+            bar.close()  # also when a step raises: a message then starts on a line of its own
         if keys_file:
             keys_file.close()
         metrics = self._evaluate(acc, model, state["step"])
@@ -379,6 +387,31 @@ def _save_state(model: torch.nn.Module, directory: Path) -> None:
         save_model(model, directory)
     else:
         save_weights(model, directory)
+
+
+class NonFiniteWeights(ValueError):
+    """Training diverged: the weights hold NaN or infinity (the command line prints it in one line)."""
+
+
+def _finite_gradients(acc, model, grad_clip: float) -> bool:
+    """Clip the synced gradients (``grad_clip > 0``) and say whether their norm is finite, the same
+    answer on every rank (each must take the same branch, or DDP's next all-reduce hangs)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = acc.clip_grad_norm_(params, grad_clip) if grad_clip > 0 else None
+    if norm is None:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.detach()) for p in params])) \
+            if params else torch.zeros((), device=acc.device)
+    return bool(acc.gather(torch.isfinite(norm.detach()).float().reshape(1)).min() > 0)
+
+
+def _check_weights(acc, model, step: int, out_dir: Path) -> None:
+    """Stop the run, saving nothing, once the weights themselves are no longer finite (a learning
+    rate that overflows them): every checkpoint written so far stays as it was."""
+    if all(bool(torch.isfinite(p.detach()).all()) for p in acc.unwrap_model(model).parameters()):
+        return
+    raise NonFiniteWeights(f"the model's weights are no longer finite at step {step}: nothing was saved, the "
+                       f"checkpoints in {out_dir / 'checkpoints'} are as they were; lower optim.lr (or set "
+                       "optim.grad_clip) and rerun, which resumes from the last checkpoint")
 
 
 def _checkpoint_problem(ckpt: Path) -> str | None:
