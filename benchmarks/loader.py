@@ -35,10 +35,8 @@ import shlex
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from unittest import mock
-from urllib.parse import urlparse
 
 import numpy as np
 import soundfile as sf
@@ -49,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset
 from hubbub import storage
 from hubbub.shards.reader import ShardDataset, ShardLoader
 from hubbub.shards.writer import load_index, read_members_table
+from hubbub.testing import S3RequestLog, request_bytes, s3_server
 
 SPLIT = "train"
 TARGET = "reverberant"
@@ -235,72 +234,6 @@ def counting_preads():
         yield counts
 
 
-class RecordingS3:
-    """An S3 server (moto, 127.0.0.1) that records the requests it serves, for counting them."""
-
-    def __init__(self, log_path: Path):
-        self.log_path = log_path
-
-    def __enter__(self) -> "RecordingS3":
-        import s3fs
-
-        from hubbub.testing import s3_server
-
-        # The server process writes its recording where this variable, inherited at its start, says
-        # (moto's default is a file in the working directory).
-        saved = os.environ.get("MOTO_RECORDER_FILEPATH")
-        os.environ["MOTO_RECORDER_FILEPATH"] = str(self.log_path)
-        try:
-            self._server = s3_server()
-            self.bucket = self._server.__enter__()
-        finally:
-            if saved is None:
-                del os.environ["MOTO_RECORDER_FILEPATH"]
-            else:
-                os.environ["MOTO_RECORDER_FILEPATH"] = saved
-        self.endpoint = os.environ["AWS_ENDPOINT_URL"]
-        # s3fs clients are cached per process whatever the endpoint: drop any made for another server.
-        s3fs.S3FileSystem.clear_instance_cache()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import s3fs
-
-        self._server.__exit__(*exc)
-        s3fs.S3FileSystem.clear_instance_cache()  # they point at the server just stopped
-
-    def _post(self, action: str) -> None:
-        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/recorder/{action}",
-                                                      method="POST")).read()
-
-    @contextlib.contextmanager
-    def recording(self):
-        """Yields a list that holds, after the block, the requests served in it (method, path, Range)."""
-        requests: list[dict] = []
-        self._post("reset-recording")
-        self._post("start-recording")
-        try:
-            yield requests
-        finally:
-            self._post("stop-recording")
-        with urllib.request.urlopen(f"{self.endpoint}/moto-api/recorder/download-recording") as r:
-            for line in r.read().decode().splitlines():
-                entry = json.loads(line)
-                requests.append({"method": entry["method"], "path": urlparse(entry["url"]).path,
-                                 "range": entry["headers"].get("Range")})
-
-
-def request_bytes(request: dict, sizes: dict[str, int]) -> int:
-    """Bytes a GET asks for: its ``Range: bytes=a-b`` (inclusive), else the whole object."""
-    if request["method"] != "GET":
-        return 0
-    size = sizes.get(request["path"], 0)  # 0: a listing, not an object
-    if request["range"]:
-        first, _, last = request["range"].removeprefix("bytes=").partition("-")
-        return min(int(last) + 1 if last else size, size) - int(first)
-    return size
-
-
 def io_per_epoch(corpus: Path, grid: list[tuple[int, int]], work: Path) -> dict:
     index = load_index(corpus)
     shard_sizes = [s["size_bytes"] for s in index["shards"] if s["split"] == SPLIT]
@@ -324,21 +257,21 @@ def io_per_epoch(corpus: Path, grid: list[tuple[int, int]], work: Path) -> dict:
             keys = epoch_keys(str(corpus), row["world_size"], row["workers"])
         row["local"] = {"requests": counts[0], "bytes": counts[1], **yielded(keys)}
 
-    with RecordingS3(work / "moto-recording.jsonl") as s3:
-        url = f"{s3.bucket}/corpus"
+    with s3_server() as bucket:
+        url = f"{bucket}/corpus"
         for p in sorted(corpus.iterdir()):
             storage.put_file(p, f"{url}/{p.name}")
         fs, root = storage.filesystem(url)
-        sizes = {f"/{e['name']}": e["size"] for e in fs.ls(root, detail=True, refresh=True)}
+        sizes = {e["name"].rsplit("/", 1)[-1]: e["size"] for e in fs.ls(root, detail=True, refresh=True)}
         for row in rows:
-            with s3.recording() as requests:
+            with S3RequestLog() as log:
                 keys = epoch_keys(url, row["world_size"], row["workers"])
             # Shard reads are the epoch's cost; the rest (index.json, the members table, HEADs) is
             # paid once per rank and does not grow with the corpus' audio.
-            data = [r for r in requests if r["path"].endswith(".tar")]
-            other = [r for r in requests if not r["path"].endswith(".tar")]
-            row["s3"] = {"requests": len(data), "bytes": sum(request_bytes(r, sizes) for r in data),
-                         "other_requests": len(other), "other_bytes": sum(request_bytes(r, sizes) for r in other),
+            other = [e for e in log.entries if ".tar" not in e["url"].split("?")[0]]
+            row["s3"] = {"requests": len(log.gets(".tar")), "bytes": log.bytes_read(".tar", sizes),
+                         "other_requests": len(other),
+                         "other_bytes": sum(request_bytes(e, sizes) for e in other if e["method"] == "GET"),
                          **yielded(keys)}
     return {"corpus_bytes": corpus_bytes, "num_shards": num_shards, "rows": rows}
 

@@ -10,7 +10,6 @@ import errno
 import json
 import logging
 import sys
-from pathlib import Path
 
 
 def _cmd_voices(args) -> int:

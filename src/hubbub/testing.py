@@ -425,10 +425,18 @@ def s3_server(bucket: str = "hubbub-test"):
                 raise RuntimeError(f"the moto S3 server did not start on port {port}")
             time.sleep(0.1)
         import fsspec
+        import s3fs
 
-        fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
+        # fsspec keeps one client per set of arguments, whatever the endpoint it was made for:
+        # one made for an earlier server of this process would call a closed port.
+        s3fs.S3FileSystem.clear_instance_cache()
+        fsspec.filesystem("s3").mkdir(bucket)
         yield f"s3://{bucket}"
     finally:
+        with contextlib.suppress(ImportError):
+            import s3fs
+
+            s3fs.S3FileSystem.clear_instance_cache()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -477,17 +485,18 @@ class S3RequestLog:
         return [e for e in self.entries if e["method"] == "GET" and name_part in e["url"].split("?")[0]]
 
     def bytes_read(self, name_part: str = "", sizes: dict[str, int] | None = None) -> int:
-        """Bytes the GETs of matching objects asked for: their Range, or the whole object (its
-        size from ``sizes``, object name -> bytes) for a GET without one."""
-        total = 0
-        for e in self.gets(name_part):
-            rng = {k.lower(): v for k, v in e["headers"].items()}.get("range")
-            if rng:
-                first, last = rng.split("=", 1)[1].split("-")
-                total += int(last) - int(first) + 1
-            else:
-                name = e["url"].split("?")[0].rsplit("/", 1)[-1]
-                if sizes is None or name not in sizes:
-                    raise ValueError(f"a GET of all of {name}: pass its size in sizes to count it")
-                total += sizes[name]
-        return total
+        """Bytes the GETs of matching objects asked for (:func:`request_bytes`)."""
+        return sum(request_bytes(e, sizes) for e in self.gets(name_part))
+
+
+def request_bytes(entry: dict, sizes: dict[str, int] | None = None) -> int:
+    """Bytes one recorded GET asked for: its Range, or the whole object (its size from ``sizes``,
+    object name -> bytes) for a GET without one."""
+    rng = {k.lower(): v for k, v in entry["headers"].items()}.get("range")
+    if rng:
+        first, last = rng.split("=", 1)[1].split("-")
+        return int(last) - int(first) + 1
+    name = entry["url"].split("?")[0].rsplit("/", 1)[-1]
+    if sizes is None or name not in sizes:
+        raise ValueError(f"a GET of all of {name}: pass its size in sizes to count it")
+    return sizes[name]

@@ -4,7 +4,6 @@ import json
 import shutil
 
 import fsspec
-import numpy as np
 import pytest
 import torch
 
