@@ -355,8 +355,6 @@ class ShardDataset(IterableDataset):
         self.sampler.shard_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         if len(self._keys) == 0:
             raise ValueError(f"split {split!r} of {self.corpus_dir} has no samples")
-        if self._member_names is not None:
-            self._wanted_columns = np.arange(len(self._member_names))  # the table holds only wanted ones
         self.read_ahead = max(8, batch_size)  # samples fetched ahead of the one being decoded
 
     seed = _Sampled()
@@ -463,7 +461,7 @@ class ShardDataset(IterableDataset):
     def _fetch_window(self, reader: "_RangeReader", ordinals: np.ndarray) -> list[dict]:
         requests, parts = [], []  # one request per merged range; parts: (sample, member, offset in request)
         for i, o in enumerate(ordinals):
-            cols = self._wanted_columns[self._offsets[o, self._wanted_columns] >= 0]
+            cols = np.flatnonzero(self._offsets[o] >= 0)  # the table holds the wanted members only
             cols = cols[np.argsort(self._offsets[o, cols])]
             shard = int(self._shard_of[o])
             for j in cols:

@@ -241,10 +241,8 @@ def _check_shard(corpus_dir: str, name: str, size: int, entry: dict | None, has_
                 report.fault(name, key, f"duplicate key, also in {owner_of_key[key]}")
             owner_of_key[key] = name
             try:
-                messages = _check_sample(raw, split, sidecar_durations_s.get(key), report.checked_audio, codec)
-                meta = json.loads(raw["json"]) if "json" in raw else {}
-                messages += [f"drawn with {k} {meta[k]!r}, the corpus with {v!r}: a sample of another corpus"
-                             for k, v in (identity or {}).items() if k in meta and meta[k] != v]
+                messages = _check_sample(raw, split, sidecar_durations_s.get(key), report.checked_audio, codec,
+                                         identity)
             except Exception as e:  # e.g. a field of the wrong type: a fault of this sample, read on
                 messages = [f"cannot be checked: {type(e).__name__}: {e}"]
             for message in messages:
@@ -271,8 +269,9 @@ def _get(meta: dict, dotted: str):
 
 
 def _check_sample(raw: dict, split: str, sidecar_duration_s: float | None, check_audio: bool,
-                  codec: dict | None = None) -> list[str]:
-    """Faults of one raw sample (member name -> bytes), as messages."""
+                  codec: dict | None = None, identity: dict | None = None) -> list[str]:
+    """Faults of one raw sample (member name -> bytes), as messages. ``identity``: the fields
+    every sample of the corpus shares with index.json (:data:`IDENTITY_FIELDS`)."""
     key = raw["__key__"]
     if "json" not in raw:
         return ["no json member"]
@@ -287,6 +286,8 @@ def _check_sample(raw: dict, split: str, sidecar_duration_s: float | None, check
         return faults
     if unlabelled and (meta["num_speakers"] != 0 or meta["targets"]):
         faults.append(f"unlabelled sample with num_speakers={meta['num_speakers']}, targets={meta['targets']}")
+    faults += [f"drawn with {k} {meta[k]!r}, the corpus with {v!r}: a sample of another corpus"
+               for k, v in (identity or {}).items() if k in meta and meta[k] != v]
     if meta["key"] != key:
         faults.append(f"json key {meta['key']!r} differs from the member names' key")
     if "." in meta["key"]:

@@ -320,11 +320,6 @@ def sidecar_name(tar_name: str) -> str:
     return tar_name[: -len(".tar")] + ".json"
 
 
-def shard_is_complete(out_dir: str | Path, name: str, num_planned: int | None = None) -> bool:
-    """See :func:`complete_shards`."""
-    return name in complete_shards(out_dir, {name: num_planned})
-
-
 def members_table_name(split: str) -> str:
     return f"{split}.members.npz"
 
