@@ -111,13 +111,32 @@ def test_repo_ids_download_only_safe_files_and_paths_never_download(tmp_path, mo
         calls.append((repo_id, revision, allow_patterns))
         return str(tmp_path / "snapshot")
 
-    monkeypatch.setattr(publish, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
     assert from_pretrained("me/tiny", revision="v1").num_sources == 2
     assert calls == [("me/tiny", "v1", ["config.json", "model.safetensors", "README.md", "data_card.json"])]
-    for missing in (str(tmp_path / "nope"), "./nope", "a/b/c"):
-        with pytest.raises(FileNotFoundError, match="not a model directory"):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    # runs/mixit beside a local runs/ is a mistyped path, not a Hub id
+    for missing in (str(tmp_path / "nope"), "./nope", "a/b/c", "runs/mixit"):
+        with pytest.raises(FileNotFoundError, match="no such model directory"):
             from_pretrained(missing)
     assert len(calls) == 1
+
+
+def test_a_hub_id_the_hub_cannot_give_is_one_line(tmp_path, monkeypatch):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(repo_id, revision=None, allow_patterns=None):
+        raise LocalEntryNotFoundError("An error happened while trying to locate the files on the Hub, and we "
+                                      "cannot find the appropriate snapshot folder.\nPlease check your internet "
+                                      "connection and try again.")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", offline)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as info:
+        from_pretrained("me/tiny")
+    assert str(info.value).startswith("me/tiny: not a local directory, and the Hugging Face Hub did not give it")
+    assert "\n" not in str(info.value)
 
 
 def test_publish_uploads_the_written_folder_when_given_a_repo_id(tmp_path, corpus, monkeypatch):

@@ -38,12 +38,25 @@ class ConfigError(ValueError):
 
     def __init__(self, field: str, message: str):
         self.field = field
-        super().__init__(f"{field or '<root>'}: {message}")
+        super().__init__(f"{field}: {message}" if field else message)
 
 
 def load_yaml(path: str | Path) -> dict:
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    """The mapping in a YAML file; a syntax error or a tag plain YAML lacks (``!!python/...``,
+    refused unread by the safe loader) is a one-line ConfigError naming the file and line."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = exc.problem or exc.context or "not valid YAML"
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            problem = f"{problem.split(' for ')[-1]} is not allowed (plain YAML values only)" \
+                if "constructor" in problem else problem
+        raise ConfigError("", f"{where}: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError("", f"{path} must hold a mapping at the top level")
     return data

@@ -175,7 +175,8 @@ def evaluate_run(run_dir: str | Path, shards_dir: str | Path, *, split: str = "t
                          bins of mixing.overlap_ratio (quarters), and speaker counts
             samples      one row per sample: key, num_speakers, duration_s, rt60_s, snr_db,
                          overlap_ratio, mean, per_source, perm, nan_reasons
-            skipped      [{"key", "reason"}]: mixtures with more speakers than model outputs
+            skipped      [{"key", "reason"}]: mixtures with more speakers than model outputs, and
+                         damaged samples (JSON and members disagree: see hubbub shards verify)
             out_dir      where results.json, results.md and the PNGs were written
 
     Raises:
@@ -187,6 +188,8 @@ def evaluate_run(run_dir: str | Path, shards_dir: str | Path, *, split: str = "t
         r = evaluate_run("runs/pit", "corpora/whamr", metrics=("si_snri", "sdri"), max_samples=100)
         print(format_markdown(r))
     """
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be at least 1, got {max_samples}")
     run_dir = Path(run_dir)
     run = json.loads((run_dir / RUN_CONFIG_NAME).read_text())
     if target is None:
@@ -198,7 +201,8 @@ def evaluate_run(run_dir: str | Path, shards_dir: str | Path, *, split: str = "t
     corpus = storage.name_of(storage.normalize(shards_dir))
     audio_visual = hasattr(model, "video")
     targets = (target, "lips") if audio_visual else (target,)
-    dataset = ShardDataset(shards_dir, split, targets=targets, shuffle=False, mic=0, roi_crop="center")
+    dataset = ShardDataset(shards_dir, split, targets=targets, shuffle=False, mic=0, roi_crop="center",
+                           skip_damaged=True)
 
     def extract(mix: np.ndarray, lips: torch.Tensor) -> np.ndarray:
         return np.concatenate([separate_waveform(model, mix, sample_rate_hz=sample_rate_hz, chunk_s=chunk_s,
@@ -247,7 +251,7 @@ def evaluate_run(run_dir: str | Path, shards_dir: str | Path, *, split: str = "t
         **({"mismatched_lips": _summary(mismatched)} if audio_visual else {}),
         "breakdowns": {f.name: breakdown(rows, f) for f in FACTORS},
         "samples": rows,
-        "skipped": skipped,
+        "skipped": skipped + dataset.skipped,
         "out_dir": str(out_dir),
     })
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,13 +22,13 @@ import json
 import os
 from pathlib import Path
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData, snapshot_download
+from huggingface_hub import HfApi, ModelCard, ModelCardData
 
 import torch
 from safetensors.torch import load_file
 
 from hubbub.models import Separator, build_model, load_backbone, load_model, save_model
-from hubbub.models.io import BACKBONE, CONFIG_NAME, SEPARATOR, WEIGHTS_NAME, read_config
+from hubbub.models.io import BACKBONE, CONFIG_NAME, SEPARATOR, WEIGHTS_NAME, hub_snapshot, read_config
 from hubbub.separate import CARD_NAME, RUN_CONFIG_NAME, RUN_MODEL_DIR
 from hubbub.shards.writer import atomic_write_bytes, atomic_write_json, load_index
 
@@ -302,11 +302,8 @@ def from_pretrained(dir_or_repo_id: str | Path, *, revision: str | None = None) 
     directory = Path(dir_or_repo_id)
     if not directory.is_dir():
         # A Hub id is "name" or "namespace/name"; anything path-like that is missing is a typo,
-        # which the Hub's "repository not found" would only obscure.
-        if directory.exists() or directory.is_absolute() or source.startswith(".") or source.count("/") > 1:
-            raise FileNotFoundError(f"{source}: not a model directory")
-        directory = Path(snapshot_download(source, revision=revision,
-                                           allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, README_NAME, CARD_NAME]))
+        # which the Hub's "repository not found" would only obscure (hub_snapshot tells them apart).
+        directory = hub_snapshot(source, [CONFIG_NAME, WEIGHTS_NAME, README_NAME, CARD_NAME], revision)
     _check_weights(directory, source)
     return load_model(directory).eval()
 

@@ -7,7 +7,7 @@ import torch
 
 from hubbub.shards import reader
 from hubbub.shards.format import decode_audio
-from hubbub.shards.reader import ShardDataset, ShardLoader, collate_mixtures
+from hubbub.shards.reader import SampleError, ShardDataset, ShardLoader, collate_mixtures
 from hubbub.testing import make_dummy_corpus
 
 SAMPLE_RATE_HZ = 8000
@@ -302,7 +302,7 @@ def test_bad_arguments(corpus):
         ShardDataset(corpus, rank=2, world_size=2)
     with pytest.raises(ValueError, match="nosuch"):
         ShardDataset(corpus, "nosuch")
-    with pytest.raises(KeyError, match="lips"):
+    with pytest.raises(SampleError, match=r"no member s0\.lips\.\* \(the corpus stores targets"):
         next(iter(ShardDataset(corpus, targets=("lips",))))
 
 
@@ -343,3 +343,22 @@ def test_a_damaged_members_table_says_how_to_rebuild_it(tmp_path):
         ShardDataset(corpus, "train")
     index_members(corpus)
     assert len(list(ShardDataset(corpus, "train", shuffle=False))) == 6
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_damaged_shard_fails_before_the_first_sample_naming_it(corpus, tmp_path, damage):
+    import shutil
+
+    from hubbub.storage import StorageError
+
+    damaged = shutil.copytree(corpus, tmp_path / "damaged")
+    tar = sorted(damaged.glob("train-*.tar"))[-1]
+    if damage == "truncated":
+        tar.write_bytes(tar.read_bytes()[:1024])
+        expected = rf"{tar.name}: 1024 bytes, index.json says \d+: truncated or replaced"
+    else:
+        tar.unlink()
+        expected = rf"{tar.name}: shard missing"
+    with pytest.raises(StorageError, match=expected):
+        ShardDataset(damaged, "train")
+    ShardDataset(damaged, "valid")  # the other split is whole and reads

@@ -74,3 +74,23 @@ def test_format_and_plot(corpus, tmp_path):
     png = plot_stats(stats, tmp_path / "stats.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["stats.png"]  # no .tmp left behind
+
+
+@pytest.mark.parametrize("damage", ["directory", "dangling link", "truncated"])
+def test_a_damaged_shard_is_one_error_naming_it(corpus, tmp_path, damage):
+    import shutil
+
+    from hubbub.storage import StorageError
+
+    damaged = shutil.copytree(corpus, tmp_path / "damaged")
+    tar = damaged / "train-000001.tar"
+    size = tar.stat().st_size
+    tar.unlink()
+    if damage == "directory":
+        tar.mkdir()
+    elif damage == "dangling link":
+        tar.symlink_to(tmp_path / "gone.tar")
+    else:
+        tar.write_bytes((corpus / tar.name).read_bytes()[: size // 3])
+    with pytest.raises(StorageError, match=r"train-000001\.tar: .*run `hubbub shards verify`"):
+        corpus_stats(damaged)

@@ -75,6 +75,18 @@ def test_missing_shard_and_index_are_faults(corpus):
     assert report.num_shards == 2  # the other shards are still checked against their sidecars
 
 
+def test_a_directory_or_dangling_link_in_place_of_a_shard_is_reported_not_a_crash(corpus):
+    (corpus / "valid-000000.tar").unlink()
+    (corpus / "valid-000000.tar").mkdir()
+    (corpus / "train-000001.tar").unlink()
+    (corpus / "train-000001.tar").symlink_to(corpus / "gone.tar")
+    report = verify_corpus(corpus)
+    assert [(f.file, f.message) for f in report.faults] == [
+        ("train-000001.tar", f"shard missing: a dangling symbolic link to {corpus / 'gone.tar'} (listed in index.json)"),
+        ("valid-000000.tar", "shard missing: a directory in its place (listed in index.json)")]
+    assert report.num_shards == 1
+
+
 def test_stray_shard_unparseable_index_and_tmp_leftover(corpus):
     shutil.copy(corpus / "train-000000.tar", corpus / "train-000007.tar")
     report = verify_corpus(corpus)

@@ -102,7 +102,12 @@ def build_model(name: str, num_sources: int = 2, **kwargs) -> Separator:
         model = build_model("tfgridnet", num_sources=3, **model_config("tfgridnet", "debug"))
     """
     builder = _builder(name)
-    bound = inspect.signature(builder).bind(num_sources=num_sources, **kwargs)
+    signature = inspect.signature(builder)
+    unknown = sorted(set(kwargs) - set(signature.parameters))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        raise TypeError(f"{name} takes no argument {', '.join(map(repr, unknown))} "
+                        f"(it takes: {', '.join(k for k in signature.parameters if k != 'num_sources')})")
+    bound = signature.bind(num_sources=num_sources, **kwargs)
     bound.apply_defaults()
     model = builder(**bound.arguments)
     model.spec = {"name": name, "kwargs": dict(bound.arguments)}

@@ -18,15 +18,15 @@ checkpoint cannot run code).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from hubbub import storage
 from hubbub.models.base import Separator
 from hubbub.models.factory import BACKBONE_OF, MODELS, build_model
 
@@ -69,9 +69,7 @@ def save_model(model: Separator, directory: str | Path) -> Path:
     if getattr(model, "checkpoint_heads", None):
         config["heads"] = model.checkpoint_heads
     save_weights(model, directory, metadata={"name": config["name"]})
-    tmp = directory / f".{CONFIG_NAME}.tmp"
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, directory / CONFIG_NAME)
+    storage.write_bytes(directory / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
     return directory
 
 
@@ -81,10 +79,37 @@ def save_weights(module: torch.nn.Module, directory: str | Path, metadata: dict[
     # safetensors refuses non-contiguous and shared-storage tensors; clone() gives each its own.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     path = Path(directory) / WEIGHTS_NAME
-    tmp = path.with_name(f".{WEIGHTS_NAME}.tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    # Serialised in memory and written by Python, so a full disk is an OSError naming the file
+    # (safetensors' own writer reports it as an error of its own) and the temporary is removed.
+    storage.write_bytes(path, save(state, metadata=metadata))
     return path
+
+
+def hub_snapshot(source: str, patterns: list[str], revision: str | None = None) -> Path:
+    """The local folder of Hugging Face Hub repo ``source`` (only files matching ``patterns``).
+
+    ``source`` is taken for a Hub id only if it cannot be a local path: something that exists, is
+    absolute, starts with ``.`` or ``~``, has more than one ``/``, or whose first part is a local
+    folder (``runs/mixit`` beside ``runs/``) is a mistyped path, reported as one, never looked up
+    on the Hub. A Hub that cannot give the repo (none of that id, no network) is one line too.
+
+    Raises:
+        FileNotFoundError: no such local directory, or the Hub gave nothing.
+    """
+    path = Path(source)
+    first = source.split("/")[0]
+    if (path.exists() or path.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
+            or (source.count("/") == 1 and Path(first).is_dir())):
+        raise FileNotFoundError(f"{source}: no such model directory" if not path.exists()
+                                else f"{source}: not a model directory (no {CONFIG_NAME} + {WEIGHTS_NAME})")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, revision=revision, allow_patterns=patterns))
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated, HTTP: many types, one answer
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise FileNotFoundError(f"{source}: not a local directory, and the Hugging Face Hub did not give it "
+                                f"({type(exc).__name__}: {reason})") from None
 
 
 def read_config(directory: str | Path) -> dict:

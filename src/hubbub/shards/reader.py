@@ -235,6 +235,26 @@ class _Sampled:
         setattr(obj.sampler, self.name, value)
 
 
+def _check_sizes(corpus_dir: str, shards: list[dict]) -> None:
+    """One listing before any sample is read: a shard missing, truncated or replaced since it was
+    indexed fails here, naming it, and not steps into a training run."""
+    sizes = storage.list_sizes(corpus_dir)
+    for shard in shards:
+        expected, found = shard.get("size_bytes"), sizes.get(shard["name"])
+        if found is None:
+            raise storage.StorageError(f"{storage.join(corpus_dir, shard['name'])}: shard missing (or not a file); "
+                                       f"run `hubbub shards verify {corpus_dir}`")
+        if expected is not None and found != int(expected):
+            raise storage.StorageError(f"{storage.join(corpus_dir, shard['name'])}: {found} bytes, index.json says "
+                                       f"{expected}: truncated or replaced; run `hubbub shards verify {corpus_dir}`")
+
+
+class SampleError(ValueError):
+    """A stored sample cannot give what was asked: its JSON and its members disagree (a damaged
+    or hand-edited corpus), or it does not store the target asked for. Names the corpus, split and
+    key; ``hubbub shards verify`` finds every such sample."""
+
+
 class ShardDataset(IterableDataset):
     """Samples of one split of a hubbub corpus as tensors, for ``torch.utils.data``.
 
@@ -283,6 +303,10 @@ class ShardDataset(IterableDataset):
             workers take chunks of this many samples, which makes global batches independent of
             the world size and keeps batches in order (and resume exact) with
             ``num_workers > 0``; :class:`ShardLoader` batches by it.
+        skip_damaged: a sample whose members disagree with its JSON (:class:`SampleError`) is
+            skipped with a warning and listed in :attr:`skipped` (``{"key", "reason"}``) instead
+            of raising: for evaluation, which reports it. Training raises (skipping would give
+            ranks unequal batches).
 
     Iteration starts at the position set by :meth:`load_state_dict` until the epoch changes.
     Example: ``ShardDataset(d, "valid", shuffle=False, mic=None)`` gives every valid sample
@@ -295,7 +319,9 @@ class ShardDataset(IterableDataset):
                  seed: int = 0, epoch: int = 0, rank: int | None = None,
                  world_size: int | None = None, drop_last: bool = False, mic: int | None = 0,
                  max_sources: int | None = None, batch_size: int = 1,
-                 roi_crop: Literal["center", "random"] | None = "center"):
+                 roi_crop: Literal["center", "random"] | None = "center", skip_damaged: bool = False):
+        self.skip_damaged = skip_damaged
+        self.skipped: list[dict] = []
         if "noise" in targets:
             raise ValueError('noise is not a per-source target: pass extras=("noise.flac",)')
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -316,9 +342,11 @@ class ShardDataset(IterableDataset):
         self.roi_crop = roi_crop
 
         self.corpus_dir = storage.normalize(corpus_dir)
-        names = [s["name"] for s in load_index(self.corpus_dir)["shards"] if s["split"] == split]
+        listed = [s for s in load_index(self.corpus_dir)["shards"] if s["split"] == split]
+        names = [s["name"] for s in listed]
         if not names:
             raise ValueError(f"split {split!r} has no shards in {storage.join(self.corpus_dir, 'index.json')}")
+        _check_sizes(self.corpus_dir, listed)
         self._paths = [storage.join(self.corpus_dir, n) for n in names]
         target_names = "|".join(re.escape(t) for t in self.targets)
         self._source_member = re.compile(rf"^s(\d+)\.({target_names})\.(flac|wav|npy\.zst|npy)$")
@@ -426,8 +454,16 @@ class ShardDataset(IterableDataset):
         positions, ordinals = self.sampler.worker_share(*((info.id, info.num_workers) if info else (0, 1)))
         self.sampler.consumed = self.sampler.start
         for position, raw in zip(positions, self._read_raw(ordinals)):
-            sample = self._decode(raw)
-            self.sampler.consumed = int(position) + 1
+            try:
+                sample = self._decode(raw)
+            except SampleError as exc:
+                if not self.skip_damaged:
+                    raise
+                log.warning("skipped: %s", exc)
+                self.skipped.append({"key": raw["__key__"], "reason": str(exc)})
+                continue
+            finally:
+                self.sampler.consumed = int(position) + 1
             yield sample
 
     def _read_raw(self, ordinals: np.ndarray) -> Iterator[dict]:
@@ -528,11 +564,17 @@ class ShardDataset(IterableDataset):
 
     def _decode(self, raw: dict) -> dict:
         key = raw["__key__"]
-        meta = json.loads(raw["json"])
-        num_sources = int(meta["num_speakers"])
+        where = f"{self.corpus_dir} ({self.split}) sample {key}"
+        try:
+            meta = json.loads(raw["json"])
+            num_sources = int(meta["num_speakers"])
+            num_samples, rate = int(meta["num_samples"]), int(meta["sample_rate_hz"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SampleError(f"{where}: its JSON is damaged ({type(exc).__name__}: {exc}); "
+                              f"run `hubbub shards verify {self.corpus_dir}`") from None
         if self.max_sources is not None and num_sources > self.max_sources:
             raise ValueError(f"{key} has {num_sources} speakers, more than max_sources={self.max_sources}")
-        crop = self._crop(key, int(meta["num_samples"]), int(meta["sample_rate_hz"]))
+        crop = self._crop(key, num_samples, rate)
         sources = {}
         for target in self.targets:
             per_source = []
@@ -540,9 +582,13 @@ class ShardDataset(IterableDataset):
                 name = (audio_member(raw, f"s{i}.{target}") or array_member(raw, f"s{i}.{target}")
                         or f"s{i}.{target}.npy")
                 if name not in raw:
-                    raise KeyError(f"{key} has no member s{i}.{target}.*; it stores targets {meta['targets']}")
+                    stored = meta.get("targets")
+                    why = (f"the corpus stores targets {stored}" if target not in (stored or [target]) else
+                           f"its JSON says {num_sources} speakers: the JSON and the members disagree")
+                    raise SampleError(f"{where} has no member s{i}.{target}.* ({why}); "
+                                      f"run `hubbub shards verify {self.corpus_dir}`")
                 if target == "lips":
-                    per_source.append(self._lips(key, name, raw[name], crop, int(meta["sample_rate_hz"])))
+                    per_source.append(self._lips(key, name, raw[name], crop, rate))
                 else:
                     per_source.append(self._member(name, raw[name], crop))
             if self.max_sources is not None:
@@ -551,7 +597,7 @@ class ShardDataset(IterableDataset):
         stored = {m: audio_member(raw, audio_stem(m)) if is_audio_member(m) else m for m in self.extras}
         missing = [m for m, name in stored.items() if name not in raw]
         if missing:
-            raise KeyError(f"{key} has no member(s) {missing}")
+            raise SampleError(f"{where} has no member(s) {missing}")
         mix = audio_member(raw, "mix")
         return {
             "key": key,
@@ -671,12 +717,16 @@ class _RangeReader:
 
     def _pread(self, url: str, start: int, end: int) -> bytes:
         fd = self._fds.pop(url, None)
-        if fd is None:
-            fd = os.open(storage.local_path(url), os.O_RDONLY)
-            if len(self._fds) >= self._max_open:
-                os.close(self._fds.popitem(last=False)[1])
-        self._fds[url] = fd
-        data = os.pread(fd, end - start, start)
+        try:
+            if fd is None:
+                fd = os.open(storage.local_path(url), os.O_RDONLY)
+                if len(self._fds) >= self._max_open:
+                    os.close(self._fds.popitem(last=False)[1])
+            self._fds[url] = fd
+            data = os.pread(fd, end - start, start)
+        except OSError as exc:  # gone, a directory or a dangling link in its place, unreadable
+            raise storage.StorageError(f"{url}: cannot read ({exc.strerror or exc}): the shard is missing or damaged; "
+                                       "run `hubbub shards verify`") from None
         if len(data) != end - start:
             raise storage.StorageError(f"{url}: truncated (bytes {start}-{end} asked, {len(data)} read): "
                                        "run `hubbub shards verify`")

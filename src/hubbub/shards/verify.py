@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -108,6 +109,17 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+def _missing_shard(corpus_dir: str, name: str) -> str:
+    """Why a shard is not among the corpus's files: absent, or something else in its place."""
+    if storage.is_local(corpus_dir):
+        path = storage.local_path(storage.join(corpus_dir, name))
+        if path.is_symlink() and not path.exists():
+            return f"shard missing: a dangling symbolic link to {os.readlink(path)}"
+        if path.is_dir():
+            return "shard missing: a directory in its place"
+    return "shard missing"
+
+
 def verify_corpus(corpus_dir: str | Path, *, check_audio: bool = True) -> VerifyReport:
     """Check every file and sample of a corpus; see the module docstring for the checks.
 
@@ -143,7 +155,7 @@ def verify_corpus(corpus_dir: str | Path, *, check_audio: bool = True) -> Verify
         if listed is not None and name not in listed:
             report.fault(name, None, "not listed in index.json (stray shard or sidecar)")
         if name not in tars:
-            report.fault(name, None, "shard missing" + (" (listed in index.json)" if listed else ""))
+            report.fault(name, None, _missing_shard(corpus_dir, name) + (" (listed in index.json)" if listed else ""))
         if name not in sidecars:
             report.fault(sidecar_name(name), None, "sidecar missing")
         if name in tars:

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from hubbub import storage
+from hubbub.config import ConfigError
 from hubbub.shards.writer import load_index
 from hubbub.train.config import TrainConfig
 
@@ -19,12 +20,11 @@ def resolve_model_dir(path: str | Path) -> Path:
     for candidate in (path / "model", path):
         if (candidate / "config.json").exists() and (candidate / "model.safetensors").exists():
             return candidate
-    text = str(path)
-    if not path.exists() and not path.is_absolute() and not text.startswith(".") and text.count("/") == 1:
-        from huggingface_hub import snapshot_download
+    if path.exists():
+        raise FileNotFoundError(f"{path} holds no model (config.json + model.safetensors), nor does {path}/model")
+    from hubbub.models.io import hub_snapshot
 
-        return Path(snapshot_download(text, allow_patterns=["config.json", "model.safetensors", "*.md", "*.json"]))
-    raise FileNotFoundError(f"{path} holds no model (config.json + model.safetensors), nor does {path}/model")
+    return hub_snapshot(str(path), ["config.json", "model.safetensors", "*.md", "*.json"])
 
 
 def corpus_card(shards: str | Path) -> dict:
@@ -52,7 +52,10 @@ def build_separator(cfg: TrainConfig, num_sources: int):
     m = cfg.model
     own = {**model_config(m.name, m.size), **m.kwargs}
     if not cfg.init:
-        return build_model(m.name, num_sources=num_sources, **own)
+        try:
+            return build_model(m.name, num_sources=num_sources, **own)
+        except TypeError as exc:  # a mistyped or foreign model.kwargs key
+            raise ConfigError("model.kwargs", str(exc)) from None
     source = resolve_model_dir(cfg.init)
     pretrained = read_config(source)
     kwargs = {k: v for k, v in pretrained["kwargs"].items() if k != "num_sources"}

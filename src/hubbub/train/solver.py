@@ -50,10 +50,13 @@ Optimizer and schedule states are loaded with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
+import os
 import pickle
 import shutil
 from dataclasses import replace
@@ -62,8 +65,9 @@ from typing import Any
 
 import torch
 
+from hubbub import storage
 from hubbub.config import to_dict
-from hubbub.shards.writer import atomic_write_json
+from hubbub.shards.writer import LOCK_NAME, atomic_write_json
 from hubbub.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,13 @@ log = logging.getLogger(__name__)
 # The config's per-process batch sizes: a checkpoint records them times the processes (the global
 # batch), which a resumed run keeps on any number of processes.
 BATCH_FIELDS = ("data.batch_size", "semi.batch_size")
+# What a resumed run may not change (prefixes of config fields): the model and what it trains on.
+FIXED_ON_RESUME = ("stage", "seed", "model.", "data.shards", "data.train_split", "data.target", "semi.unlabelled",
+                   "semi.split", "mixit.recordings", "mixit.segment_s", "mixit.sample_rate_hz", "mixit.num_outputs",
+                   "codec.model", "codec.task", "codec.source_target")
+# Changes not worth recording: bookkeeping, and what only acts when a run starts.
+NOT_RECORDED = ("log_every", "eval_every", "ckpt_every", "keep_checkpoints", "log_sample_keys", "data.num_workers",
+                "data.valid_max_samples", "init", *BATCH_FIELDS)
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -139,6 +150,23 @@ class Solver:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Train (or resume) into the run folder and return the final validation metrics.
+
+        Raises:
+            hubbub.storage.LockedError: another run is training into the same folder.
+            ValueError: the folder is a file; a resume that changes what is trained on.
+        """
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ValueError(f"{self.out_dir} is a file, not a run folder: choose another --out")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # One run per folder: a second command on it (a resume started twice, a typo'd --out) is
+        # refused before it reads or writes anything. The main process holds it; under a launcher,
+        # the launcher stops the other ranks when the main one exits.
+        with storage.exclusive(self.out_dir / LOCK_NAME, f"{self.stage} training") if _is_main_process() \
+                else contextlib.nullcontext():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         from accelerate import Accelerator
         from accelerate.utils import send_to_device, set_seed
         from tqdm import tqdm
@@ -146,7 +174,9 @@ class Solver:
         from hubbub.models import save_model
 
         cfg = self.cfg
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (self.out_dir / "checkpoints").glob("step_*.tmp"):
+            if _is_main_process():  # a checkpoint a killed run was writing
+                shutil.rmtree(stale, ignore_errors=True)
         # Without a GPU, processes started by `accelerate launch --multi_gpu` or torchrun must be
         # told they are CPU ranks, or each would train alone as rank 0 (gloo is used then).
         acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.optim.grad_accum,
@@ -154,8 +184,10 @@ class Solver:
         self.accelerator = acc
         ckpt = self._latest_checkpoint()
         trainer = json.loads((ckpt / "trainer.json").read_text()) if ckpt is not None else None
+        self._changes = []
         if trainer is not None:  # before build_datasets, which sizes batches from the config
             self.cfg = cfg = self._resume_config(ckpt, trainer, acc.num_processes)
+            self._changes = self._resume_changes(trainer["step"])
         set_seed(cfg.seed)
         model = self.build_model()
         if acc.num_processes > 1 and acc.device.type == "cuda":
@@ -284,7 +316,38 @@ class Solver:
     def _write_run_json(self, **extra) -> None:
         info = {"stage": self.stage, "config": to_dict(self.cfg), "data_card": self.data_card(),
                 "sample_rate_hz": getattr(self, "sample_rate_hz", None), **extra}
+        if getattr(self, "_changes", None):
+            info["config_changes"] = self._changes
         atomic_write_json(self.out_dir / "run.json", info)
+
+    def _resume_changes(self, step: int) -> list[dict]:
+        """Compare the config with the one the run used so far (run.json): a change to what is
+        trained on or to the model is refused; any other change that alters training (optimizer,
+        schedule, loss, steps, crops, precision) is logged and recorded in run.json's
+        ``config_changes`` with the step it took effect at, after those recorded before."""
+        path = self.out_dir / "run.json"
+        try:
+            previous = json.loads(path.read_text())
+            before = _flatten(previous["config"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s is unreadable (%s): settings changed since the run started cannot be checked", path, exc)
+            return []
+        after = _flatten(to_dict(self.cfg))
+        for flat in (before, after):  # one corpus, however it is spelled (relative, absolute, file://)
+            if flat.get("data.shards"):
+                flat["data.shards"] = storage.normalize(flat["data.shards"])
+        changed = sorted(k for k in before.keys() | after.keys()
+                         if _setting(before.get(k)) != _setting(after.get(k)) and not k.startswith(NOT_RECORDED))
+        fixed = [k for k in changed if k.startswith(FIXED_ON_RESUME)]
+        if fixed:
+            raise ValueError(f"{self.out_dir} was trained with " + ", ".join(f"{k}={before.get(k)!r}" for k in fixed)
+                             + "; this command says " + ", ".join(f"{k}={after.get(k)!r}" for k in fixed)
+                             + ": resume with the same settings, or train into a new --out")
+        records = [{"step": step, "field": k, "was": before.get(k), "now": after.get(k)} for k in changed]
+        for r in records:
+            log.warning("%s: %s changed from %r to %r at step %d (recorded in run.json)", self.out_dir, r["field"],
+                        r["was"], r["now"], step)
+        return list(previous.get("config_changes") or []) + records
 
     def _latest_checkpoint(self) -> Path | None:
         """The newest checkpoint whose files all read back; a damaged newer one (a truncated file
@@ -311,14 +374,22 @@ class Solver:
         # position is global (the ranks step together), so the main process writes it alone.
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            _save_state(acc.unwrap_model(model), tmp)
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            atomic_write_json(tmp / "data.json", _global_position(loader.state_dict()))
-            global_batch = {f: _field(self.cfg, f) * acc.num_processes for f in BATCH_FIELDS}
-            atomic_write_json(tmp / "trainer.json", {**state, "world_size": acc.num_processes,
-                                                     "global_batch": global_batch})
+            try:
+                tmp.mkdir(parents=True)
+                _save_state(acc.unwrap_model(model), tmp)
+                # Serialised in memory and written by Python: a full disk is an OSError that names
+                # the file (torch's own writer reports a RuntimeError that does not say why).
+                for name, obj in (("optimizer.pt", optimizer.state_dict()), ("scheduler.pt", scheduler.state_dict())):
+                    buffer = io.BytesIO()
+                    torch.save(obj, buffer)
+                    storage.write_bytes(tmp / name, buffer.getvalue())
+                atomic_write_json(tmp / "data.json", _global_position(loader.state_dict()))
+                global_batch = {f: _field(self.cfg, f) * acc.num_processes for f in BATCH_FIELDS}
+                atomic_write_json(tmp / "trainer.json", {**state, "world_size": acc.num_processes,
+                                                         "global_batch": global_batch})
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # earlier checkpoints are untouched
+                raise
             shutil.rmtree(final, ignore_errors=True)  # a damaged one of this step, passed over on resume
             tmp.rename(final)  # the checkpoint exists only once every file is in it
             for old in sorted(root.glob("step_*[0-9]"))[: -self.cfg.keep_checkpoints]:
@@ -448,6 +519,17 @@ def _global_position(state: dict) -> dict:
     """A loader's state without the per-rank ``consumed``: ``epoch`` and ``global_consumed`` of each
     stream, nested streams (a PairedLoader's extra one) under their keys."""
     return {k: _global_position(v) if isinstance(v, dict) else v for k, v in state.items() if k != "consumed"}
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a launched job (torchrun/accelerate set RANK), or a process run alone; known
+    before the Accelerator (and its process group) exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _setting(value):
+    """A config value as compared across a resume: JSON turns tuples into lists."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _field(cfg: TrainConfig, name: str):
