@@ -62,3 +62,38 @@ def test_evaluate_refuses_a_bad_count_and_reports_a_sample_whose_json_lies(tmp_p
     assert results["overall"]["count"] == 2
     assert [s["key"] for s in results["skipped"]] == ["test_00000001"]
     assert "its JSON says 3 speakers: the JSON and the members disagree" in results["skipped"][0]["reason"]
+
+
+def test_simulate_never_adds_to_a_corpus_it_cannot_identify(tmp_path, capsys):
+    from hubbub.testing import make_dummy_corpus
+
+    theirs = make_dummy_corpus(tmp_path / "theirs", splits={"train": 4}, seconds=0.5)  # no recipe.json
+    before = {p.name: p.read_bytes() for p in theirs.iterdir()}
+    assert main(["simulate", "--recipe", "debug", "--num", "2", "--out", str(theirs), "--workers", "0"]) == 2
+    assert _one_line(capsys) == (f"hubbub: {theirs} holds a corpus without recipe.json (index.json, train-000000.tar)"
+                                 ", made by something else: use another output folder")
+    assert {p.name: p.read_bytes() for p in theirs.iterdir() if p.name != ".hubbub.lock"} == before
+
+
+def test_no_usable_speech_says_why_without_pointing_at_a_report_it_did_not_write(tmp_path, capsys):
+    (tmp_path / "speech" / "103" / "1240").mkdir(parents=True)  # LibriSpeech names, no audio inside
+    (tmp_path / "speech" / "103" / "1240" / "103-1240-0000.wav").write_bytes(b"RIFF not really a wave file")
+    (tmp_path / "speech" / "103" / "1240" / "103-1240-0001.flac").write_bytes(b"")
+    out = tmp_path / "c"
+    assert main(["simulate", "--recipe", "debug", "--num", "2", "--out", str(out), "--workers", "0",
+                 "--set", f"speech.corpus={tmp_path / 'speech'}"]) == 2
+    line = _one_line(capsys)
+    assert line.startswith(f"hubbub: no usable speech in {tmp_path / 'speech'}: ") and "files skipped (" in line
+    assert "report.json" not in line
+
+
+def test_a_damaged_sidecar_is_named(tmp_path):
+    from hubbub.shards.reader import ShardDataset
+    from hubbub.storage import StorageError
+    from hubbub.testing import make_dummy_corpus
+
+    corpus = make_dummy_corpus(tmp_path / "c", splits={"train": 4}, seconds=0.5)
+    (corpus / "train.members.npz").unlink()  # format 1: the keys come from the sidecars
+    (corpus / "train-000000.json").write_text("{bad")
+    with pytest.raises(StorageError, match=r"train-000000\.json is not valid JSON"):
+        ShardDataset(corpus, "train")

@@ -375,7 +375,7 @@ class ShardDataset(IterableDataset):
             missing = [u for u in sidecars if u not in raw]
             if missing:
                 raise FileNotFoundError(f"sidecar {missing[0]} not found: run `hubbub shards verify {self.corpus_dir}`")
-            keys = [record_from_json(json.loads(raw[u]), u).keys for u in sidecars]
+            keys = [record_from_json(raw[u], u).keys for u in sidecars]
             self._keys = np.array([k for ks in keys for k in ks], dtype="S")
             self._shard_of = np.repeat(np.arange(len(keys)), [len(ks) for ks in keys])
             self._member_names, self._offsets, self._sizes = None, None, None

@@ -42,8 +42,12 @@ def iter_split_json(corpus_dir: str | Path, split: str, shard_names: list[str]) 
 
     members = read_members(corpus_dir, split, "json")
     if members is not None:
-        for _, data in members:
-            yield json.loads(data)
+        for key, data in members:
+            try:
+                yield json.loads(data)
+            except ValueError as exc:
+                raise storage.StorageError(f"{corpus_dir} ({split}) sample {key}: its JSON is damaged ({exc}); "
+                                           f"run `hubbub shards verify {corpus_dir}`") from None
         return
     for name in shard_names:
         yield from iter_sample_json(storage.join(corpus_dir, name))

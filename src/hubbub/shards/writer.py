@@ -237,6 +237,13 @@ def check_same_corpus(out_dir: str | Path, identity: dict, labels: Mapping[str, 
     try:
         old = storage.read_json(storage.join(out_dir, "recipe.json"))
     except FileNotFoundError:
+        # A new folder. Every run records recipe.json before its first shard, so shards or an index
+        # without one are another tool's (or a hand-made) corpus, which a run must not add to.
+        theirs = sorted(n for n in storage.list_sizes(out_dir) if n == "index.json" or n.endswith(".tar"))
+        if theirs:
+            raise ValueError(f"{out_dir} holds a corpus without recipe.json ({', '.join(theirs[:3])}"
+                             f"{', ...' if len(theirs) > 3 else ''}), made by something else: use another output "
+                             "folder") from None
         return
     if "storage" in identity:  # corpora from before storage was recorded were 24-bit FLAC
         old.setdefault("storage", DEFAULT_STORAGE)
@@ -288,6 +295,12 @@ def read_sidecar(path: str | Path) -> ShardRecord:
 
 
 def record_from_json(obj, where: str | Path) -> ShardRecord:
+    """A sidecar's record from its parsed JSON, or from its bytes; a damaged one names ``where``."""
+    if isinstance(obj, (bytes, str)):
+        try:
+            obj = json.loads(obj)
+        except ValueError as exc:
+            raise storage.StorageError(f"{where} is not valid JSON ({exc}): damaged or partly written") from None
     try:
         return ShardRecord(**obj)
     except TypeError as exc:

@@ -20,7 +20,7 @@ import numpy as np
 
 from hubbub import storage
 from hubbub.shards.format import decode_npy, encode_json, encode_npy, sample_key
-from hubbub.shards.writer import load_index, member_ranges, sidecar_path
+from hubbub.shards.writer import load_index, member_ranges, record_from_json, sidecar_path
 from hubbub.simulate.recipe import Recipe
 from hubbub.simulate.rir import RirSet, compute_rirs, measure_rt60_s
 
@@ -99,7 +99,11 @@ def _bank_keys(bank_dir: str, split: str) -> list[tuple[str, str]]:
     sidecars = storage.read_many([sidecar_path(u) for u in urls])
     out = []
     for url in urls:
-        out += [(url, key) for key in json.loads(sidecars[sidecar_path(url)])["keys"]]
+        sidecar = sidecar_path(url)
+        if sidecar not in sidecars:
+            raise FileNotFoundError(f"{sidecar}: the sidecar of a RIR bank shard is missing: run "
+                                    f"`hubbub shards verify {bank_dir}`")
+        out += [(url, key) for key in record_from_json(sidecars[sidecar], sidecar).keys]
     return out
 
 

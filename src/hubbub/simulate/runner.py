@@ -25,6 +25,7 @@ import logging
 import os
 import traceback
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +127,9 @@ def prepare_sources(recipe: Recipe, seed: int) -> tuple[dict[str, SplitPool], li
                        lips=lips, lips_dir=sc.lips_dir)
     skipped = [dict(s, kind="lips" if "roi" in s else "speech") for s in idx.skipped]
     if not idx.utterances:
-        raise ValueError(f"no usable speech in {corpus} ({len(idx.skipped)} files skipped: see report.json)")
+        reasons = Counter(s.get("reason", "unreadable") for s in idx.skipped)
+        raise ValueError(f"no usable speech in {corpus}: {len(idx.skipped)} files skipped ("
+                         + (", ".join(f"{n} {r}" for r, n in reasons.most_common(4)) or "none found") + ")")
     by_speaker = idx.by_speaker()
     need = recipe.speakers.max_count
     split_speakers = assign_splits(by_speaker, recipe.splits, seed=seed, min_per_split=need)
