@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from hubbub.evaluate import FACTORS, breakdown, evaluate_run, format_markdown
-from hubbub.metrics import evaluate_separation
+from hubbub.losses import SI_SNR_FLOOR_DB
+from hubbub.metrics import evaluate_separation, si_snr
 from hubbub.models import load_model
 from hubbub.separate import separate_waveform
 from hubbub.shards.reader import ShardDataset
@@ -72,6 +73,25 @@ def test_rows_are_the_metrics_of_the_whole_sample_at_mic_0(tmp_path, corpus):
     assert row["key"] == item["key"] and row["perm"] == expected["perm"]
     assert row["mean"]["si_snri"] == pytest.approx(expected["mean"]["si_snri"])
     assert row["rt60_s"] == item["meta"]["room"]["rt60_s_measured"]
+
+
+def test_fewer_speakers_than_outputs_are_scored_on_the_present_sources_by_the_best_output(tmp_path, corpus):
+    # As documented: scored against the present references only, on the best-matching outputs.
+    run = make_run(tmp_path / "run", corpus)
+    results = evaluate_run(run, corpus, max_samples=1, metrics=("si_snri", "sdri"), out_dir=tmp_path / "eval")
+    row = results["samples"][0]
+    assert row["num_speakers"] == 1 and results["model"]["num_sources"] == 2
+    # No absent (all-zero) reference is scored: its SDR would be missing, its SI-SNR the floor.
+    assert {name: len(values) for name, values in row["per_source"].items()} == {
+        "si_snr": 1, "si_snri": 1, "sdr": 1, "sdri": 1}
+    assert row["per_source"]["sdr"][0] is not None and row["per_source"]["si_snr"][0] > SI_SNR_FLOOR_DB
+
+    item = next(iter(ShardDataset(corpus, "test", targets=("reverberant",), shuffle=False, mic=0)))
+    mix, ref = item["mix"][0].numpy(), item["sources"]["reverberant"].numpy()
+    est = separate_waveform(load_model(run / "model").eval(), mix, sample_rate_hz=SR)
+    per_output = si_snr(est, ref[0])
+    assert est.shape[0] == 2 and row["perm"] == [int(np.argmax(per_output))]
+    assert row["per_source"]["si_snr"][0] == pytest.approx(per_output.max())
 
 
 def test_perceptual_metrics_are_reported(tmp_path, corpus):

@@ -2,9 +2,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from hubbub.metrics import (Score, best_permutation, evaluate_separation, pesq_score, sdr, sdr_improvement, si_snr,
-                            si_snr_improvement, stoi_score)
+from hubbub.losses import SI_SNR_FLOOR_DB, si_snr as torch_si_snr
+from hubbub.metrics import (SDR_LIMIT_DB, Score, best_permutation, evaluate_separation, pesq_score, sdr,
+                            sdr_improvement, si_snr, si_snr_improvement, stoi_score)
 from hubbub.testing import dummy_speech
 
 
@@ -15,6 +17,16 @@ def speech(num_sources, seconds=1.5, sample_rate_hz=8000, seed=0):
 
 def noise_like(x, seed=1):
     return np.random.default_rng(seed).standard_normal(x.shape) * x.std(-1, keepdims=True)
+
+
+def at_si_snr(ref, db, seed=3):
+    """Estimates of exactly ``db`` dB SI-SNR: ref plus noise orthogonal to it, scaled."""
+    ref = ref - ref.mean(-1, keepdims=True)
+    noise = noise_like(ref, seed)
+    noise = noise - noise.mean(-1, keepdims=True)
+    noise = noise - np.sum(noise * ref, -1, keepdims=True) / np.sum(ref**2, -1, keepdims=True) * ref
+    gain = np.sqrt(np.sum(ref**2, -1, keepdims=True) / np.sum(noise**2, -1, keepdims=True) / 10 ** (db / 10))
+    return ref + gain * noise
 
 
 def test_si_snr_matches_the_correlation_formula():
@@ -131,3 +143,55 @@ def test_evaluate_separation_reports_short_input_without_crashing():
     assert math.isfinite(out["mean"]["si_snri"])
     with pytest.raises(ValueError, match="unknown metrics"):
         evaluate_separation(ref, ref, ref.sum(0), 8000, metrics=("sisdr",))
+
+
+def test_silence_reads_one_floor_under_si_snr_sdr_and_the_training_loss():
+    ref = speech(2, seconds=1.0)
+    assert SI_SNR_FLOOR_DB == -SDR_LIMIT_DB == -100
+    zero = np.zeros_like(ref)
+    np.testing.assert_array_equal(si_snr(zero, ref), [SI_SNR_FLOOR_DB] * 2)
+    np.testing.assert_array_equal(si_snr(zero + 0.2, ref), [SI_SNR_FLOOR_DB] * 2)  # constant: silent once zero-mean
+    np.testing.assert_allclose(sdr(zero, ref), [SI_SNR_FLOOR_DB] * 2, atol=1e-6)
+    np.testing.assert_array_equal(si_snr(ref, zero), [SI_SNR_FLOOR_DB] * 2)  # against silence
+
+    # The same values as the loss, from silence through the fade below eps to audible estimates.
+    poor = at_si_snr(ref, -5.0)
+    cases = [zero, 1e-9 * poor / np.linalg.norm(poor, axis=-1, keepdims=True), 1e-4 * poor, poor, ref]
+    for est in cases:
+        np.testing.assert_allclose(si_snr(est, ref), torch_si_snr(torch.from_numpy(est), torch.from_numpy(ref)).numpy(),
+                                   atol=1e-9)
+    np.testing.assert_allclose(si_snr(poor, ref), [-5.0, -5.0], atol=1e-6)
+    assert (si_snr(cases[1], ref) < -90).all()                # energy 1e-18: as good as silent
+
+
+def test_a_silent_output_is_scored_below_the_mixture():
+    # The issue's case: silence read 0 dB, so against a mixture at -6 dB it got SI-SNRi +6 dB.
+    ref = speech(3, seconds=1.0)
+    mix = ref.sum(0)
+    assert (si_snr(np.stack([mix] * 3), ref) < -1).all()
+    silent = np.zeros_like(ref)
+    gain = si_snr_improvement(silent, ref, mix)
+    np.testing.assert_allclose(gain, SI_SNR_FLOOR_DB - si_snr(np.stack([mix] * 3), ref))
+    assert (gain < -90).all() and (sdr_improvement(silent, ref, mix) < -90).all()
+
+    scores = evaluate_separation(np.stack([silent[0], ref[1] + 0.1 * noise_like(ref[1]), silent[2]]), ref, mix,
+                                 8000, metrics=("si_snri", "sdri", "pesq"))
+    per_source = scores["per_source"]
+    assert per_source["si_snr"][0] == per_source["si_snr"][2] == SI_SNR_FLOOR_DB
+    assert per_source["sdr"][0] == pytest.approx(SI_SNR_FLOOR_DB, abs=1e-6)
+    assert per_source["si_snri"][1] > 10 > -90 > per_source["si_snri"][0]
+    assert scores["nan_reasons"]["pesq"][0] == "silent estimate"
+
+
+def test_best_permutation_never_picks_a_silent_estimate_over_a_real_one():
+    ref = speech(2, seconds=0.5)
+    good, poor = ref[0] + 0.1 * noise_like(ref[0]), at_si_snr(ref[1], -5.0)
+    silent = np.zeros_like(good)
+    assert best_permutation(np.stack([silent, poor, good]), ref).tolist() == [2, 1]
+    assert best_permutation(np.stack([good, silent, poor]), ref).tolist() == [0, 2]
+    # Silence gets a reference only when every real estimate is taken.
+    assert best_permutation(np.stack([silent, good]), ref).tolist() == [1, 0]
+
+    scores = evaluate_separation(np.stack([silent, poor, silent]), ref[1:], ref.sum(0), 8000, metrics=("si_snri",))
+    assert scores["perm"] == [1]
+    assert scores["per_source"]["si_snr"] == pytest.approx([-5.0], abs=1e-6)

@@ -6,7 +6,9 @@
     scores["mean"]["si_snri"], scores["per_source"]["pesq"], scores["per_source"]["pesq_mix"]
 
 The training losses (torch, differentiable) are in :mod:`hubbub.losses`; :func:`si_snr` here is
-the same quantity in float64 for reporting.
+the same quantity in float64 for reporting, with the same floor for silence: a silent estimate
+reads :data:`SI_SNR_FLOOR_DB` (-100 dB) under SI-SNR as under SDR (:data:`SDR_LIMIT_DB`), so an
+evaluation never rewards a model for outputting silence.
 
 PESQ and STOI are defined only for speech of some length: rather than raising in the middle of an
 evaluation run, :func:`pesq_score` and :func:`stoi_score` return a :class:`Score` whose value is
@@ -24,11 +26,14 @@ from pystoi import stoi as pystoi_stoi
 from scipy.optimize import linear_sum_assignment
 from scipy.signal import resample_poly
 
+from hubbub.losses.ratios import SI_SNR_FLOOR_DB
+
 METRICS = ("si_snri", "sdri", "pesq", "stoi")
 
 # BSS-eval's coherence tends to 1 for a perfect estimate, where SDR = 10 log10(coh / (1 - coh))
-# diverges (or turns NaN from rounding past 1): clip it to this many dB either way.
-SDR_LIMIT_DB = 100.0
+# diverges (or turns NaN from rounding past 1): clip it to this many dB either way. The lower clip
+# is SI-SNR's floor, so a silent estimate reads the same under both.
+SDR_LIMIT_DB = -SI_SNR_FLOOR_DB
 
 # PESQ (ITU-T P.862) refuses less than 1/4 s.
 PESQ_MIN_DURATION_S = 0.25
@@ -56,21 +61,29 @@ def si_snr(est, ref, zero_mean: bool = True, eps: float = 1e-8) -> np.ndarray:
         est, ref: (..., T) arrays, broadcastable.
         zero_mean: remove each signal's mean first (the usual definition).
         eps: absolute energy that keeps silent signals finite (a perfect estimate of a reference
-            of energy E reads ``10 log10(E / eps)``).
+            of energy E reads ``10 log10(E / eps)``), and below which a signal counts as silent.
 
     Returns:
-        (...) float64 SI-SNR in dB.
+        (...) float64 SI-SNR in dB, never below :data:`SI_SNR_FLOOR_DB` (-100 dB), which a silent
+        estimate (all zero, or constant with ``zero_mean``) reads exactly, as does any estimate
+        against a silent reference: the definition of :func:`hubbub.losses.si_snr`, fading to
+        the floor as either energy drops to ``eps``.
 
     Example: ``si_snr(ref + 0.1 * noise, ref)`` for unit-power, uncorrelated ref and noise is
-    about 20 dB, and the same for ``3 * (ref + 0.1 * noise)``.
+    about 20 dB, and the same for ``3 * (ref + 0.1 * noise)``; ``si_snr(0 * ref, ref)`` is -100 dB,
+    as is ``sdr(0 * ref, ref)``.
     """
     est, ref = _float64(est), _float64(ref)
     if zero_mean:
         est = est - est.mean(-1, keepdims=True)
         ref = ref - ref.mean(-1, keepdims=True)
-    scale = np.sum(est * ref, -1, keepdims=True) / (np.sum(ref**2, -1, keepdims=True) + eps)
+    est_energy, ref_energy = np.sum(est**2, -1), np.sum(ref**2, -1)
+    scale = np.sum(est * ref, -1, keepdims=True) / (ref_energy[..., None] + eps)
     target = scale * ref
-    return 10 * np.log10((np.sum(target**2, -1) + eps) / (np.sum((est - target) ** 2, -1) + eps))
+    ratio_db = 10 * np.log10((np.sum(target**2, -1) + eps) / (np.sum((est - target) ** 2, -1) + eps))
+    # eps alone would make a silent estimate read 0 dB: above any real estimate below 0 dB.
+    audible = est_energy / (est_energy + eps) * (ref_energy / (ref_energy + eps))
+    return np.maximum(SI_SNR_FLOOR_DB + audible * (ratio_db - SI_SNR_FLOOR_DB), SI_SNR_FLOOR_DB)
 
 
 def si_snr_improvement(est, ref, mix) -> np.ndarray:
@@ -82,7 +95,7 @@ def si_snr_improvement(est, ref, mix) -> np.ndarray:
         mix: (T,) the mixture that was separated.
 
     Returns:
-        (S,) float64, dB.
+        (S,) float64, dB; a silent estimate gets ``SI_SNR_FLOOR_DB`` minus the mixture's SI-SNR.
     """
     return si_snr(est, ref) - si_snr(_float64(mix)[None], ref)
 
@@ -243,6 +256,9 @@ def stoi_score(est, ref, sample_rate_hz: int, extended: bool = False) -> Score:
 
 def best_permutation(est, ref) -> np.ndarray:
     """The assignment of estimates to references that maximises the total SI-SNR.
+
+    Silent estimates score the floor (:func:`si_snr`), so with surplus estimates a silent one is
+    never picked over a real estimate above the floor, however poor.
 
     Args:
         est: (S_est, T) estimates, S_est ≥ S_ref (surplus estimates are left out).

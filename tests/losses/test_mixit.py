@@ -76,3 +76,36 @@ def test_mixture_consistency_adds_up_to_the_mixture():
         assert torch.allclose(out.sum(1), mix, atol=1e-5)
     # estimates that already add up are left unchanged
     assert torch.allclose(mixture_consistency(est, est.sum(1)), est, atol=1e-6)
+
+
+def test_a_silent_remix_scores_its_true_snr_and_loses_to_a_closer_estimate():
+    # Unlike SI-SNR (which needs a floor for silence), the SNR of silence is defined: the error is
+    # the whole mixture, 0 dB, here less the threshold's 10 log10(1 + tau). No eps artefact.
+    _, mixtures = _two_mixtures()
+    silent = torch.zeros(3, 3, 4000, requires_grad=True)
+    loss, _ = mixit(silent, mixtures)
+    torch.testing.assert_close(loss, torch.full((3,), 10 * math.log10(1 + MIXIT_TAU)))
+    loss.sum().backward()
+    assert silent.grad.isfinite().all()
+
+    # So an estimate closer to a mixture than silence is (0.5 x: +6 dB) is sent to it rather than
+    # left out, wherever the silent output sits.
+    x0, x1 = mixtures[:, 0], mixtures[:, 1]
+    for order in ([0, 1, 2], [1, 2, 0]):
+        est = torch.stack([torch.zeros_like(x0), 0.5 * x0, x1], 1)[:, order]
+        loss, assignment = mixit(est, mixtures)
+        real = [order.index(1), order.index(2)]
+        assert assignment[:, real].tolist() == [[0, 1]] * 3
+        expected = (neg_snr(0.5 * x0, x0, tau=MIXIT_TAU) + FLOOR) / 2
+        torch.testing.assert_close(loss, expected, atol=1e-4, rtol=0)
+        assert (loss < 10 * math.log10(1 + MIXIT_TAU)).all()
+
+
+def test_all_silent_inputs_and_outputs_have_finite_gradients_and_silence_is_best():
+    mixtures = torch.zeros(1, 2, 1000)                       # a silent crop: both mixtures silent
+    silent = torch.zeros(1, 3, 1000, requires_grad=True)
+    loss, _ = mixit(silent, mixtures)
+    loss.backward()
+    assert loss.isfinite().all() and silent.grad.isfinite().all()
+    quiet = 1e-3 * torch.randn(1, 3, 1000, generator=torch.Generator().manual_seed(0))
+    assert (mixit(quiet, mixtures)[0] > loss).all()

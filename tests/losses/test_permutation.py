@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import hubbub.losses.permutation
-from hubbub.losses import (PITLoss, absent_source_loss, neg_si_snr, neg_snr, pairwise_loss_matrix, pit,
-                           pit_from_matrix, reorder)
+from hubbub.losses import (SI_SNR_FLOOR_DB, PITLoss, absent_source_loss, neg_si_snr, neg_snr, pairwise_loss_matrix,
+                           pit, pit_from_matrix, reorder, si_snr)
 
 
 def signals(*shape, seed=0):
@@ -17,6 +17,16 @@ def signals(*shape, seed=0):
 def noisy_estimates(ref, seed=1, level=0.1):
     """Estimates that match their references clearly better than any other (~20 dB)."""
     return ref + level * signals(*ref.shape, seed=seed)
+
+
+def at_si_snr(ref, db, seed=2):
+    """Estimates of exactly ``db`` dB SI-SNR: ref plus noise orthogonal to it, scaled."""
+    ref = ref - ref.mean(-1, keepdim=True)
+    noise = signals(*ref.shape, seed=seed)
+    noise = noise - noise.mean(-1, keepdim=True)
+    noise = noise - (noise * ref).sum(-1, keepdim=True) / ref.pow(2).sum(-1, keepdim=True) * ref
+    gain = (ref.pow(2).sum(-1, keepdim=True) / noise.pow(2).sum(-1, keepdim=True) / 10 ** (db / 10)).sqrt()
+    return ref + gain * noise
 
 
 def brute_force(cost):
@@ -189,3 +199,58 @@ def test_the_mixit_recipe_in_the_docstring_scores_each_split():
     for k, subset in enumerate(subsets.bool()):
         direct = loss_fn(est[:, subset].sum(1), mixtures[:, 0]) + loss_fn(est[:, ~subset].sum(1), mixtures[:, 1])
         torch.testing.assert_close(total[:, k], direct)
+
+
+@pytest.mark.parametrize("method", ["exhaustive", "hungarian"])
+def test_a_silent_output_never_wins_over_a_real_estimate(method):
+    ref = signals(2, 2, 400)
+    good, poor = noisy_estimates(ref[:, 0]), at_si_snr(ref[:, 1], -5.0)   # ~20 dB, and -5 dB
+    silent = torch.zeros_like(good)
+    # 3 outputs for 2 references; the silent output sits where the identity would take it.
+    est = torch.stack([torch.stack([good[0], silent[0], poor[0]]), torch.stack([silent[1], poor[1], good[1]])])
+    torch.testing.assert_close(si_snr(poor, ref[:, 1]), torch.full((2,), -5.0), atol=1e-3, rtol=0)
+    expected = torch.stack([neg_si_snr(good, ref[:, 0]), torch.full((2,), 5.0)], -1).mean(-1)
+    loss, perm = pit(neg_si_snr, est, ref, method=method)
+    assert perm.tolist() == [[0, 2], [2, 1]]
+    torch.testing.assert_close(loss, expected, atol=1e-3, rtol=0)
+
+    criterion = PITLoss(kind="si_snr", method=method)
+    loss, perm = criterion(est, ref)
+    assert perm.tolist() == [[0, 2], [2, 1]]
+    torch.testing.assert_close(loss, expected.mean(), atol=1e-3, rtol=0)
+
+    # Only when every real estimate is taken does silence get a present reference, at the floor.
+    loss, perm = pit(neg_si_snr, est[:, :2], ref, method=method)
+    assert perm.tolist() == [[0, 1], [0, 1]]
+    torch.testing.assert_close(loss, torch.stack([neg_si_snr(good[0], ref[0, 0]), torch.tensor(5.0)])
+                               / 2 - SI_SNR_FLOOR_DB / 2, atol=1e-3, rtol=0)
+
+
+def test_a_silent_output_still_goes_to_an_absent_reference():
+    ref = signals(1, 2, 400)
+    ref[0, 1] = 0
+    mix = ref[0, 0] + 0.3 * signals(400, seed=3)
+    poor = at_si_snr(ref[:, 0], -5.0)
+    est = torch.stack([torch.zeros_like(poor), poor, torch.zeros_like(poor)], 1).requires_grad_()
+    loss, perm = PITLoss(kind="si_snr", tau=1e-3)(est, ref, source_mask=torch.tensor([[True, False]]), mix=mix[None])
+    assert perm[0, 0] == 1 and perm[0, 1] in (0, 2)
+    torch.testing.assert_close(loss, torch.tensor((5.0 - 30.0) / 2), atol=1e-3, rtol=0)
+    loss.backward()
+    assert est.grad.isfinite().all() and est.grad[0, 1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["si_snr", "snr"])
+def test_a_silent_output_assigned_to_a_present_reference_has_finite_gradients(kind):
+    ref = signals(2, 2, 400)
+    est = noisy_estimates(ref)
+    est[1, 1] = 0
+    est.requires_grad_()
+    loss, perm = PITLoss(kind=kind)(est, ref)
+    loss.backward()
+    assert perm.tolist() == [[0, 1], [0, 1]]
+    assert loss.isfinite() and est.grad.isfinite().all()
+    assert est.grad[[0, 0, 1], [0, 1, 0]].abs().sum(-1).min() > 0
+    if kind == "si_snr":  # silence costs the most SI-SNR can: -SI_SNR_FLOOR_DB
+        costs = torch.cat([neg_si_snr(est[0], ref[0]), neg_si_snr(est[1, :1], ref[1, :1]),
+                           torch.tensor([-SI_SNR_FLOOR_DB])])
+        torch.testing.assert_close(loss, costs.mean())

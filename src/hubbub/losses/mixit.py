@@ -15,6 +15,11 @@ one pass over time), so the search costs O(N^M · M²) per example, whatever the
 itself is then computed exactly on the best remix. A mixture that is all zero (a silent segment)
 is scored like an absent source in PIT: its remix's energy relative to the MoM.
 
+A silent remix (no estimate, or only silent ones, sent to a mixture) needs no floor like
+SI-SNR's (:data:`~hubbub.losses.ratios.SI_SNR_FLOOR_DB`): the SNR is not scale-invariant, so
+silence scores its true value, ``-10 log10(1 + tau)`` ≈ 0 dB (the error is the whole mixture), not
+an eps artefact, and any remix closer to the mixture than silence, i.e. above 0 dB, beats it.
+
 :func:`mixture_consistency` projects estimates so that they add up to the mixture (Wisdom et al.
 2019), with uniform or predicted weights.
 """

@@ -22,6 +22,13 @@ number of speakers can be read off the output energies; the penalty bottoms out 
 ``10 log10(tau)`` (-30 dB) as the thresholded SNR, so a silent output never outweighs a present
 source. ``zero_ref="ignore"`` instead leaves the estimates of absent references unconstrained:
 absent columns neither steer the assignment nor enter the mean.
+
+Silent estimates against present references: :func:`~hubbub.losses.ratios.si_snr` gives an
+all-zero (or below-``eps``) estimate its floor, ``SI_SNR_FLOOR_DB`` = -100 dB (a cost of +100 dB),
+so with surplus outputs a silent one is assigned to a present reference only when every real
+estimate is taken, however poor they are (one at -5 dB SI-SNR beats silence). Under ``kind="snr"``
+silence scores its true SNR, 0 dB, so an estimate farther from the reference than silence
+(SNR below 0 dB) loses to it, as that metric says it should.
 """
 from __future__ import annotations
 
