@@ -164,13 +164,13 @@ def _cmd_shards_tokens(args) -> int:
 
 
 def _cmd_shards_ingest(args) -> int:
-    from hubbub.shards.ingest import ingest_recordings
+    from hubbub.shards.ingest import ingest_folder
 
-    res = ingest_recordings(args.folder, args.out, segment_s=args.segment_s, sample_rate_hz=args.sample_rate_hz,
-                            seed=args.seed, codec=args.codec, bits=args.bits, progress=not args.quiet)
-    splits = ", ".join(f"{k}: {v['num_samples']}" for k, v in res.index["splits"].items())
-    print(f"{res.out_dir}: {splits} segments; {res.written} shards written, {res.skipped_complete} already "
-          f"complete; {len(res.skipped_files)} files skipped (see report.json)")
+    res = ingest_folder(args.folder, args.out, layout=args.layout, sample_rate_hz=args.sample_rate_hz,
+                        segment_s=args.segment_s, seed=args.seed, mixture=args.mixture, mode=args.mode,
+                        splits=args.splits, targets=args.targets, codec=args.codec, bits=args.bits,
+                        progress=not args.quiet)
+    print(res.summary())
     return 0
 
 
@@ -282,12 +282,22 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--device", default="cpu")
     tk.add_argument("--quiet", action="store_true")
     tk.set_defaults(func=_cmd_shards_tokens)
-    ig = sh.add_parser("ingest", help="cut a folder of unlabelled recordings into a corpus (for MixIT)")
+    ig = sh.add_parser("ingest", help="a standard set's tree (LibriMix, WHAM!, WHAMR!, wsj0-mix) into a labelled "
+                                      "corpus, or a folder of recordings cut into an unlabelled one (for MixIT)")
     ig.add_argument("folder")
     ig.add_argument("--out", required=True)
-    ig.add_argument("--segment-s", type=float, default=4.0)
-    ig.add_argument("--sample-rate-hz", type=int, default=16000)
-    ig.add_argument("--seed", type=int, default=0)
+    ig.add_argument("--layout", default="auto",
+                    help="auto (default: from the folder names), recordings, librimix, wham, whamr, wsj0mix")
+    ig.add_argument("--sample-rate-hz", type=int, default=None,
+                    help="recordings: resample to (default 16000); sets: the wav8k or wav16k variant")
+    ig.add_argument("--mode", choices=("min", "max"), default=None, help="sets: the min or max variant")
+    ig.add_argument("--mixture", default=None, help="sets: mix_clean, mix_both, mix_single (WHAMR!: "
+                                                    "mix_both_reverb, ...; wsj0-mix: mix)")
+    ig.add_argument("--splits", default=None, metavar="SET=HUBBUB,...",
+                    help="sets: split folders to read and their names (default e.g. dev=valid,test=test,...)")
+    ig.add_argument("--targets", default=None, help="sets: targets to store (default dry,reverberant,noise)")
+    ig.add_argument("--segment-s", type=float, default=None, help="recordings: segment length (default 4.0)")
+    ig.add_argument("--seed", type=int, default=None, help="recordings: split assignment seed (default 0)")
     ig.add_argument("--codec", choices=CODECS, default="flac", help="storage of the segments (default: flac)")
     ig.add_argument("--bits", type=int, choices=BITS, default=24, help="bit depth of the segments (default: 24)")
     ig.add_argument("--quiet", action="store_true")

@@ -1,5 +1,9 @@
 """Unlabelled recordings -> a hubbub corpus of mixtures only, for MixIT pretraining.
 
+(The trees of standard separation sets, LibriMix, WHAM!, WHAMR! and wsj0-mix, become labelled
+corpora in :mod:`hubbub.shards.layouts`; :func:`ingest_folder`, what ``hubbub shards ingest``
+runs, sends a folder to one or the other.)
+
 :func:`ingest_recordings` walks a folder of recordings (meetings, podcasts, real noisy speech; a
 local folder or a URL such as ``s3://bucket/meetings``, listed once), cuts each into consecutive
 non-overlapping segments of ``segment_s`` and writes every segment as one sample of the
@@ -81,6 +85,11 @@ class IngestResult:
     skipped_files: list[dict]    # {"path" (relative to the folder), "reason", "detail"}
     skipped_segments: list[dict] = field(default_factory=list)  # of files that were otherwise used
 
+    def summary(self) -> str:
+        splits = ", ".join(f"{k}: {v['num_samples']}" for k, v in self.index["splits"].items())
+        return (f"{self.out_dir}: {splits} segments; {self.written} shards written, {self.skipped_complete} already "
+                f"complete; {len(self.skipped_files)} files skipped (see report.json)")
+
 
 @dataclass
 class _File:
@@ -94,6 +103,47 @@ class _File:
     num_segments: int
     split: str = ""
     first_index: int = 0  # sample index of its first segment within its split
+
+
+def ingest_folder(folder, out_dir, *, layout: str = "auto", sample_rate_hz: int | None = None,
+                  segment_s: float | None = None, seed: int | None = None, mixture: str | None = None,
+                  mode: str | None = None, splits=None, targets=None, samples_per_shard: int = 200,
+                  codec: str = "flac", bits: int = 24, progress: bool = False):
+    """What ``hubbub shards ingest`` runs: the tree of a standard separation set (LibriMix, WHAM!,
+    WHAMR!, wsj0-mix; :mod:`hubbub.shards.layouts`) into a labelled corpus, any other folder into
+    unlabelled recordings (:func:`ingest_recordings`).
+
+    ``layout``: ``"auto"`` (a standard layout where the folder names show one, else recordings),
+    ``"recordings"``, or a layout of :data:`hubbub.shards.layouts.LAYOUTS`. ``sample_rate_hz``
+    resamples recordings (default 16000) and picks a set's ``wav8k``/``wav16k`` variant;
+    ``segment_s`` and ``seed`` apply to recordings only, ``mixture``, ``mode``, ``splits`` and
+    ``targets`` to standard sets only (see :func:`hubbub.shards.layouts.ingest_dataset`): one given
+    for the other kind is a ValueError, not silently ignored. Returns the function's result; both
+    have ``summary()``.
+    """
+    from hubbub.shards.layouts import LAYOUTS, LayoutError, detect_layout, ingest_dataset
+
+    if layout not in ("auto", "recordings", *LAYOUTS):
+        raise LayoutError(f"unknown layout {layout!r} (known: auto, recordings, {', '.join(LAYOUTS)})")
+    if layout == "auto":
+        layout = detect_layout(folder) or "recordings"
+    if layout == "recordings":
+        given = [k for k, v in {"mixture": mixture, "mode": mode, "splits": splits, "targets": targets}.items()
+                 if v is not None]
+        if given:
+            raise LayoutError(f"{folder} is read as recordings: {', '.join(given)} only "
+                              f"appl{'ies' if len(given) == 1 else 'y'} to standard sets ({', '.join(LAYOUTS)})")
+        return ingest_recordings(folder, out_dir, segment_s=4.0 if segment_s is None else segment_s,
+                                 sample_rate_hz=16000 if sample_rate_hz is None else sample_rate_hz,
+                                 seed=0 if seed is None else seed, samples_per_shard=samples_per_shard,
+                                 codec=codec, bits=bits, progress=progress)
+    given = [k for k, v in {"segment_s": segment_s, "seed": seed}.items() if v is not None]
+    if given:
+        raise LayoutError(f"{folder} is read as a {layout} set: {', '.join(given)} only "
+                          f"appl{'ies' if len(given) == 1 else 'y'} to recordings")
+    return ingest_dataset(folder, out_dir, layout=layout, sample_rate_hz=sample_rate_hz, mode=mode, mixture=mixture,
+                          splits=splits, targets=targets, samples_per_shard=samples_per_shard, codec=codec,
+                          bits=bits, progress=progress)
 
 
 def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s: float = 1.0,
