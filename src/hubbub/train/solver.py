@@ -12,6 +12,7 @@ A run directory holds::
 
     run.json            config, stage, data card, final metrics (written at start and end)
     metrics.jsonl       one row per logged step (the same numbers TensorBoard gets)
+    curves.png          the loss and valid metrics per step, redrawn at every checkpoint and the end
     samples_rank{r}.jsonl   with log_sample_keys: the keys rank r trained on, one row per micro-batch
     checkpoints/step_XXXXXXXX/   model.safetensors + config.json, optimizer.pt, scheduler.pt,
                         trainer.json (step, epoch, skipped steps, world size, global batch),
@@ -283,6 +284,7 @@ class Solver:
         if acc.is_main_process:
             save_model(self.final_model(acc.unwrap_model(model)), self.out_dir / "model")
             self._write_run_json(status="done", final_metrics=metrics, state=state)
+            _draw_curves(self.out_dir)
         acc.wait_for_everyone()
         acc.end_training()
         # Accelerate keeps its state (mixed precision, accumulation) in a process-wide singleton
@@ -395,6 +397,7 @@ class Solver:
             for old in sorted(root.glob("step_*[0-9]"))[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
             self._truncate_metrics(state["step"])
+            _draw_curves(self.out_dir)
         acc.wait_for_everyone()
 
     def _truncate_metrics(self, step: int) -> None:
@@ -519,6 +522,18 @@ def _global_position(state: dict) -> dict:
     """A loader's state without the per-rank ``consumed``: ``epoch`` and ``global_consumed`` of each
     stream, nested streams (a PairedLoader's extra one) under their keys."""
     return {k: _global_position(v) if isinstance(v, dict) else v for k, v in state.items() if k != "consumed"}
+
+
+def _draw_curves(out_dir: Path) -> None:
+    """RUN/curves.png (loss and valid metrics per step); a plot that fails never stops training."""
+    from hubbub.train.curves import plot_run
+
+    try:
+        plot_run(out_dir)
+    except OSError:
+        raise  # a full disk: the same one-line end as any other write
+    except Exception as exc:  # noqa: BLE001 - matplotlib on odd values; the run matters more than its picture
+        log.warning("could not draw %s/curves.png: %s", out_dir, exc)
 
 
 def _is_main_process() -> bool:
