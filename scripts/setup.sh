@@ -11,9 +11,11 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-if ! command -v espeak-ng >/dev/null || ! command -v flite >/dev/null; then
+# The built-in voices' three synthesizer families (hubbub.voices.synth.INSTALL_HINT, docs/voices.md).
+APT_PACKAGES="espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
+if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
   $SUDO apt-get update -qq
-  $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng flite >/dev/null
+  $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $APT_PACKAGES >/dev/null
 fi
 if [ -z "${VIRTUAL_ENV:-}" ] && [ "$("$PYTHON" -c 'import sys; print(sys.prefix == sys.base_prefix)')" = True ]; then
   echo "note: installing into $("$PYTHON" -c 'import sys; print(sys.prefix)'), not a virtual environment" >&2

@@ -10,7 +10,8 @@ from hubbub.voices import make_voices
 
 @pytest.mark.slow
 def test_debug_pit_improves_si_snri_on_the_valid_split(tmp_path):
-    voices = make_voices(tmp_path / "voices", num_speakers=24, utterances_per_speaker=6, sample_rate_hz=8000).parent
+    voices = make_voices(tmp_path / "voices", num_speakers=24, utterances_per_speaker=6, sample_rate_hz=8000,
+                         synthesizers=("espeak-ng", "flite")).parent
     corpus = simulate(load_recipe("anechoic_2spk", [f"speech.corpus={voices}", "samples_per_shard=40",
                                                      # 7 valid speakers: a mean over many voices
                                                      "splits={train: 0.7, valid: 0.3}"]), num=400,

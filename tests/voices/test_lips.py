@@ -232,14 +232,15 @@ def test_crops_work_on_batched_torch_tensors():
 
 
 @pytest.mark.skipif(not available_synthesizers(),
-                    reason="needs espeak-ng or flite (apt-get install espeak-ng flite)")
+                    reason="needs espeak-ng, flite or festival (scripts/setup.sh installs them)")
 def test_real_utterances_render_in_sync_with_their_audio(tmp_path):
     import soundfile as sf
 
     from hubbub.voices import make_voices
 
     before = sum(lips.UNKNOWN_PHONEMES.values())
-    manifest = make_voices(tmp_path, num_speakers=2, utterances_per_speaker=1)
+    # One speaker of each installed family: IPA from espeak-ng, CMU phones from flite and Festival.
+    manifest = make_voices(tmp_path, num_speakers=3, utterances_per_speaker=1)
     for row in map(json.loads, manifest.read_text().splitlines()):
         audio, sample_rate_hz = sf.read(tmp_path / row["path"])
         num_frames = num_video_frames(len(audio), sample_rate_hz)

@@ -1,4 +1,5 @@
-"""The built-in voices corpus: no download, speakers from espeak-ng and flite (``hubbub voices``).
+"""The built-in voices corpus: no download, speakers from espeak-ng, flite and Festival
+(``hubbub voices``; ``docs/voices.md``).
 
 >>> from hubbub.voices import make_voices
 >>> manifest = make_voices("data/voices")  # doctest: +SKIP
@@ -12,6 +13,7 @@ from hubbub.voices.synth import (
     SynthesisError,
     VoiceSpec,
     available_synthesizers,
+    festival_voices,
     list_voices,
     make_voices,
     synthesize,
@@ -25,6 +27,7 @@ __all__ = [
     "SynthesisError",
     "VoiceSpec",
     "available_synthesizers",
+    "festival_voices",
     "list_voices",
     "make_sentence",
     "make_voices",

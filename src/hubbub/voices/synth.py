@@ -1,13 +1,18 @@
-"""The built-in voices corpus: espeak-ng and flite speakers saying generated sentences.
+"""The built-in voices corpus: espeak-ng, flite and Festival speakers saying generated sentences.
 
-Nothing is downloaded: the text comes from :mod:`hubbub.voices.sentences` and the audio from two
-formant/diphone/statistical synthesizers installed with ``apt-get install espeak-ng flite``. Every
-utterance keeps the phoneme timings its synthesizer reports, so later stages can render mouth
-shapes that move with the audio.
+Nothing is downloaded: the text comes from :mod:`hubbub.voices.sentences` and the audio from three
+synthesizer families installed from Debian packages (``apt-get install espeak-ng flite festival
+festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts``): espeak-ng (formant synthesis), flite
+(diphone and statistical parametric voices) and Festival (diphone voices and an HTS voice, built
+from recordings of real speakers). Every utterance keeps the phoneme timings its synthesizer
+reports, so later stages can render mouth shapes that move with the audio. How speakers are made
+distinct, and the spacing between them, is in ``docs/voices.md``.
 
 On disk (``out_dir``)::
 
     voices.json                          the generation parameters, speakers and skipped utterances
+    only-{family}.jsonl                  the manifest's lines of one family (with two or more)
+    without-{family}.jsonl               the other families' lines: train on these, test on only-*
     manifest.jsonl                       one JSON object per utterance (below); written last
     {speaker}/{speaker}_{k:03d}.flac     16-bit mono FLAC at ``sample_rate_hz``
 
@@ -16,16 +21,21 @@ A manifest line::
     {"path": "fli_slt_p158_r100/fli_slt_p158_r100_000.flac", "speaker": "fli_slt_p158_r100",
      "utterance": 0, "duration_s": 2.653, "sample_rate_hz": 16000, "licence": "CC0-1.0",
      "transcript": "Hugo fell around my neighbour without a word.", "synthesizer": "flite",
-     "voice": {"name": "slt", "language": "en-us", "variant": "", "pitch": 158, "rate": 100},
+     "family": "flite",
+     "voice": {"name": "slt", "language": "en-us", "variant": "", "pitch": 158, "rate": 100,
+               "warp_pct": 100},
      "phoneme_set": "cmu", "phonemes": [["pau", 0.0, 0.1], ["hh", 0.1, 0.175], ...]}
 
-``phonemes`` are ``[phoneme, start_s, end_s]`` on the FLAC file's time axis: contiguous, in
+``family`` is the synthesizer family (the same as ``synthesizer``; the name the holdout manifests
+use). ``phonemes`` are ``[phoneme, start_s, end_s]`` on the FLAC file's time axis: contiguous, in
 order, covering [0, duration_s] (the 0.1 s margins are pauses), as reported by the synthesizer
-(espeak-ng to the millisecond, flite to 1 ms as printed). ``"pau"`` marks a pause for both
-synthesizers. espeak-ng names phonemes in IPA (``phoneme_set: "ipa"``); it sometimes reports a
-zero-length phoneme (it folds a liquid into the preceding vowel's transition: ``["l", 0.871,
-0.871]``), and its short word-boundary pauses (< 70 ms) can still hold the neighbouring vowels'
-transitions. flite names phonemes in its CMU phone set (ARPAbet, lower case).
+(espeak-ng to the millisecond, flite and Festival to 1 us as printed; Festival's HTS voice in
+5 ms frames). ``"pau"`` marks a pause for every synthesizer. espeak-ng names phonemes in IPA
+(``phoneme_set: "ipa"``); it sometimes reports a zero-length phoneme (it folds a liquid into the
+preceding vowel's transition: ``["l", 0.871, 0.871]``), and its short word-boundary pauses
+(< 70 ms) can still hold the neighbouring vowels' transitions. flite names phonemes in its CMU
+phone set (ARPAbet, lower case), Festival in its ``radio`` phone set, the same ARPAbet names;
+both are ``phoneme_set: "cmu"``.
 """
 from __future__ import annotations
 
@@ -54,13 +64,23 @@ from tqdm import tqdm
 
 from hubbub.voices.sentences import make_sentence
 
-SYNTHESIZERS = ("espeak-ng", "flite")
+SYNTHESIZERS = ("espeak-ng", "flite", "festival")
 LICENCE = "CC0-1.0"  # generated text, synthesized by us: no third-party rights in the output
 PAUSE = "pau"
-PHONEME_SETS = {"espeak-ng": "ipa", "flite": "cmu"}
+PHONEME_SETS = {"espeak-ng": "ipa", "flite": "cmu", "festival": "cmu"}
 # Bump when the output for the same parameters changes, so existing corpora are regenerated.
-FORMAT_VERSION = 1
-INSTALL_HINT = "apt-get install espeak-ng flite"
+FORMAT_VERSION = 2
+# (festival voice, language, the voice's own mean F0 target in Hz or None where Festival cannot
+# set it, the Debian package). Debian's other festvox voices speak other languages (or are the
+# same speakers at 8 kHz: festvox-kallpc8k, festvox-kdlpc8k).
+_FESTIVAL_VOICES = (
+    ("kal_diphone", "en-us", 105, "festvox-kallpc16k"),
+    ("cmu_us_slt_arctic_hts", "en-us", None, "festvox-us-slt-hts"),
+    ("ked_diphone", "en-us", 105, "festvox-kdlpc16k"),
+)
+PACKAGES = {"espeak-ng": ("espeak-ng",), "flite": ("flite",),
+            "festival": ("festival", *sorted(v[3] for v in _FESTIVAL_VOICES))}
+INSTALL_HINT = "apt-get install " + " ".join(p for s in SYNTHESIZERS for p in PACKAGES[s])
 
 _TIMEOUT_S = 30.0
 _ATTEMPTS = 3
@@ -68,23 +88,34 @@ _PEAK = 10 ** (-1 / 20)  # normalise every utterance to -1 dBFS peak
 _MARGIN_S = 0.1  # silence kept (or padded) on each side of the speech
 _SPEECH_S = (1.5, 5.0)  # the range of speech durations sentences are sized for
 # Seconds per word of generated sentences = this / rate (pauses included), measured over the
-# default corpus; espeak-ng's rate is in words per minute, flite's in percent.
-_WORD_SECONDS_X_RATE = {"espeak-ng": 56.0, "flite": 36.0}
+# default corpus; espeak-ng's rate is in words per minute, flite's and Festival's in percent.
+_WORD_SECONDS_X_RATE = {"espeak-ng": 56.0, "flite": 36.0, "festival": 38.0}
 # Reported timings and the waveform may end apart: flite's diphone voice (kal16) stops half-way
 # through its final pause (~0.11 s); a larger gap means the timings cannot be trusted.
 _MAX_TIMING_OVERRUN_S = 0.25
+# Festival's default Lisp heap (10M cells) costs ~0.3 s of page faults per process; 2M is ample
+# for one sentence and makes a Festival utterance as cheap as a flite one (~0.1 s of CPU).
+_FESTIVAL_ARGS = ("--heap", "2000000", "--batch")
 
 
 @dataclasses.dataclass(frozen=True)
 class VoiceSpec:
-    """One speaker: a synthesizer voice with fixed pitch and rate.
+    """One speaker: a synthesizer voice with fixed pitch, rate and frequency warp.
 
     ``name`` is the synthesizer's voice (espeak-ng: an English accent such as ``"en-gb-scotland"``;
-    flite: ``"kal16"``, ``"awb"``, ``"rms"``, ``"slt"``). ``variant`` is an espeak-ng voice
-    variant (``"m3"``, ``"f2"``, ``"klatt"``), empty for flite. ``pitch`` is espeak-ng's ``-p``
-    (0..99, 50 = the variant's own) or flite's target mean F0 in Hz (0 = the voice's own contour).
-    ``rate`` is espeak-ng's ``-s`` in words per minute, or flite's speed in percent (100 = the
-    voice's own; duration_stretch = 100 / rate).
+    flite: ``"kal16"``, ``"awb"``, ``"rms"``, ``"slt"``; Festival: ``"kal_diphone"``,
+    ``"ked_diphone"``, ``"cmu_us_slt_arctic_hts"``). ``variant`` is an espeak-ng voice variant
+    (``"m3"``, ``"f2"``, ``"klatt"``), empty otherwise. ``pitch`` is espeak-ng's ``-p`` (0..99,
+    50 = the variant's own) or, for flite and Festival, the target mean F0 in Hz before the warp
+    (0 = the voice's own; flite's rms and Festival's HTS voice ignore it). ``rate`` is espeak-ng's
+    ``-s`` in words per minute, or the speed in percent (100 = the voice's own) for flite and
+    Festival, as heard after the warp.
+
+    ``warp_pct`` scales every frequency of the output, formants and F0 together, by
+    ``warp_pct / 100``: the audio is resampled as if played back faster or slower (the way Kaldi's
+    speed perturbation makes new speakers), with the synthesizer's duration setting compensating
+    so the speaking rate stays ``rate``. A warp above 100 sounds like a shorter vocal tract, below
+    like a longer one; it is how voices without an F0 setting get several pitches.
     """
 
     synthesizer: str
@@ -93,23 +124,41 @@ class VoiceSpec:
     variant: str
     pitch: int
     rate: int
+    warp_pct: int = 100
 
     @property
     def speaker(self) -> str:
-        """Filesystem-safe speaker id, e.g. ``esp_en-us_m3_p50_r175`` or ``fli_slt_p0_r100``."""
+        """Filesystem-safe speaker id, e.g. ``esp_en-us_m3_p50_r175``, ``fli_slt_p0_r100`` or
+        ``fes_kal_diphone_p94_r85_w109`` (``_w`` only where the warp is not 100)."""
+        warp = f"_w{self.warp_pct}" if self.warp_pct != 100 else ""
         if self.synthesizer == "espeak-ng":
-            return f"esp_{self.name}_{self.variant.lower()}_p{self.pitch}_r{self.rate}"
-        return f"fli_{self.name}_p{self.pitch}_r{self.rate}"
+            return f"esp_{self.name}_{self.variant.lower()}_p{self.pitch}_r{self.rate}{warp}"
+        prefix = {"flite": "fli", "festival": "fes"}[self.synthesizer]
+        return f"{prefix}_{self.name}_p{self.pitch}_r{self.rate}{warp}"
+
+    @property
+    def family(self) -> str:
+        """The synthesizer family, the unit a family holdout leaves out."""
+        return self.synthesizer
+
+    @property
+    def base_voice(self) -> tuple[str, str, str]:
+        """What the synthesizer itself calls a voice: (synthesizer, name, variant). Speakers of
+        one base voice differ in pitch and warp by the spacing in ``docs/voices.md``."""
+        return (self.synthesizer, self.name, self.variant)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "language": self.language, "variant": self.variant,
-                "pitch": self.pitch, "rate": self.rate}
+                "pitch": self.pitch, "rate": self.rate, "warp_pct": self.warp_pct}
 
 
-# The catalogue walks each axis with a period coprime to the others' (13, 8, 3, 5 for espeak-ng;
-# 4, 5, 3 for flite), so speaker i is (variant[i % 13], accent[i % 8], ...): by the Chinese
-# remainder theorem every combination appears exactly once, and any prefix changes every axis from
-# one speaker to the next, which keeps the first few speakers as different as possible.
+# The espeak-ng catalogue walks each axis with a period coprime to the others' (13, 8, 3, 5), so
+# speaker i is (variant[i % 13], accent[i % 8], pitch[i % 3], rate[i % 5]): by the Chinese
+# remainder theorem the first 13 * 8 * 3 = 312 speakers are distinct (variant, accent, pitch)
+# triples, and any prefix changes every axis from one speaker to the next, which keeps the first
+# few speakers as different as possible. Speakers of one (accent, variant) differ by 15 pitch
+# steps, 2-3 semitones; the catalogue stops at 312 because later speakers would differ in rate
+# alone.
 _ESPEAK_ACCENTS = (  # (espeak-ng voice, language)
     ("en-us", "en-us"), ("en", "en-gb"), ("en-gb-scotland", "en-gb-scotland"),
     ("en-gb-x-rp", "en-gb-x-rp"), ("en-029", "en-029"), ("en-gb-x-gbclan", "en-gb-x-gbclan"),
@@ -124,44 +173,83 @@ _ESPEAK_RATES_WPM = (175, 150, 200, 160, 190)
 # (flite voice, language, the voice's mean F0 in Hz or None where flite ignores the F0 target).
 # kal is left out for kal16 (the same speaker at 8 kHz), awb_time because it only speaks times.
 _FLITE_VOICES = (
-    ("kal16", "en-us", 95), ("awb", "en-gb-scotland", 130), ("rms", "en-us", None),
-    ("slt", "en-us", 175),
+    ("kal16", "en-us", 95), ("slt", "en-us", 175), ("awb", "en-gb-scotland", 130),
+    ("rms", "en-us", None),
 )
-_FLITE_PITCH_FACTORS = (1.0, 0.82, 1.22, 0.9, 1.1)
-_FLITE_RATES_PCT = (100, 85, 115)
+# A voice's own duration_stretch, which --setf replaces rather than multiplies (others: 1).
+_FLITE_DURATION_STRETCH = {"kal16": 1.1}
+_RATES_PCT = (100, 85, 115)
+# flite and Festival have few voices, so each gives many speakers: a grid of mean F0 (relative to
+# the voice's own) by warp, both 1.5 semitones apart. The F0 axis is the pitch heard, after the
+# warp: the synthesizer is asked for F0 - warp. A 1.5-semitone step in the F0 asked for comes out
+# as 1.1-1.9 semitones in the median F0 measured over a speaker's utterances (the rate and the
+# text move it a little), and a 1.5-semitone warp moves every formant by 9%. Walked like the
+# espeak-ng axes (periods 7 and 5), so the first 35 speakers of a voice are the 35 cells and
+# consecutive ones differ in both.
+_F0_STEPS_ST = (0.0, -3.0, 3.0, -1.5, 1.5, -4.5, 4.5)
+_WARPS_PCT = (100, 92, 109, 84, 119)  # 2 ** (k * 1.5 / 12), k = 0, -1, 1, -2, 2
+# A voice whose F0 cannot be set (flite's rms, Festival's HTS slt) gets the warps alone: 5 speakers.
 
 
 def _espeak_catalogue() -> list[VoiceSpec]:
     axes = (_ESPEAK_VARIANTS, _ESPEAK_ACCENTS, _ESPEAK_PITCHES, _ESPEAK_RATES_WPM)
     out = []
-    for i in range(math.prod(len(a) for a in axes)):
+    for i in range(math.prod(len(a) for a in axes[:3])):
         variant, (name, language), pitch, rate = (a[i % len(a)] for a in axes)
         out.append(VoiceSpec("espeak-ng", name, language, variant, pitch, rate))
     return out
 
 
+def _voice_speakers(synthesizer: str, name: str, language: str,
+                    f0_hz: int | None) -> list[VoiceSpec]:
+    """One flite or Festival voice's speakers, in catalogue order (see _F0_STEPS_ST)."""
+    if f0_hz is None:
+        return [VoiceSpec(synthesizer, name, language, "", 0, _RATES_PCT[i % len(_RATES_PCT)], w)
+                for i, w in enumerate(_WARPS_PCT)]
+    out = []
+    for i in range(len(_F0_STEPS_ST) * len(_WARPS_PCT)):
+        step, warp = _F0_STEPS_ST[i % len(_F0_STEPS_ST)], _WARPS_PCT[i % len(_WARPS_PCT)]
+        pitch = 0 if step == 0 and warp == 100 else round(f0_hz * 2 ** (step / 12) * 100 / warp)
+        out.append(VoiceSpec(synthesizer, name, language, "", pitch,
+                             _RATES_PCT[i % len(_RATES_PCT)], warp))
+    return out
+
+
+def _interleave(per_voice: list[list[VoiceSpec]]) -> list[VoiceSpec]:
+    """Round-robin over the voices, so any prefix spreads over all of them."""
+    out = []
+    for k in range(max(map(len, per_voice), default=0)):
+        out += [speakers[k] for speakers in per_voice if k < len(speakers)]
+    return out
+
+
 def _flite_catalogue() -> list[VoiceSpec]:
-    axes = (_FLITE_VOICES, _FLITE_PITCH_FACTORS, _FLITE_RATES_PCT)
-    out: dict[VoiceSpec, None] = {}  # ordered set: rms ignores pitch, so its pitches collapse
-    for i in range(math.prod(len(a) for a in axes)):
-        (name, language, f0_hz), factor, rate = (a[i % len(a)] for a in axes)
-        pitch = 0 if f0_hz is None or factor == 1.0 else round(f0_hz * factor)
-        out[VoiceSpec("flite", name, language, "", pitch, rate)] = None
-    return list(out)
+    return _interleave([_voice_speakers("flite", *v) for v in _FLITE_VOICES])
+
+
+def _festival_catalogue(voices: tuple[str, ...] | None = None) -> list[VoiceSpec]:
+    return _interleave([_voice_speakers("festival", name, language, f0_hz)
+                        for name, language, f0_hz, _ in _FESTIVAL_VOICES
+                        if voices is None or name in voices])
 
 
 def list_voices(synthesizers: tuple[str, ...] = SYNTHESIZERS) -> list[VoiceSpec]:
     """The speaker catalogue of the given synthesizers, in a fixed order (installed or not).
 
-    Per synthesizer the order spreads the speakers out: consecutive speakers differ in every
-    parameter (voice or variant, accent, pitch, rate), so ``make_voices`` takes a prefix. There
-    are 1560 espeak-ng speakers and 48 flite speakers.
+    Per synthesizer the order spreads the speakers out: consecutive speakers differ in voice (or
+    variant and accent) and in pitch, so ``make_voices`` takes a prefix. There are 312 espeak-ng
+    speakers (13 variants x 8 accents x 3 pitches), 110 flite speakers (35 per voice whose F0
+    can be set, 5 for rms) and 75 Festival speakers (35 each for kal and ked, 5 for the HTS slt
+    voice).
 
-    >>> [v.speaker for v in list_voices(("flite",))[:3]]
-    ['fli_kal16_p0_r100', 'fli_awb_p107_r85', 'fli_rms_p0_r115']
+    >>> [v.speaker for v in list_voices(("flite",))[:4]]
+    ['fli_kal16_p0_r100', 'fli_slt_p0_r100', 'fli_awb_p0_r100', 'fli_rms_p0_r100']
+    >>> [v.speaker for v in list_voices(("festival",))[3:5]]
+    ['fes_kal_diphone_p96_r85_w92', 'fes_cmu_us_slt_arctic_hts_p0_r85_w92']
     """
     _check_names(synthesizers)
-    catalogues = {"espeak-ng": _espeak_catalogue, "flite": _flite_catalogue}
+    catalogues = {"espeak-ng": _espeak_catalogue, "flite": _flite_catalogue,
+                  "festival": _festival_catalogue}
     return [v for s in synthesizers for v in catalogues[s]()]
 
 
@@ -176,23 +264,53 @@ def _espeak_library() -> str | None:
     return ctypes.util.find_library("espeak-ng")
 
 
+@functools.lru_cache(maxsize=None)
+def _festival_probe(executable: str) -> tuple[str, tuple[str, ...]]:
+    """(release, the catalogue's voices it can load) of one festival executable."""
+    try:
+        out = subprocess.run([executable, *_FESTIVAL_ARGS, "(print festival_version)",
+                              "(print (voice.list))"], capture_output=True, text=True,
+                             timeout=_TIMEOUT_S, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "", ()
+    release = out.split('"')[1] if out.count('"') >= 2 else ""
+    listed = set(re.findall(r"[\w-]+", out.rpartition('"')[2]))
+    return release, tuple(v[0] for v in _FESTIVAL_VOICES if v[0] in listed)
+
+
+def festival_voices() -> tuple[str, ...]:
+    """The catalogue's Festival voices installed here (none without ``festival`` on PATH)."""
+    executable = shutil.which("festival")
+    return _festival_probe(executable)[1] if executable else ()
+
+
 def available_synthesizers() -> list[str]:
     """The synthesizers installed here, in ``SYNTHESIZERS`` order.
 
     espeak-ng counts when its library (libespeak-ng) is found, since timings come from the
-    library; flite when the ``flite`` binary is on PATH.
+    library; flite when the ``flite`` binary is on PATH; Festival when ``festival`` is on PATH
+    and can load at least one of the catalogue's voices (:func:`festival_voices`).
     """
-    found = {"espeak-ng": _espeak_library() is not None, "flite": shutil.which("flite") is not None}
+    found = {"espeak-ng": _espeak_library() is not None, "flite": shutil.which("flite") is not None,
+             "festival": bool(festival_voices())}
     return [s for s in SYNTHESIZERS if found[s]]
 
 
-@functools.lru_cache(maxsize=None)
 def _synthesizer_version(synthesizer: str) -> str:
-    """Stored with the parameters: another synthesizer version gives other audio."""
+    """Stored with the parameters: another synthesizer version (or set of Festival voices)
+    gives other audio."""
     if synthesizer == "espeak-ng":
         lib = ctypes.CDLL(_espeak_library())
         lib.espeak_Info.restype = ctypes.c_char_p
         return lib.espeak_Info(None).decode()
+    if synthesizer == "festival":
+        release, voices = _festival_probe(shutil.which("festival") or "festival")
+        return f"festival-{release.split(':')[0]} ({', '.join(voices)})"
+    return _flite_version()
+
+
+@functools.lru_cache(maxsize=None)
+def _flite_version() -> str:
     out = subprocess.run(["flite", "--version"], capture_output=True, text=True, timeout=_TIMEOUT_S)
     match = re.search(r"flite-\S+", out.stdout)
     return match.group(0) if match else out.stdout.strip()
@@ -287,7 +405,8 @@ def _synthesize_espeak(voice: VoiceSpec, text: str, timeout_s: float) -> Synthes
     if library is None:
         raise SynthesisError(f"libespeak-ng not found; install it with: {INSTALL_HINT}")
     name = f"{voice.name}+{voice.variant}" if voice.variant else voice.name
-    out = _run([sys.executable, "-I", "-S", "-c", _ESPEAK_CHILD, library, name, str(voice.rate),
+    rate_wpm = round(voice.rate * 100 / voice.warp_pct)  # the warp shortens by warp_pct / 100
+    out = _run([sys.executable, "-I", "-S", "-c", _ESPEAK_CHILD, library, name, str(rate_wpm),
                 str(voice.pitch), text], timeout_s)
     header, _, pcm = out.partition(b"\n")
     info = json.loads(header)
@@ -308,8 +427,9 @@ def _synthesize_flite(voice: VoiceSpec, text: str, timeout_s: float) -> Synthesi
     features = []
     if voice.pitch:
         features += ["--setf", f"int_f0_target_mean={voice.pitch}"]
-    if voice.rate != 100:
-        features += ["--setf", f"duration_stretch={100 / voice.rate:.6g}"]
+    if voice.rate != voice.warp_pct:
+        stretch = _FLITE_DURATION_STRETCH.get(voice.name, 1.0) * voice.warp_pct / voice.rate
+        features += ["--setf", f"duration_stretch={stretch:.6g}"]
     with tempfile.TemporaryDirectory(prefix="hubbub-flite-") as tmp:
         wav = os.path.join(tmp, "out.wav")
         out = _run(["flite", "-voice", voice.name, *features, "-psdur", "-o", wav, "-t", text],
@@ -331,10 +451,90 @@ def _synthesize_flite(voice: VoiceSpec, text: str, timeout_s: float) -> Synthesi
     return Synthesis(audio, sample_rate_hz, phonemes)
 
 
+def _festival_program(voice: VoiceSpec, text: str, wav: str) -> list[str]:
+    """Festival expressions (argv items starting with "(" are evaluated in order) that speak
+    ``text`` into ``wav`` and print each segment as ``seg NAME END_S``."""
+    f0_hz = {v[0]: v[2] for v in _FESTIVAL_VOICES}.get(voice.name)
+    program = [f"(voice_{voice.name})"]
+    if voice.name.endswith("_hts"):
+        # Festival's HTS module reads only -m and -r (speed) from hts_engine_params; the first
+        # "-r" wins. Duration_Stretch does not reach it.
+        program.append(f'(set! hts_engine_params (cons (list "-r" {voice.rate / voice.warp_pct:.6g})'
+                       f" hts_engine_params))")
+    else:
+        program.append(f"(Parameter.set 'Duration_Stretch (* (Parameter.get 'Duration_Stretch) "
+                       f"{voice.warp_pct / voice.rate:.6g}))")
+    if voice.pitch and f0_hz is not None:
+        # The diphone voices' Int_Targets_LR maps its model's F0 onto target_f0_mean/std: move
+        # the mean to the pitch and keep the spread proportional, a semitone shift of the contour.
+        program.append(
+            "(let ((mean (car (cdr (assoc 'target_f0_mean int_lr_params)))) "
+            "(std (car (cdr (assoc 'target_f0_std int_lr_params))))) "
+            f"(set! int_lr_params (list (list 'target_f0_mean {voice.pitch}) "
+            f"(list 'target_f0_std (* std (/ {voice.pitch} mean))) "
+            "(assoc 'model_f0_mean int_lr_params) (assoc 'model_f0_std int_lr_params))))")
+    quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+    wav_quoted = wav.replace("\\", "\\\\").replace('"', '\\"')
+    program += [
+        f'(set! utt (utt.synth (Utterance Text "{quoted}")))',
+        f"(utt.save.wave utt \"{wav_quoted}\" 'riff)",
+        "(mapcar (lambda (s) (format t \"seg %s %f\\n\" (item.name s) (item.feat s \"end\"))) "
+        "(utt.relation.items utt 'Segment))",
+    ]
+    return program
+
+
+def _synthesize_festival(voice: VoiceSpec, text: str, timeout_s: float) -> Synthesis:
+    """Segments are Festival's Segment relation with their end times (the HTS voice's come back
+    from the engine's alignment); a segment starts where the previous one ends (the first at 0).
+    """
+    with tempfile.TemporaryDirectory(prefix="hubbub-festival-") as tmp:
+        wav = os.path.join(tmp, "out.wav")
+        try:
+            done = subprocess.run(["festival", *_FESTIVAL_ARGS, *_festival_program(voice, text, wav)],
+                                  capture_output=True, timeout=timeout_s, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise SynthesisError(f"festival: {e}") from e
+        stderr = done.stderr.decode(errors="replace")
+        if done.returncode != 0 or "mismatch" in stderr:  # HTS: "Output segment mismatch"
+            raise SynthesisError(f"festival exited {done.returncode}: {stderr[-500:]}")
+        try:
+            audio, sample_rate_hz = sf.read(wav, dtype="float64", always_2d=False)
+        except (OSError, RuntimeError) as e:
+            raise SynthesisError(f"festival wrote no readable audio: {e}; {stderr[-300:]}") from e
+    phonemes, start_s = [], 0.0
+    for line in done.stdout.decode(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) != 3 or parts[0] != "seg":
+            continue
+        try:
+            end_s = float(parts[2])
+        except ValueError as e:
+            raise SynthesisError(f"festival printed {line!r} among its segments") from e
+        phonemes.append((PAUSE if parts[1] in ("h#", "#") else parts[1], start_s, end_s))
+        start_s = end_s
+    if not phonemes:
+        raise SynthesisError(f"festival reported no segments for {text!r}")
+    return Synthesis(audio, sample_rate_hz, phonemes)
+
+
+def _warp(syn: Synthesis, warp_pct: int) -> Synthesis:
+    """Every frequency times warp_pct / 100, the duration divided by it: the same samples read
+    at a higher (lower) rate, which _postprocess then resamples. The rate is rounded to 10 Hz so
+    the resampling ratio stays small (warp_pct / 100 to within 0.06%)."""
+    if warp_pct == 100:
+        return syn
+    rate_hz = round(syn.sample_rate_hz * warp_pct / 1000) * 10
+    scale = syn.sample_rate_hz / rate_hz
+    return Synthesis(syn.audio, rate_hz, [(n, a * scale, b * scale) for n, a, b in syn.phonemes])
+
+
 def synthesize(voice: VoiceSpec, text: str, timeout_s: float = _TIMEOUT_S) -> Synthesis:
     """Speak ``text`` with ``voice``; raises :class:`SynthesisError` on any failure, including
-    timings that do not match the audio. Deterministic: a fresh process per call."""
-    backend = {"espeak-ng": _synthesize_espeak, "flite": _synthesize_flite}[voice.synthesizer]
+    timings that do not match the audio. Deterministic: a fresh process per call. The result is
+    at the (warped) rate its samples are to be read at; see :class:`VoiceSpec` ``warp_pct``."""
+    backend = {"espeak-ng": _synthesize_espeak, "flite": _synthesize_flite,
+               "festival": _synthesize_festival}[voice.synthesizer]
     syn = backend(voice, text, timeout_s)
     duration_s = len(syn.audio) / syn.sample_rate_hz
     if not np.isfinite(syn.audio).all() or np.abs(syn.audio).max(initial=0.0) < 1e-3:
@@ -344,7 +544,7 @@ def synthesize(voice: VoiceSpec, text: str, timeout_s: float = _TIMEOUT_S) -> Sy
     if abs(syn.phonemes[-1][2] - duration_s) > _MAX_TIMING_OVERRUN_S:
         raise SynthesisError(f"{voice.speaker}: phonemes end at {syn.phonemes[-1][2]:.3f} s, "
                              f"audio at {duration_s:.3f} s, for {text!r}")
-    return syn
+    return _warp(syn, voice.warp_pct)
 
 
 # --- post-processing ---------------------------------------------------------------------------
@@ -437,22 +637,29 @@ def _make_utterance(job: tuple[VoiceSpec, int], *, out_dir: pathlib.Path, seed: 
             "path": rel, "speaker": voice.speaker, "utterance": index,
             "duration_s": round(len(audio) / sample_rate_hz, 5), "sample_rate_hz": sample_rate_hz,
             "licence": LICENCE, "transcript": text, "synthesizer": voice.synthesizer,
-            "voice": voice.as_dict(), "phoneme_set": PHONEME_SETS[voice.synthesizer],
-            "phonemes": phonemes,
+            "family": voice.family, "voice": voice.as_dict(),
+            "phoneme_set": PHONEME_SETS[voice.synthesizer], "phonemes": phonemes,
         }, errors
     return None, errors
 
 
-def _choose_speakers(num_speakers: int, synthesizers: list[str]) -> list[VoiceSpec]:
-    """Split num_speakers as evenly as possible, earlier synthesizers taking the remainder."""
-    voices = []
-    for i, s in enumerate(synthesizers):
-        share = num_speakers // len(synthesizers) + (i < num_speakers % len(synthesizers))
-        catalogue = list_voices((s,))
-        if share > len(catalogue):
-            raise ValueError(f"{s} has {len(catalogue)} speakers, {share} were asked of it")
-        voices += catalogue[:share]
-    return voices
+def _choose_speakers(num_speakers: int, catalogues: dict[str, list[VoiceSpec]]) -> list[VoiceSpec]:
+    """Split num_speakers as evenly as possible between the catalogues, earlier ones taking the
+    remainder; one with fewer speakers than its share leaves the rest to the others."""
+    shares = dict.fromkeys(catalogues, 0)
+    left, open_ = num_speakers, [s for s, c in catalogues.items() if c]
+    while left and open_:
+        each, extra = divmod(left, len(open_))
+        for i, s in enumerate(open_):
+            give = min(each + (i < extra), len(catalogues[s]) - shares[s])
+            shares[s] += give
+            left -= give
+        open_ = [s for s in open_ if shares[s] < len(catalogues[s])]
+    if left:
+        have = ", ".join(f"{s}: {len(c)}" for s, c in catalogues.items())
+        raise ValueError(f"{num_speakers} speakers asked for, the installed synthesizers have "
+                         f"{num_speakers - left} ({have}); install the others ({INSTALL_HINT})")
+    return [v for s, c in catalogues.items() for v in c[:shares[s]]]
 
 
 def _num_workers() -> int:
@@ -461,30 +668,38 @@ def _num_workers() -> int:
     return max(1, min(8, cores or 1))
 
 
-def make_voices(out_dir, *, num_speakers: int = 24, utterances_per_speaker: int = 8,
+def make_voices(out_dir, *, num_speakers: int = 240, utterances_per_speaker: int = 6,
                 seed: int = 0, sample_rate_hz: int = 16000,
                 synthesizers: tuple[str, ...] = SYNTHESIZERS,
                 progress: bool = False) -> pathlib.Path:
     """Synthesize the built-in voices corpus into ``out_dir``; returns ``out_dir/manifest.jsonl``.
 
-    ``num_speakers`` is split between the requested synthesizers that are installed (the first
-    speakers of each one's :func:`list_voices` catalogue, so a smaller corpus's speakers are a
-    subset of a larger one's); each speaker says ``utterances_per_speaker`` generated sentences
-    of about 1.5..5 s. Audio is resampled to ``sample_rate_hz``, cut to the spoken phonemes plus
-    0.1 s of silence each side and peak-normalised to -1 dBFS; phoneme timings follow (see the
-    module docstring for the manifest format). The default corpus (24 x 8) takes ~15 s on 2
-    cores, mostly in synthesizer processes.
+    ``num_speakers`` is split evenly between the requested synthesizer families that are
+    installed (the first speakers of each one's :func:`list_voices` catalogue, so a smaller
+    corpus's speakers are a subset of a larger one's; a family with fewer speakers than its share
+    leaves the rest to the others); each speaker says ``utterances_per_speaker`` generated
+    sentences of about 1.5..5 s. Audio is resampled to ``sample_rate_hz``, cut to the spoken
+    phonemes plus 0.1 s of silence each side and peak-normalised to -1 dBFS; phoneme timings
+    follow (see the module docstring for the manifest format). The default corpus (240 speakers:
+    83 espeak-ng, 82 flite, 75 Festival; 1440 utterances, 1.3 hours, 100 MB) takes about 90 s of
+    CPU, mostly in synthesizer processes: 1-3 minutes on 2 cores, depending on what else runs.
+
+    A family that is not installed is left out with a warning naming the Debian packages to
+    install, and the corpus is built from the others (a Festival voice that is missing, likewise);
+    RuntimeError when none of ``synthesizers`` is installed.
+
+    With two or more families, ``only-{family}.jsonl`` and ``without-{family}.jsonl`` beside the
+    manifest split it by family: a corpus made from ``without-festival.jsonl`` trains on
+    espeak-ng and flite speakers, one from ``only-festival.jsonl`` tests on Festival's.
 
     Deterministic: the same parameters and synthesizer versions give the same manifest and the
     same audio bytes; sentences come from generators seeded by (seed, speaker, utterance).
     Resumable: files are written under temporary names and renamed, the manifest last; if a
-    manifest with the same parameters (stored in ``voices.json``) exists, it is returned at once.
-    An utterance that fails three times (three sentences) is skipped with a warning and listed
-    in ``voices.json``.
+    manifest with the same parameters (stored in ``voices.json``, with the synthesizer versions
+    and the Festival voices found) exists, it is returned at once. An utterance that fails three
+    times (three sentences) is skipped with a warning and listed in ``voices.json``.
 
-    Raises RuntimeError when none of ``synthesizers`` is installed.
-
-    >>> manifest = make_voices("data/voices", num_speakers=4)  # doctest: +SKIP
+    >>> manifest = make_voices("data/voices", num_speakers=6)  # doctest: +SKIP
     >>> first = json.loads(manifest.read_text().splitlines()[0])  # doctest: +SKIP
     >>> first["speaker"], first["transcript"], first["phonemes"][:3]  # doctest: +SKIP
     ('esp_en-us_m1_p50_r175', 'A lazy horse brought that empty teacher.',
@@ -500,9 +715,20 @@ def make_voices(out_dir, *, num_speakers: int = 24, utterances_per_speaker: int 
     if not used:
         raise RuntimeError(f"none of the speech synthesizers {list(synthesizers)} is installed; "
                            f"install them with: {INSTALL_HINT}")
-    if len(used) < len(synthesizers):
-        warnings.warn(f"not installed, left out: {sorted(set(synthesizers) - set(used))} "
-                      f"({INSTALL_HINT})", stacklevel=2)
+    missing = [s for s in synthesizers if s not in used]
+    if missing:
+        packages = " ".join(p for s in missing for p in PACKAGES[s])
+        warnings.warn(f"{', '.join(missing)} not installed: building from {', '.join(used)} only "
+                      f"(install it with: apt-get install {packages})", stacklevel=2)
+    catalogues = {s: list_voices((s,)) for s in used}
+    if "festival" in used:
+        here = festival_voices()
+        absent = [v for v in _FESTIVAL_VOICES if v[0] not in here]
+        if absent:
+            warnings.warn(f"Festival voices not installed, left out: "
+                          f"{', '.join(v[0] for v in absent)} (install them with: apt-get "
+                          f"install {' '.join(v[3] for v in absent)})", stacklevel=2)
+        catalogues["festival"] = _festival_catalogue(here)
 
     out_dir = pathlib.Path(out_dir)
     manifest, info_path = out_dir / "manifest.jsonl", out_dir / "voices.json"
@@ -515,11 +741,12 @@ def make_voices(out_dir, *, num_speakers: int = 24, utterances_per_speaker: int 
     if manifest.exists() and info_path.exists():
         if json.loads(info_path.read_text()).get("params") == params:
             return manifest
+    voices = _choose_speakers(num_speakers, catalogues)
     out_dir.mkdir(parents=True, exist_ok=True)
     # A manifest of other parameters must not survive next to a half-rewritten corpus.
-    manifest.unlink(missing_ok=True)
+    for stale in [manifest, *out_dir.glob("only-*.jsonl"), *out_dir.glob("without-*.jsonl")]:
+        stale.unlink(missing_ok=True)
 
-    voices = _choose_speakers(num_speakers, used)
     for voice in voices:
         (out_dir / voice.speaker).mkdir(exist_ok=True)
     jobs = [(v, k) for v in voices for k in range(utterances_per_speaker)]
@@ -537,8 +764,17 @@ def make_voices(out_dir, *, num_speakers: int = 24, utterances_per_speaker: int 
     if skipped:
         warnings.warn(f"skipped {len(skipped)} of {len(jobs)} utterances after {_ATTEMPTS} tries "
                       f"each (listed in {info_path}); first: {skipped[0]}", stacklevel=2)
-    info = {"params": params, "speakers": [v.speaker for v in voices], "skipped": skipped}
+    info = {"params": params, "speakers": [v.speaker for v in voices], "skipped": skipped,
+            "families": {s: sum(v.family == s for v in voices) for s in used}}
     _atomic_write(info_path, (json.dumps(info, indent=1, sort_keys=True) + "\n").encode())
-    lines = [json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n" for e in entries]
-    _atomic_write(manifest, "".join(lines).encode())
+    lines = [(e["family"], json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n")
+             for e in entries]
+    families = [s for s in used if any(f == s for f, _ in lines)]
+    if len(families) > 1:
+        for family in families:
+            _atomic_write(out_dir / f"only-{family}.jsonl",
+                          "".join(line for f, line in lines if f == family).encode())
+            _atomic_write(out_dir / f"without-{family}.jsonl",
+                          "".join(line for f, line in lines if f != family).encode())
+    _atomic_write(manifest, "".join(line for _, line in lines).encode())
     return manifest
