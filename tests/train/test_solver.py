@@ -103,6 +103,24 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path, corpus, monkeypatch)
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+def test_a_run_whose_every_step_fails_stops_in_one_line(tmp_path, corpus, monkeypatch, capsys):
+    from hubbub.cli import main
+    from hubbub.train.solver import MAX_NONFINITE_RUN
+
+    real = PITStage.train_step
+    monkeypatch.setattr(PITStage, "train_step",
+                        lambda self, model, batch: (lambda loss, logs: (loss * float("nan"), logs))(
+                            *real(self, model, batch)))
+    run = tmp_path / "run"
+    assert main(["finetune", "pit", "--shards", str(corpus), "--out", str(run), "--set", "data.crop_s=0.5",
+                 "--set", "ckpt_every=10", "--set", "steps=100", "--set", "eval_every=0"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"hubbub: the loss or gradients were not finite in {MAX_NONFINITE_RUN} steps in a row "
+                           f"(up to step {MAX_NONFINITE_RUN})")
+    assert not (run / "model").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000010"]  # kept as it was
+
+
 def test_finetune_from_a_pretrained_backbone_with_more_sources(tmp_path, corpus):
     finetune_pit(_cfg(corpus, "steps=2"), tmp_path / "pre")
     cfg = _cfg(corpus, "steps=1", "model.num_sources=3", f"init={tmp_path / 'pre'}")

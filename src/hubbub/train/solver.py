@@ -76,6 +76,9 @@ log = logging.getLogger(__name__)
 # The config's per-process batch sizes: a checkpoint records them times the processes (the global
 # batch), which a resumed run keeps on any number of processes.
 BATCH_FIELDS = ("data.batch_size", "semi.batch_size")
+# Steps skipped in a row (non-finite loss or gradients) after which a run stops: one bad batch is
+# skipped, a model whose every step fails is not trained on in silence.
+MAX_NONFINITE_RUN = 20
 # What a resumed run may not change (prefixes of config fields): the model and what it trains on.
 FIXED_ON_RESUME = ("stage", "seed", "model.", "data.shards", "data.train_split", "data.target", "semi.unlabelled",
                    "semi.split", "mixit.recordings", "mixit.segment_s", "mixit.sample_rate_hz", "mixit.num_outputs",
@@ -224,6 +227,7 @@ class Solver:
         model.train()
         metrics: dict[str, float] = {}
         micro = 0  # micro-batches of the current optimizer step so far
+        nonfinite_run, skipped_before = 0, state["skipped_nonfinite"]  # steps skipped in a row
         try:
             while state["step"] < cfg.steps:
                 loader.set_epoch(state["epoch"])
@@ -256,6 +260,14 @@ class Solver:
                     micro = 0
                     scheduler.step()
                     state["step"] += 1
+                    nonfinite_run = nonfinite_run + 1 if state["skipped_nonfinite"] > skipped_before else 0
+                    skipped_before = state["skipped_nonfinite"]
+                    if nonfinite_run >= MAX_NONFINITE_RUN:
+                        raise NonFiniteWeights(
+                            f"the loss or gradients were not finite in {nonfinite_run} steps in a row (up to step "
+                            f"{state['step']}): training diverged or the data is broken; nothing was saved, the "
+                            f"checkpoints in {self.out_dir / 'checkpoints'} are as they were; lower optim.lr (or "
+                            "check the corpus with `hubbub shards verify`) and rerun, which resumes from the last one")
                     bar.update(1)
                     step = state["step"]
                     if step % cfg.log_every == 0 or step % cfg.ckpt_every == 0 or step == cfg.steps:
