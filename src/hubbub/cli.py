@@ -423,11 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("corpora", nargs="*", help="corpora made from the parts (simulate, pretrain mixit's recordings)")
     rc.set_defaults(func=_cmd_real_check)
 
-    d = sub.add_parser("demo", help="the main job on the built-in default: voices, simulate, verify, stats")
+    d = sub.add_parser("demo", help="the main job on the built-in default: voices, simulate, verify, stats, train, evaluate")
     d.add_argument("--out", default="demo")
     d.add_argument("--num", type=int, default=200, help="WHAMR!-style mixtures")
-    d.add_argument("--train-num", type=int, default=800, help="LibriMix-style mixtures to train on")
-    d.add_argument("--steps", type=int, default=600, help="PIT training steps")
+    d.add_argument("--train-num", type=int, default=2000, help="LibriMix-style mixtures (80%% train, 10%% valid, 10%% test)")
+    d.add_argument("--steps", type=int, default=1200, help="PIT training steps of the small Conv-TasNet (pit_small)")
     d.add_argument("--workers", type=int, default=None)
     d.set_defaults(func=_cmd_demo)
     return p

@@ -97,7 +97,8 @@ def test_reconstruction_loss_decreases():
 
 
 def test_glaunet_backbone_loads_strictly(tmp_path, debug_model):
-    assert glaunet_kwargs(AV_CONFIGS["debug"]) == model_config("glaunet", "debug")
+    for size in ("debug", "small"):
+        assert glaunet_kwargs(AV_CONFIGS[size]) == model_config("glaunet", size)
     assert isinstance(debug_model.backbone, GLAUNetBackbone)
     torch.manual_seed(1)
     pretrained = build_model("glaunet", num_sources=2, **model_config("glaunet", "debug"))

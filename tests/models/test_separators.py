@@ -66,6 +66,19 @@ def test_debug_config_is_tiny_and_fast(name):
     assert min(seconds) < 0.5
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_small_config_sits_between_debug_and_paper_and_trains(name):
+    sizes = {size: num_params(build_model(name, **model_config(name, size))) for size in ("debug", "small", "paper")}
+    assert sizes["debug"] < sizes["small"] < sizes["paper"] / 4
+    torch.manual_seed(0)
+    model = build_model(name, **model_config(name, "small"))
+    mix = torch.randn(2, 4000)
+    est = model(mix)
+    assert est.shape == (2, 2, 4000)
+    est.pow(2).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 @pytest.mark.parametrize("name", sorted(PAPER_PARAMS))
 def test_paper_parameter_count(name):
     model = build_model(name, **model_config(name, "paper"))

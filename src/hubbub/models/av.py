@@ -374,13 +374,17 @@ def avextractor(num_sources: int = 1, video: str = "lip_tokens", num_filters: in
 # (count_av): 7.02 M parameters / 10.78 G MACs (Dolphin 7.00 M / 10.89 G), of which the audio part
 # (backbone + fusion + head) 6.24 M / 8.43 G (6.22 M / 8.51 G) and the lip encoder 0.78 M / 2.34 G,
 # plus 0.10 M of training-only reconstruction decoder. The builder's defaults repeat it. The debug
-# config's audio part is glaunet's debug config (a test keeps them equal), so debug backbones load
+# (and small) config's audio part is glaunet's debug (small) config (a test keeps them equal), so backbones load
 # into it; it has 44k parameters and runs a (2, 16000) mix + (2, 25, 88, 88) video in milliseconds.
 AV_CONFIGS: dict[str, dict] = {
     "paper": dict(video="lip_tokens", num_filters=512, kernel_size=32, bottleneck_dim=176, hidden_dim=352,
                   num_levels=4, level_kernel_size=5, num_heads=8, num_blocks=5, num_repeats=3, fusion_layer=1,
                   video_dim=128, stem_channels=64, video_channels=(80, 160, 288), blocks_per_stage=2,
                   temporal_layers=2, num_codes=256, commitment=0.25, reconstruction=True, recon_size=24),
+    "small": dict(video="lip_tokens", num_filters=128, kernel_size=16, bottleneck_dim=64, hidden_dim=128,
+                  num_levels=4, level_kernel_size=5, num_heads=4, num_blocks=1, num_repeats=4, fusion_layer=1,
+                  video_dim=32, stem_channels=16, video_channels=(32, 64), blocks_per_stage=1,
+                  temporal_layers=1, num_codes=64, commitment=0.25, reconstruction=True, recon_size=12),
     "debug": dict(video="lip_tokens", num_filters=32, kernel_size=16, bottleneck_dim=16, hidden_dim=32,
                   num_levels=3, level_kernel_size=5, num_heads=2, num_blocks=1, num_repeats=2, fusion_layer=1,
                   video_dim=16, stem_channels=8, video_channels=(16, 32), blocks_per_stage=1,

@@ -29,29 +29,39 @@ BACKBONE_OF: dict[str, str] = {"avextractor": "glaunet"}
 
 # Paper configs repeat the builders' defaults on purpose: a config (and so a checkpoint) must not
 # change meaning if a default is changed later. Debug configs run a 1 s, 8 kHz batch of 2 in well
-# under a second on one CPU core and have < 100k parameters.
+# under a second on one CPU core and have < 100k parameters. Small configs are sized for training
+# on a CPU: a PIT step on a batch of 4 x 2 s at 8 kHz in well under a second on 2 cores (measured
+# by benchmarks/small_models.py; Conv-TasNet's is the one pit_small trains, README "On a CPU").
 CONFIGS: dict[str, dict[str, dict]] = {
     "convtasnet": {
         "paper": dict(num_filters=512, kernel_size=16, bottleneck_dim=128, hidden_dim=512, skip_dim=128,
                       conv_kernel_size=3, num_layers=8, num_repeats=3),
+        "small": dict(num_filters=128, kernel_size=16, bottleneck_dim=64, hidden_dim=128, skip_dim=64,
+                      conv_kernel_size=3, num_layers=6, num_repeats=2),
         "debug": dict(num_filters=32, kernel_size=16, bottleneck_dim=16, hidden_dim=32, skip_dim=16,
                       conv_kernel_size=3, num_layers=3, num_repeats=1),
     },
     "dprnn": {
         "paper": dict(num_filters=64, kernel_size=2, feature_dim=64, hidden_dim=128, chunk_size=250,
                       num_blocks=6),
+        "small": dict(num_filters=64, kernel_size=16, feature_dim=64, hidden_dim=64, chunk_size=100,
+                      num_blocks=3),
         "debug": dict(num_filters=32, kernel_size=16, feature_dim=16, hidden_dim=16, chunk_size=50,
                       num_blocks=2),
     },
     "tfgridnet": {
         "paper": dict(n_fft=256, hop_length=64, embed_dim=128, num_blocks=4, unfold_kernel=4, unfold_stride=1,
                       lstm_hidden=256, num_heads=4, qk_dim=4),
+        "small": dict(n_fft=256, hop_length=64, embed_dim=16, num_blocks=1, unfold_kernel=4, unfold_stride=4,
+                      lstm_hidden=32, num_heads=2, qk_dim=2),
         "debug": dict(n_fft=128, hop_length=64, embed_dim=8, num_blocks=1, unfold_kernel=2, unfold_stride=1,
                       lstm_hidden=8, num_heads=2, qk_dim=2),
     },
     "glaunet": {
         "paper": dict(num_filters=512, kernel_size=16, bottleneck_dim=128, hidden_dim=512, num_levels=5,
                       level_kernel_size=5, num_heads=8, num_blocks=1, num_repeats=16),
+        "small": dict(num_filters=128, kernel_size=16, bottleneck_dim=64, hidden_dim=128, num_levels=4,
+                      level_kernel_size=5, num_heads=4, num_blocks=1, num_repeats=4),
         "debug": dict(num_filters=32, kernel_size=16, bottleneck_dim=16, hidden_dim=32, num_levels=3,
                       level_kernel_size=5, num_heads=2, num_blocks=1, num_repeats=2),
     },
@@ -66,7 +76,8 @@ def _builder(name: str) -> Callable[..., Separator]:
 
 
 def model_config(name: str, size: str = "paper") -> dict:
-    """The builder kwargs of a named configuration: ``size`` is ``"paper"`` or ``"debug"``.
+    """The builder kwargs of a named configuration: ``size`` is ``"paper"``, ``"small"`` (trains on a
+    CPU) or ``"debug"`` (tests).
 
     Returns a fresh dict (safe to modify); it never contains ``num_sources``, which belongs to the
     task, not the architecture.

@@ -17,7 +17,7 @@ from hubbub.config import ConfigError, apply_overrides, from_dict, load_with_bas
 @dataclass
 class ModelConfig:
     name: str = "convtasnet"
-    size: Literal["debug", "paper"] = "debug"
+    size: Literal["debug", "small", "paper"] = "debug"
     num_sources: int = 2
     kwargs: dict[str, Any] = field(default_factory=dict)   # changes on top of the size's config
 
@@ -58,8 +58,8 @@ class OptimConfig:
     grad_accum: int = 1                   # micro-batches per optimizer step
 
     def validate(self):
-        if self.lr <= 0:
-            raise ConfigError("optim.lr", "must be > 0")
+        if not 0 < self.lr <= 1:  # AdamW: beyond 1 every step moves each weight by ~lr, and torch overflows
+            raise ConfigError("optim.lr", f"must be within (0, 1] (AdamW's step size), got {self.lr}")
         if self.grad_accum < 1:
             raise ConfigError("optim.grad_accum", "must be >= 1")
 
