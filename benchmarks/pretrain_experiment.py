@@ -34,6 +34,8 @@ import statistics
 import time
 from pathlib import Path
 
+from experiments import pick_codec, run_grid
+
 from hubbub.evaluate import evaluate_run
 from hubbub.finetune import finetune_pit
 from hubbub.pretrain import pretrain_codec, pretrain_mixit
@@ -93,7 +95,7 @@ def run_one(name: str, seed: int, out: Path, data: dict[str, Path], args, codec:
 
 
 def table(rows: list[dict], args, codec_note: str) -> str:
-    lines = [f"| run | test SI-SNRi, flite (dB) | labelled-domain valid SI-SNRi, espeak-ng (dB) | seeds |",
+    lines = ["| run | test SI-SNRi, flite (dB) | labelled-domain valid SI-SNRi, espeak-ng (dB) | seeds |",
              "|---|---|---|---|"]
     for name in RUNS:
         mine = [r for r in rows if r["run"] == name]
@@ -132,18 +134,8 @@ def main() -> None:
     out = Path(args.out)
     data = make_corpora(out, rate=args.sample_rate_hz, num_labelled=args.num_labelled,
                         num_unlabelled=args.num_unlabelled, num_test=args.num_test, workers=args.workers)
-    codec, codec_note = args.codec, f"codec tokens from {args.codec}" if args.codec else "no codec run"
-    if codec is None and "codec" in args.runs:
-        from hubbub.codec import make_random_codec
-
-        codec = str(make_random_codec(out / "random-encodec", seed=0))
-        codec_note = "codec tokens from a small randomly initialised EnCodec (no pretrained weights offline)"
-    rows = []
-    for seed in args.seeds:
-        for name in args.runs:
-            row = run_one(name, seed, out, data, args, codec)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+    codec, codec_note = pick_codec(args.codec, out, "codec" in args.runs)
+    rows = run_grid(args.seeds, args.runs, lambda name, seed: run_one(name, seed, out, data, args, codec))
     md = table(rows, args, codec_note)
     (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
     (out / "results.md").write_text(md + "\n")

@@ -37,6 +37,8 @@ import statistics
 import time
 from pathlib import Path
 
+from experiments import pick_codec, run_grid
+
 from hubbub.evaluate import evaluate_run
 from hubbub.finetune import finetune_pit
 from hubbub.pretrain import pretrain_codec, pretrain_mixit
@@ -164,18 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         print("note: without both the builtin and oracle runs no share of the gap is computed")
     out = Path(args.out)
     data = make_data(out, args)
-    codec, codec_note = args.codec, f"codec tokens from {args.codec}" if args.codec else "no codec run"
-    if codec is None and "codec" in args.runs:
-        from hubbub.codec import make_random_codec
-
-        codec = str(make_random_codec(out / "random-encodec", seed=0))
-        codec_note = "codec tokens from a small randomly initialised EnCodec (no pretrained weights offline)"
-    rows = []
-    for seed in args.seeds:
-        for name in args.runs:
-            row = run_one(name, seed, out, data, args, codec)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+    codec, codec_note = pick_codec(args.codec, out, "codec" in args.runs)
+    rows = run_grid(args.seeds, args.runs, lambda name, seed: run_one(name, seed, out, data, args, codec))
     summary = summarise(rows)
     md = table(summary, args, codec_note)
     (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows, "summary": summary}, indent=1) + "\n")
