@@ -490,8 +490,11 @@ class S3RequestLog:
 
 
 def request_bytes(entry: dict, sizes: dict[str, int] | None = None) -> int:
-    """Bytes one recorded GET asked for: its Range, or the whole object (its size from ``sizes``,
-    object name -> bytes) for a GET without one."""
+    """Bytes of objects one recorded GET asked for: its Range, or the whole object (its size from
+    ``sizes``, object name -> bytes) for a GET without one; a listing (``?list-type=2``, what the
+    reader's one size check before the first sample sends) reads no object: 0."""
+    if "list-type=" in entry["url"].split("?", 1)[-1] and "?" in entry["url"]:
+        return 0
     rng = {k.lower(): v for k, v in entry["headers"].items()}.get("range")
     if rng:
         first, last = rng.split("=", 1)[1].split("-")
