@@ -127,6 +127,18 @@ def test_bins_follow_their_values_with_none_first_or_last():
     assert bins("speakers") == [("1", 2), ("2", 2), ("3", 1)]
     by_rt60 = breakdown(rows, factors["rt60"])
     assert by_rt60[2]["mean"]["si_snri"] == pytest.approx((2.0 + 4.0) / 2)
+    # a reverberant sample without a measured RT60 (an ingested WHAMR! mixture) is not "anechoic"
+    rows.append({**rows[0], "rt60_bin": "unknown"})
+    assert bins("rt60")[0] == ("anechoic", 1) and bins("rt60")[-1] == ("unknown", 1)
+
+
+def test_a_sample_row_bins_an_unmeasured_reverberant_room_as_unknown():
+    from hubbub.evaluate import _sample_row
+
+    scores = {"mean": {}, "per_source": {}, "perm": [0, 1], "nan_reasons": {}}
+    reverb = _sample_row("k", {"num_speakers": 2, "room": {"rir_mode": "unknown", "rt60_s_measured": None}}, scores)
+    anechoic = _sample_row("k", {"num_speakers": 2, "room": {"rir_mode": "anechoic", "rt60_s_measured": None}}, scores)
+    assert reverb["rt60_bin"] == "unknown" and "rt60_bin" not in anechoic
 
 
 def test_a_bin_whose_scores_are_all_nan_reads_none():

@@ -118,15 +118,21 @@ def breakdown(rows: list[dict], factor: Factor) -> list[dict]:
     keys: dict[str, tuple] = {}
     for row in rows:
         value = row[factor.field]
-        label = factor.label(value)
+        # a row may name its bin where its value is unknown (a reverberant set that records no RT60)
+        label = row.get(f"{factor.name}_bin") or factor.label(value)
         groups.setdefault(label, []).append(row)
-        keys[label] = factor.order(value)
+        keys[label] = (3, 0.0) if row.get(f"{factor.name}_bin") else factor.order(value)
     return [{"bin": label, **_summary(groups[label])} for label in sorted(groups, key=keys.get)]
 
 
 def _sample_row(key: str, meta: dict, scores: dict) -> dict:
+    room = meta.get("room") or {}
+    # No measured RT60 means anechoic only where the room says so: an ingested reverberant set
+    # (WHAMR!) records its reverberation as "unknown" and gets an "unknown" RT60 bin.
+    reverb_unknown = room.get("rt60_s_measured") is None and room.get("rir_mode", "anechoic") != "anechoic"
     return {
         "key": key,
+        **({"rt60_bin": "unknown"} if reverb_unknown else {}),
         "num_speakers": int(meta["num_speakers"]),
         "duration_s": meta.get("duration_s"),
         "rt60_s": (meta.get("room") or {}).get("rt60_s_measured"),
@@ -170,7 +176,8 @@ def evaluate_run(run_dir: str | Path, shards_dir: str | Path, *, split: str = "t
             mismatched_lips  (audio-visual runs) the same scores when each source is extracted
                          with another utterance's lips (the previous mixture's first source)
             breakdowns   {"rt60" | "snr" | "overlap" | "speakers": [{"bin", "count", "mean"}]}
-                         RT60 bins of room.rt60_s_measured (< 0.3, 0.3–0.6, ≥ 0.6 s, anechoic),
+                         RT60 bins of room.rt60_s_measured (< 0.3, 0.3–0.6, ≥ 0.6 s, anechoic, and unknown:
+                         a reverberant room that records no RT60, as ingested WHAMR!),
                          SNR bins of noise.snr_db (< 0, 0–5, 5–10, ≥ 10 dB, no noise), overlap
                          bins of mixing.overlap_ratio (quarters), and speaker counts
             samples      one row per sample: key, num_speakers, duration_s, rt60_s, snr_db,
