@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_grid(args.seeds, args.runs, lambda name, seed: run_one(name, seed, out, data, args, codec))
     summary = summarise(rows)
     md = table(summary, args, codec_note)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows, "summary": summary}, indent=1) + "\n")
+    results = {"args": vars(args), "rows": rows, "summary": summary}
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "results.md").write_text(md + "\n")
     print(md)
     return 0
