@@ -319,8 +319,8 @@ def complete_shards(out_dir: str | Path, planned: Mapping[str, int | None]) -> d
     for name in candidates:
         data = raw.get(storage.join(out_dir, sidecar_name(name)))
         try:
-            rec = record_from_json(json.loads(data), name) if data is not None else None
-        except (ValueError, storage.StorageError):
+            rec = record_from_json(data, name) if data is not None else None
+        except storage.StorageError:
             continue  # a damaged sidecar: the shard is rewritten
         if rec is None or (planned[name] is not None and rec.num_planned != planned[name]):
             continue

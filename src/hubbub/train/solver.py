@@ -178,8 +178,8 @@ class Solver:
         from hubbub.models import save_model
 
         cfg = self.cfg
-        for stale in (self.out_dir / "checkpoints").glob("step_*.tmp"):
-            if _is_main_process():  # a checkpoint a killed run was writing
+        if _is_main_process():
+            for stale in (self.out_dir / "checkpoints").glob("step_*.tmp"):  # what a killed run was writing
                 shutil.rmtree(stale, ignore_errors=True)
         # Without a GPU, processes started by `accelerate launch --multi_gpu` or torchrun must be
         # told they are CPU ranks, or each would train alone as rank 0 (gloo is used then).
