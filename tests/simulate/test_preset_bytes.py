@@ -26,9 +26,10 @@ AV_PRESETS = ("av", "av_debug")
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    speech = make_speech_folder(tmp_path_factory.mktemp("speech"), num_speakers=8, utterances_per_speaker=2,
+    root = tmp_path_factory.mktemp("golden")  # the folders' names are recorded (corpus names): keep them
+    speech = make_speech_folder(root / "speech", num_speakers=8, utterances_per_speaker=2,
                                 seconds=2.5)
-    av = make_av_folder(tmp_path_factory.mktemp("lrs"), num_speakers=4, utterances_per_speaker=2, seconds=2.5)
+    av = make_av_folder(root / "lrs", num_speakers=4, utterances_per_speaker=2, seconds=2.5)
     return speech, av
 
 
