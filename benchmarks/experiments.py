@@ -14,7 +14,7 @@ def pick_codec(codec: str | None, out: Path, needed: bool) -> tuple[str | None, 
         return codec, f"codec tokens from {codec}"
     if not needed:
         return None, "no codec run"
-    from hubbub.codec import make_random_codec
+    from hubbub.testing import make_random_codec
 
     return (str(make_random_codec(out / "random-encodec", seed=0)),
             "codec tokens from a small randomly initialised EnCodec (no pretrained weights offline)")

@@ -21,7 +21,7 @@ split (SI-SNRi over the unprocessed mixture, in dB):
    (the best 2 are scored, as for MixIT models in Wisdom et al. 2020).
 
 EnCodec weights cannot be downloaded here: without ``--codec`` the codec run uses a small
-randomly initialised EnCodec (:func:`hubbub.codec.make_random_codec`), i.e. a random-projection
+randomly initialised EnCodec (:func:`hubbub.testing.make_random_codec`), i.e. a random-projection
 quantiser in the manner of BEST-RQ, and the table says so. Results and a markdown table go to
 ``OUT/results.json`` and ``OUT/results.md``; every stage resumes, so an interrupted run continues
 where it stopped.

@@ -33,7 +33,7 @@ def test_training_arguments_that_cannot_work_are_one_line(tmp_path, capsys, monk
 
     corpus = make_dummy_corpus(tmp_path / "corpus", splits={"train": 4, "valid": 2}, seconds=0.5)
     monkeypatch.chdir(tmp_path)
-    base = ["finetune", "pit", "--shards", str(corpus), "--set", "steps=1"]
+    base = ["finetune", "pit", "--shards", str(corpus), "--config", "pit_debug", "--set", "steps=1"]
     assert main([*base, "--out", "r1", "--set", "model.kwargs.nosuch=3"]) == 2
     assert _one_line(capsys).startswith("hubbub: bad recipe/config: model.kwargs: convtasnet takes no argument "
                                         "'nosuch' (it takes: num_filters, ")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from hubbub.codec import frame_count, load_codec, make_random_codec, token_span
-from hubbub.testing import dummy_speech
+from hubbub.codec import frame_count, load_codec, token_span
+from hubbub.testing import dummy_speech, make_random_codec
 
 
 @pytest.fixture(scope="module")

@@ -134,10 +134,15 @@ def test_bins_follow_their_values_with_none_first_or_last():
 
 def test_a_sample_row_bins_an_unmeasured_reverberant_room_as_unknown():
     from hubbub.evaluate import _sample_row
+    from hubbub.schema import Room, SampleMeta
+
+    def meta(room):
+        return SampleMeta(key="k", split="test", index=0, sample_rate_hz=8000, num_samples=8000, num_speakers=2,
+                          num_mics=1, targets=(), sources=[], room=room)
 
     scores = {"mean": {}, "per_source": {}, "perm": [0, 1], "nan_reasons": {}}
-    reverb = _sample_row("k", {"num_speakers": 2, "room": {"rir_mode": "unknown", "rt60_s_measured": None}}, scores)
-    anechoic = _sample_row("k", {"num_speakers": 2, "room": {"rir_mode": "anechoic", "rt60_s_measured": None}}, scores)
+    reverb = _sample_row("k", meta(Room(rir_mode="unknown", rt60_s_measured=None)), scores)
+    anechoic = _sample_row("k", meta(Room(rir_mode="anechoic", rt60_s_measured=None)), scores)
     assert reverb["rt60_bin"] == "unknown" and "rt60_bin" not in anechoic
 
 

@@ -25,8 +25,8 @@ def test_voices_to_published_model(tmp_path, capsys):
     assert stats["splits"]["train"]["num_samples"] == 12 and (corpus / "stats.png").exists()
 
     run = tmp_path / "run"
-    assert main(["finetune", "pit", "--shards", str(corpus), "--out", str(run), "--set", "steps=4",
-                 "--set", "ckpt_every=2", "--set", "data.crop_s=0.5"]) == 0
+    assert main(["finetune", "pit", "--shards", str(corpus), "--config", "pit_debug", "--out", str(run),
+                 "--set", "steps=4", "--set", "ckpt_every=2", "--set", "data.crop_s=0.5"]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(run), "--shards", str(corpus), "--split", "valid", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)

@@ -184,7 +184,7 @@ def load_codec(name_or_path: str | Path, *, bandwidth_kbps: float | None = None,
     """Load an EnCodec model from a local directory or a hub id (weights from safetensors only).
 
     Args:
-        name_or_path: a directory written by ``save_pretrained`` (see :func:`make_random_codec`)
+        name_or_path: a directory written by ``save_pretrained`` (see :func:`hubbub.testing.make_random_codec`)
             or a hub id such as ``facebook/encodec_24khz`` (needs the network or the HF cache).
         bandwidth_kbps: one of the model's ``target_bandwidths``; default 6.0 where the model
             has it (8 codebooks for the 24 kHz model), else its smallest.
@@ -228,66 +228,3 @@ def load_codec(name_or_path: str | Path, *, bandwidth_kbps: float | None = None,
     # Hash on the CPU before moving: the identity must not depend on the device.
     codec = Codec(model, name, match[0], _model_hash(model))
     return codec.to(device)
-
-
-def make_random_codec(out_dir: str | Path, *, seed: int = 0, codebook_size: int = 64,
-                      sample_rate_hz: int = 24000, upsampling_ratios: tuple[int, ...] = (8, 5, 4, 2),
-                      num_codebooks: tuple[int, ...] = (2, 4, 8), num_filters: int = 4,
-                      hidden_size: int = 16) -> Path:
-    """Save a tiny, randomly initialised EnCodec (about 170k parameters) for tests and offline demos.
-
-    Its bandwidths are those giving ``num_codebooks`` codebooks (0.9, 1.8, 3.6 kbps by default
-    at 75 Hz with 64 codes: ``load_codec`` picks the smallest, Q = 2). Encoding 8 x 1 s takes
-    tens of milliseconds on a CPU.
-
-    transformers initialises the RVQ codebooks to zeros, which maps every frame to code 0; here
-    each codebook is drawn from encoder frames of dummy speech and noise (the residuals left by
-    the codebooks before it), so different audio gives varied codes across the vocabulary.
-    Deterministic from ``seed``; leaves the global torch RNG as it was.
-    """
-    from transformers import EncodecConfig, EncodecModel
-
-    from hubbub.testing import dummy_speech
-
-    hop = int(np.prod(upsampling_ratios))
-    frame_rate = math.ceil(sample_rate_hz / hop)  # what EncodecConfig.frame_rate uses for bandwidths
-    bits = math.log2(codebook_size)
-    bandwidths = [round(q * bits * frame_rate / 1000, 9) for q in num_codebooks]
-    config = EncodecConfig(sampling_rate=sample_rate_hz, target_bandwidths=bandwidths,
-                           codebook_size=codebook_size, upsampling_ratios=list(upsampling_ratios),
-                           num_filters=num_filters, hidden_size=hidden_size, num_lstm_layers=1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = EncodecModel(config).eval()
-    got = [model.quantizer.get_num_quantizers_for_bandwidth(b) for b in bandwidths]
-    if got != list(num_codebooks):
-        raise ValueError(f"bandwidths {bandwidths} give {got} codebooks, not {list(num_codebooks)}")
-
-    rng = np.random.default_rng(seed)
-    calibration = [dummy_speech(rng, 1.0, sample_rate_hz) * rng.uniform(0.2, 5.0) for _ in range(12)]
-    calibration += [0.05 * rng.uniform(0.1, 1.0) * rng.standard_normal(sample_rate_hz).astype(np.float32)
-                    for _ in range(4)]
-    with torch.no_grad():
-        audio = torch.from_numpy(np.stack(calibration))[:, None, :]
-        frames = model.encoder(audio)  # (N, D, L)
-        # A random encoder's frames sit in a small cloud around a large mean (its last bias): the
-        # distances between codewords would then drown in float32 rounding and codes would flip
-        # with the batch size. Standardise them by rescaling the last convolution.
-        mean, std = frames.mean(dim=(0, 2)), frames.std(dim=(0, 2)) + 1e-8
-        last = model.encoder.layers[-1].conv
-        last.parametrizations.weight.original0.div_(std[:, None, None])
-        last.bias.sub_(mean).div_(std)
-        frames = model.encoder(audio)
-        residual = frames.permute(0, 2, 1).reshape(-1, frames.shape[1])
-        for layer in model.quantizer.layers:
-            book = layer.codebook
-            picks = rng.choice(len(residual), codebook_size, replace=len(residual) < codebook_size)
-            embed = residual[torch.from_numpy(picks)].clone()
-            embed += 1e-3 * embed.std() * torch.from_numpy(rng.standard_normal(embed.shape).astype(np.float32))
-            book.embed.copy_(embed)
-            book.embed_avg.copy_(embed)
-            book.cluster_size.fill_(1.0)
-            residual = residual - embed[book.quantize(residual)]
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    return out_dir

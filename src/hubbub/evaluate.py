@@ -30,11 +30,12 @@ import numpy as np
 import torch
 
 from hubbub.metrics import METRICS, evaluate_separation
+from hubbub.schema import SampleMeta
 from hubbub.separate import RUN_CONFIG_NAME, load_separator, separate_waveform
 from hubbub.shards.reader import ShardDataset
 from hubbub import storage
 from hubbub.shards.writer import atomic_write_bytes, atomic_write_json
-from hubbub.video import fit_frames
+from hubbub.train.validation import with_mismatched_lips
 
 log = logging.getLogger(__name__)
 
@@ -125,19 +126,19 @@ def breakdown(rows: list[dict], factor: Factor) -> list[dict]:
     return [{"bin": label, **_summary(groups[label])} for label in sorted(groups, key=keys.get)]
 
 
-def _sample_row(key: str, meta: dict, scores: dict) -> dict:
-    room = meta.get("room") or {}
+def _sample_row(key: str, meta: SampleMeta, scores: dict) -> dict:
+    room, noise, mixing = meta.room, meta.noise, meta.mixing
     # No measured RT60 means anechoic only where the room says so: an ingested reverberant set
     # (WHAMR!) records its reverberation as "unknown" and gets an "unknown" RT60 bin.
-    reverb_unknown = room.get("rt60_s_measured") is None and room.get("rir_mode", "anechoic") != "anechoic"
+    reverb_unknown = room is not None and room.rt60_s_measured is None and (room.rir_mode or "anechoic") != "anechoic"
     return {
         "key": key,
         **({"rt60_bin": "unknown"} if reverb_unknown else {}),
-        "num_speakers": int(meta["num_speakers"]),
-        "duration_s": meta.get("duration_s"),
-        "rt60_s": (meta.get("room") or {}).get("rt60_s_measured"),
-        "snr_db": (meta.get("noise") or {}).get("snr_db"),
-        "overlap_ratio": (meta.get("mixing") or {}).get("overlap_ratio"),
+        "num_speakers": meta.num_speakers,
+        "duration_s": meta.duration_s,
+        "rt60_s": room.rt60_s_measured if room else None,
+        "snr_db": noise.snr_db if noise else None,
+        "overlap_ratio": mixing.overlap_ratio if mixing else None,
         "mean": scores["mean"],
         "per_source": scores["per_source"],
         "perm": scores["perm"],
@@ -174,7 +175,8 @@ def evaluate_run(run_dir: str | Path, shards_dir: str | Path, *, split: str = "t
             overall      {"count": n, "mean": {score: float | None}}  scores as in COLUMNS:
                          si_snri, si_snr, sdri, sdr (dB), pesq, pesq_mix, stoi, stoi_mix
             mismatched_lips  (audio-visual runs) the same scores when each source is extracted
-                         with another utterance's lips (the previous mixture's first source)
+                         with another utterance's lips (the next mixture's first source; the
+                         last mixture takes the first's)
             breakdowns   {"rt60" | "snr" | "overlap" | "speakers": [{"bin", "count", "mean"}]}
                          RT60 bins of room.rt60_s_measured (< 0.3, 0.3–0.6, ≥ 0.6 s, anechoic, and unknown:
                          a reverberant room that records no RT60, as ingested WHAMR!),
@@ -206,7 +208,7 @@ def evaluate_run(run_dir: str | Path, shards_dir: str | Path, *, split: str = "t
     model, sample_rate_hz = load_separator(run_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     corpus = storage.name_of(storage.normalize(shards_dir))
-    audio_visual = hasattr(model, "video")
+    audio_visual = "video" in model.inputs
     targets = (target, "lips") if audio_visual else (target,)
     dataset = ShardDataset(shards_dir, split, targets=targets, shuffle=False, mic=0, roi_crop="center",
                            skip_damaged=True)
@@ -217,22 +219,20 @@ def evaluate_run(run_dir: str | Path, shards_dir: str | Path, *, split: str = "t
                                for frames in lips])
 
     rows, skipped, mismatched = [], [], []
-    first = previous_lips = None
-    for item in itertools.islice(dataset, max_samples):
-        key, meta = item["key"], item["meta"]
-        if int(meta["sample_rate_hz"]) != sample_rate_hz:
-            raise ValueError(f"{shards_dir} is at {meta['sample_rate_hz']} Hz, the model at {sample_rate_hz} Hz")
+    items = itertools.islice(dataset, max_samples)
+    # the same other utterance's lips as the AV stage's validation uses
+    for item, other_lips in with_mismatched_lips(items) if audio_visual else ((item, None) for item in items):
+        key, meta = item["key"], SampleMeta.from_dict(item["meta"])
+        if meta.sample_rate_hz != sample_rate_hz:
+            raise ValueError(f"{shards_dir} is at {meta.sample_rate_hz} Hz, the model at {sample_rate_hz} Hz")
         mix, ref = item["mix"][0].numpy(), item["sources"][target].numpy()
         if audio_visual:
             lips = item["sources"]["lips"]
             est = extract(mix, lips)
             scores = evaluate_separation(est, ref, mix, sample_rate_hz, metrics=metrics, assign=False)
-            if previous_lips is None:
-                first = (mix, ref, lips)
-            else:
-                other = extract(mix, [fit_frames(previous_lips, lips.shape[1])] * len(lips))
+            if other_lips is not None:
+                other = extract(mix, [other_lips] * len(lips))
                 mismatched.append(evaluate_separation(other, ref, mix, sample_rate_hz, metrics=metrics, assign=False))
-            previous_lips = lips[0]
         else:
             if item["num_sources"] > model.num_sources:
                 skipped.append({"key": key, "reason": f"{item['num_sources']} speakers > {model.num_sources} "
@@ -243,10 +243,6 @@ def evaluate_run(run_dir: str | Path, shards_dir: str | Path, *, split: str = "t
             scores = evaluate_separation(est, ref, mix, sample_rate_hz, metrics=metrics)
         rows.append(_sample_row(key, meta, scores))
         log.info("%s: SI-SNRi %s", key, scores["mean"].get("si_snri"))
-    if first is not None and len(rows) > 1:  # the first mixture gets the last one's lips
-        mix, ref, lips = first
-        other = extract(mix, [fit_frames(previous_lips, lips.shape[1])] * len(lips))
-        mismatched.insert(0, evaluate_separation(other, ref, mix, sample_rate_hz, metrics=metrics, assign=False))
 
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval" / f"{corpus}-{split}"
     results = _no_nan({
@@ -297,7 +293,7 @@ def format_markdown(results: dict) -> str:
     if "mismatched_lips" in results:
         lines += ["", "## Lips: the target's own vs another utterance's", "",
                   "Each source extracted with its own lip stream, and with the first source's lips of the "
-                  "previous mixture (an utterance not in this one): the gap is what the video contributes.", ""]
+                  "next mixture (an utterance not in this one): the gap is what the video contributes.", ""]
         lines += _table("lips", [("own", results["overall"]), ("another utterance's", results["mismatched_lips"])],
                         names)
     by_name = {f.name: f for f in FACTORS}

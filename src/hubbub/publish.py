@@ -101,11 +101,6 @@ def _recipe_rows(recipe: dict, data: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
-    return ([f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
-            + [f"| {' | '.join(str(c) for c in row)} |" for row in rows])
-
-
 def _flatten(metrics: dict, prefix: str = "") -> list[tuple[str, str]]:
     rows = []
     for key, value in metrics.items():
@@ -120,107 +115,166 @@ STAGE_WORDS = {"pit": "supervised PIT on simulated mixtures", "mixit": "MixIT (u
                "codec": "codec-token prediction (self-supervised)",
                "av": "audio-visual target-speaker extraction on simulated mixtures with lip streams"}
 
+# The model card, a Jinja template rendered by huggingface_hub (ModelCard.from_template): the YAML
+# metadata (card_data), what the model is and how to use it, its training, and its data card.
+# Block tags open with "{%-" at the start of their line, so a skipped block leaves no blank line.
+CARD_TEMPLATE = """\
+---
+{{ card_data }}
+---
 
-def _card_body(model, card: dict, title: str) -> str:
+{%- macro table(header, rows) -%}
+| {{ header | join(" | ") }} |
+|{% for _ in header %}---|{% endfor %}
+{%- for row in rows %}
+| {{ row | join(" | ") }} |
+{%- endfor %}
+{%- endmacro %}
+
+# {{ title }}
+{% if kind == "backbone" %}
+A pretrained {{ name }} separator **backbone** ({{ params_m }} M parameters{{ rate_note }}), trained with hubbub \
+by {{ how }}. It has no separation head (its pretraining heads are dropped when it is loaded): finetune it.
+
+## Usage
+
+```bash
+hubbub finetune pit --init {{ title }} --shards CORPUS --out runs/finetuned
+```
+{%- elif kind == "av" %}
+An audio-visual target-speaker extractor ({{ name }}, Dolphin-style; {{ params_m }} M parameters{{ rate_note }}), \
+trained with hubbub by {{ how }}: given a mixture and one speaker's mouth regions of interest (grayscale, 88x88 \
+centre crops of 96x96 frames at 25 fps), it returns that speaker. Its audio path is a GLA U-Net backbone: \
+`hubbub finetune av --init {{ title }} ...` or `hubbub finetune pit --init {{ title }} ...`.
+
+## Usage
+
+```python
+from hubbub.publish import from_pretrained
+from hubbub.separate import load_lips, separate_waveform
+
+model = from_pretrained("{{ title }}")
+lips = load_lips("mouth.npy", len(mixture), {{ rate }})   # (F, 88, 88) uint8
+target = separate_waveform(model, mixture, sample_rate_hz={{ rate }}, video=lips)   # (T,) -> (1, T)
+```
+
+or from the shell: `hubbub separate DIR mixture.wav --lips mouth.npy --out extracted/`.
+{%- else %}
+A {{ name }} speech separator with {{ num_sources }} outputs ({{ params_m }} M parameters{{ rate_note }}), trained \
+with hubbub by {{ how }}. Its backbone can start finetuning: `hubbub finetune pit --init {{ title }} ...`.
+
+## Usage
+
+```python
+from hubbub.publish import from_pretrained
+from hubbub.separate import separate_waveform
+
+model = from_pretrained("{{ title }}")
+sources = separate_waveform(model, mixture, sample_rate_hz={{ rate }})   # (T,) -> (S, T)
+```
+
+or from the shell: `hubbub separate DIR mixture.wav --out separated/`.
+{%- endif %}
+{%- if training %}
+
+## Training
+
+{{ table(("stage", "steps", "target"), [(training.stage, training.steps, training.target) | map("default", "?")]) }}
+{%- if metric_rows %}
+
+Final metrics:
+
+{{ table(("metric", "value"), metric_rows) }}
+{%- endif %}
+{%- endif %}
+
+## Training data
+{% if recipe.name %}
+Mixtures simulated with the hubbub recipe **{{ recipe.name }}**\
+{% if recipe.description %}: {{ recipe.description }}.{% else %}.{% endif %}
+{% endif %}
+{%- if recipe_rows %}
+{{ table(("property", "value"), recipe_rows) }}
+{% endif %}
+{%- if speech %}
+{{ speech }}
+{% endif %}
+Licences of the source audio: {{ licences }}.
+{%- if split_rows %}
+
+### Splits
+
+{{ table(("split", "mixtures", "hours", "speakers"), split_rows) }}
+{%- endif %}
+{%- if recordings %}
+
+Unlabelled recordings from **{{ recordings.source | default("?") }}**, cut into \
+{{ recordings.segment_s | default("?") }} s segments at {{ recordings.sample_rate_hz | default("?") }} Hz \
+(no sources known).
+{%- endif %}
+{%- if mixit %}
+
+MixIT: {{ mixit.num_outputs }} outputs, mixture consistency {{ mixit.consistency }}, SNR threshold tau = \
+{{ mixit.tau }}.
+{%- endif %}
+{%- if codec %}
+
+Codec tokens ({{ codec_task }} task): EnCodec {{ codec.name | default("?") }}, \
+{{ codec.num_codebooks | default("?") }} codebooks of {{ codec.codebook_size | default("?") }} at \
+{{ codec.frame_rate_hz | default("?") }} Hz.
+{%- endif %}
+{%- if unlabelled %}
+
+## Unlabelled data (semi-supervised MixIT)
+
+Corpus **{{ unlabelled.name }}** ({{ unlabelled.hours }} hours), MixIT loss weight {{ unlabelled.weight }}.
+{%- if unlabelled.rows %}
+
+{{ table(("property", "value"), unlabelled.rows) }}
+{%- endif %}
+{%- endif %}
+
+"""
+
+
+def _card_text(model, card: dict, title: str, metadata: ModelCardData) -> str:
+    """The model card's Markdown with its YAML metadata: :data:`CARD_TEMPLATE` filled from ``card``."""
     spec = model.spec or {}
     rate = card.get("sample_rate_hz")
     training = card.get("training") or {}
-    how = STAGE_WORDS.get(training.get("stage"), "hubbub")
     if getattr(model, "checkpoint_contents", SEPARATOR) == BACKBONE:
-        lines = [f"# {title}", "",
-                 f"A pretrained {spec.get('name', '?')} separator **backbone** "
-                 f"({sum(p.numel() for p in model.backbone.parameters()) / 1e6:.2f} M parameters"
-                 + (f", {rate} Hz" if rate else "") + f"), trained with hubbub by {how}. It has no separation "
-                 "head (its pretraining heads are dropped when it is loaded): finetune it.", "",
-                 "## Usage", "", "```bash",
-                 f"hubbub finetune pit --init {title} --shards CORPUS --out runs/finetuned",
-                 "```"]
-    elif hasattr(model, "video"):  # an audio-visual target-speaker extractor
-        params = sum(p.numel() for p in model.parameters())
-        lines = [f"# {title}", "",
-                 f"An audio-visual target-speaker extractor ({spec.get('name', type(model).__name__)}, Dolphin-style; "
-                 f"{params / 1e6:.2f} M parameters" + (f", {rate} Hz" if rate else "") + f"), trained with hubbub "
-                 f"by {how}: given a mixture and one speaker's mouth regions of interest (grayscale, 88x88 "
-                 "centre crops of 96x96 frames at 25 fps), it returns that speaker. Its audio path is a GLA U-Net "
-                 f"backbone: `hubbub finetune av --init {title} ...` or `hubbub finetune pit --init {title} ...`.", "",
-                 "## Usage", "", "```python",
-                 "from hubbub.publish import from_pretrained",
-                 "from hubbub.separate import load_lips, separate_waveform", "",
-                 f'model = from_pretrained("{title}")',
-                 f"lips = load_lips(\"mouth.npy\", len(mixture), {rate or 'RATE'})   # (F, 88, 88) uint8",
-                 f"target = separate_waveform(model, mixture, sample_rate_hz={rate or 'RATE'}, video=lips)   "
-                 "# (T,) -> (1, T)",
-                 "```", "", "or from the shell: `hubbub separate DIR mixture.wav --lips mouth.npy --out extracted/`."]
+        kind, params = "backbone", model.backbone.parameters()
     else:
-        params = sum(p.numel() for p in model.parameters())
-        lines = [f"# {title}", "",
-                 f"A {spec.get('name', type(model).__name__)} speech separator with {model.num_sources} outputs "
-                 f"({params / 1e6:.2f} M parameters" + (f", {rate} Hz" if rate else "") + f"), trained with hubbub "
-                 f"by {how}. Its backbone can start finetuning: `hubbub finetune pit --init {title} ...`.", "",
-                 "## Usage", "", "```python",
-                 "from hubbub.publish import from_pretrained",
-                 "from hubbub.separate import separate_waveform", "",
-                 f'model = from_pretrained("{title}")',
-                 f"sources = separate_waveform(model, mixture, sample_rate_hz={rate or 'RATE'})   # (T,) -> (S, T)",
-                 "```", "", "or from the shell: `hubbub separate DIR mixture.wav --out separated/`."]
-    if training:
-        lines += ["", "## Training", ""]
-        lines += _table(("stage", "steps", "target"),
-                        [(training.get("stage", "?"), training.get("steps", "?"), training.get("target", "?"))])
-        if training.get("final_metrics"):
-            lines += ["", "Final metrics:", ""] + _table(("metric", "value"), _flatten(training["final_metrics"]))
+        kind, params = ("av" if "video" in model.inputs else "separator"), model.parameters()
     data = card.get("data") or {}
     recipe = data.get("recipe") or {}
-    lines += ["", "## Training data", ""]
-    if recipe.get("name"):
-        lines += [f"Mixtures simulated with the hubbub recipe **{recipe['name']}**"
-                  + (f": {recipe['description']}." if recipe.get("description") else "."), ""]
-    rows = _recipe_rows(recipe, data)
-    if rows:
-        lines += _table(("property", "value"), rows) + [""]
     corpus = data.get("speech_corpus_name") or data.get("speech_corpus")
-    if corpus:
-        lines += [f"Speech: **{corpus}**"
-                  + (f", {data['speech_hours']:g} hours" if data.get("speech_hours") is not None else "")
-                  + (f" in {data['utterances']} utterances" if data.get("utterances") else "") + ".", ""]
-    lines += [f"Licences of the source audio: {', '.join(data.get('licences') or ['not recorded'])}."]
-    splits = data.get("splits") or {}
     speakers = data.get("speakers_per_split") or {}
-    if splits:
-        lines += ["", "### Splits", ""]
-        lines += _table(("split", "mixtures", "hours", "speakers"),
-                        [(name, s.get("num_samples", "?"), f"{s['hours']:g}" if "hours" in s else "?",
-                          speakers.get(name, "?")) for name, s in splits.items()])
-    lines += _pretraining_lines(data)
-    return "\n".join(lines) + "\n"
-
-
-def _pretraining_lines(data: dict) -> list[str]:
-    """What self-supervised stages add to the data card: unlabelled data, MixIT and codec settings."""
-    lines = []
-    recipe = data.get("recipe") or {}
-    if recipe.get("kind") == "recordings":
-        lines += ["", f"Unlabelled recordings from **{recipe.get('source', '?')}**, cut into "
-                      f"{recipe.get('segment_s', '?')} s segments at {recipe.get('sample_rate_hz', '?')} Hz "
-                      "(no sources known)."]
-    if mixit := data.get("mixit"):
-        lines += ["", f"MixIT: {mixit.get('num_outputs')} outputs, mixture consistency {mixit.get('consistency')}, "
-                      f"SNR threshold tau = {mixit.get('tau'):g}."]
-    if codec := data.get("codec"):
-        lines += ["", f"Codec tokens ({data.get('codec_task', '?')} task): EnCodec {codec.get('name', '?')}, "
-                      f"{codec.get('num_codebooks', '?')} codebooks of {codec.get('codebook_size', '?')} at "
-                      f"{codec.get('frame_rate_hz', '?')} Hz."]
-    if unlabelled := data.get("unlabelled"):
-        if isinstance(unlabelled, dict):
-            u_recipe = unlabelled.get("recipe") or {}
-            hours = sum(s.get("hours", 0) for s in (unlabelled.get("splits") or {}).values())
-            lines += ["", "## Unlabelled data (semi-supervised MixIT)", "",
-                      f"Corpus **{u_recipe.get('name') or u_recipe.get('source') or '?'}** "
-                      f"({hours:g} hours), MixIT loss weight {unlabelled.get('weight')}."]
-            rows = _recipe_rows(u_recipe, unlabelled.get("sources") or {})
-            if rows:
-                lines += [""] + _table(("property", "value"), rows)
-    return lines
+    unlabelled = data.get("unlabelled")
+    if isinstance(unlabelled, dict):
+        u_recipe = unlabelled.get("recipe") or {}
+        unlabelled = {"name": u_recipe.get("name") or u_recipe.get("source") or "?",
+                      "hours": f"{sum(s.get('hours', 0) for s in (unlabelled.get('splits') or {}).values()):g}",
+                      "weight": unlabelled.get("weight"),
+                      "rows": _recipe_rows(u_recipe, unlabelled.get("sources") or {})}
+    mixit = data.get("mixit")
+    return str(ModelCard.from_template(
+        metadata, template_str=CARD_TEMPLATE, title=title, kind=kind,
+        name=spec.get("name", "?" if kind == "backbone" else type(model).__name__),
+        num_sources=getattr(model, "num_sources", None),
+        params_m=f"{sum(p.numel() for p in params) / 1e6:.2f}", rate=rate or "RATE",
+        rate_note=f", {rate} Hz" if rate else "", how=STAGE_WORDS.get(training.get("stage"), "hubbub"),
+        training=training, metric_rows=_flatten(training.get("final_metrics") or {}),
+        recipe=recipe, recipe_rows=_recipe_rows(recipe, data),
+        speech=corpus and (f"Speech: **{corpus}**"
+                           + (f", {data['speech_hours']:g} hours" if data.get("speech_hours") is not None else "")
+                           + (f" in {data['utterances']} utterances" if data.get("utterances") else "") + "."),
+        licences=", ".join(data.get("licences") or ["not recorded"]),
+        split_rows=[(name, s.get("num_samples", "?"), f"{s['hours']:g}" if "hours" in s else "?",
+                     speakers.get(name, "?")) for name, s in (data.get("splits") or {}).items()],
+        recordings=recipe if recipe.get("kind") == "recordings" else None,
+        mixit=mixit and {**mixit, "tau": f"{mixit.get('tau'):g}"},
+        codec=data.get("codec"), codec_task=data.get("codec_task", "?"), unlabelled=unlabelled))
 
 
 def save_pretrained(model: Separator, out_dir: str | Path, *, card: dict) -> Path:
@@ -256,8 +310,7 @@ def save_pretrained(model: Separator, out_dir: str | Path, *, card: dict) -> Pat
     title = card.get("title") or out_dir.resolve().name
     metadata = ModelCardData(license=card.get("license") or "other", library_name="hubbub", tags=list(TAGS),
                              pipeline_tag="audio-to-audio")
-    readme = ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n{_card_body(model, card, title)}")
-    atomic_write_bytes(out_dir / README_NAME, str(readme).encode())
+    atomic_write_bytes(out_dir / README_NAME, _card_text(model, card, title, metadata).encode())
     atomic_write_json(out_dir / CARD_NAME, card)
     return out_dir
 

@@ -50,6 +50,8 @@ from torch import nn
 
 from hubbub.audio import AudioError, _open_source, probe, resample
 from hubbub.models import Separator, load_model
+from hubbub.sources.lips import LIPS_FRAME_TOLERANCE
+from hubbub.video import crop_roi, fit_frames, load_roi, num_video_frames, samples_per_frame
 
 RUN_CONFIG_NAME = "run.json"
 RUN_MODEL_DIR = "model"
@@ -93,8 +95,6 @@ def _chunking(sample_rate_hz: int, chunk_s: float, overlap_s: float, video, fps:
     overlap = round(overlap_s * sample_rate_hz)
     per_frame = 1
     if video is not None:
-        from hubbub.shards.reader import samples_per_frame
-
         per_frame = samples_per_frame(sample_rate_hz, fps)
         chunk, overlap = chunk // per_frame * per_frame, overlap // per_frame * per_frame
     if not 0 < overlap <= chunk // 2:
@@ -153,7 +153,7 @@ def _run_chunk(model: nn.Module, piece: np.ndarray, start: int, device: torch.de
         else:
             first = start // per_frame
             frames = video[first:first + math.ceil(len(piece) / per_frame)]
-            est = model(x, frames[None].to(device))
+            est = model(x, frames[None].to(device)).estimates   # an Extraction; its aux losses unused
     if est.dim() != 3 or est.shape[0] != 1 or est.shape[-1] != len(piece):
         raise ValueError(f"model returned shape {tuple(est.shape)} for input (1, {len(piece)}); "
                          f"expected (1, S, {len(piece)})")
@@ -320,10 +320,6 @@ def load_lips(path: str | Path, num_samples: int, sample_rate_hz: int, fps: int 
         ValueError: the frames cover a duration more than
             :data:`hubbub.sources.lips.LIPS_FRAME_TOLERANCE` frames off the audio's.
     """
-    from hubbub.sources.lips import LIPS_FRAME_TOLERANCE
-    from hubbub.video import fit_frames, load_roi
-    from hubbub.voices.lips import crop_roi, num_video_frames
-
     frames = load_roi(path)
     expected = num_video_frames(num_samples, sample_rate_hz, fps)
     if abs(len(frames) - expected) > LIPS_FRAME_TOLERANCE:
@@ -521,7 +517,7 @@ def separate_file(run_or_model_dir: str | Path, in_path: str | Path, out_dir: st
     file_rate, frames, _ = probe(in_path)
     if frames == 0:
         raise AudioError(in_path, "empty")
-    audio_visual = hasattr(model, "video")
+    audio_visual = "video" in model.inputs
     if audio_visual != (lips is not None):
         raise ValueError(f"{run_or_model_dir} is an audio-visual extractor: pass the target's mouth ROIs (--lips)"
                          if audio_visual else f"{run_or_model_dir} is an audio-only separator: it takes no lips")

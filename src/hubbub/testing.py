@@ -5,6 +5,7 @@ Everything here is deterministic from its ``seed`` and makes its own data (nothi
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import subprocess
@@ -15,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from hubbub.shards.format import (encode_audio, encode_json, encode_npy, encode_npy_zst, lips_member_name, quantize,
-                                  sample_key, shard_name)
+from hubbub.schema import SampleMeta, member_name
+from hubbub.shards.format import encode_audio, encode_json, encode_npy, encode_npy_zst, quantize, sample_key, shard_name
 from hubbub.shards.writer import ShardRecord, ShardWriter, build_index, write_sidecar
+from hubbub.sources.mouths import lip_stream
+from hubbub.video import num_video_frames
 
 
 def dummy_speech(rng: np.random.Generator, seconds: float, sample_rate_hz: int = 16000) -> np.ndarray:
@@ -55,18 +58,18 @@ def make_dummy_sample(split: str, index: int, *, num_speakers: int = 2, num_mics
         rir[:, 0] = 1.0
         rev = np.stack([np.convolve(dry, rir[m])[:n] for m in range(num_mics)]) * 0.5
         direct = np.stack([dry] * num_mics) * 0.5
-        members[f"s{s}.dry.flac"] = encode_audio(quantize(dry), sample_rate_hz)
-        members[f"s{s}.direct.flac"] = encode_audio(quantize(direct), sample_rate_hz)
-        members[f"s{s}.early.flac"] = encode_audio(quantize(direct), sample_rate_hz)
+        members[member_name("dry", s)] = encode_audio(quantize(dry), sample_rate_hz)
+        members[member_name("direct", s)] = encode_audio(quantize(direct), sample_rate_hz)
+        members[member_name("early", s)] = encode_audio(quantize(direct), sample_rate_hz)
         q = quantize(rev)
         q_rev.append(q)
-        members[f"s{s}.reverberant.flac"] = encode_audio(q, sample_rate_hz)
-        members[f"s{s}.rir.npy"] = encode_npy(rir)
+        members[member_name("reverberant", s)] = encode_audio(q, sample_rate_hz)
+        members[member_name("rir", s)] = encode_npy(rir)
         sources_meta.append({"speaker": f"spk{rng.integers(100):03d}", "sir_db": float(rng.uniform(-5, 5)),
                              "offset_s": 0.0, "path": f"dummy/{index}_{s}.wav", "licence": "CC0-1.0"})
     q_noise = quantize(0.01 * rng.standard_normal((num_mics, n)))
-    members["noise.flac"] = encode_audio(q_noise, sample_rate_hz)
-    members["mix.flac"] = encode_audio(sum(q_rev) + q_noise, sample_rate_hz)
+    members[member_name("noise")] = encode_audio(q_noise, sample_rate_hz)
+    members[member_name("mix")] = encode_audio(sum(q_rev) + q_noise, sample_rate_hz)
     meta = {
         "key": key, "split": split, "index": index, "sample_rate_hz": sample_rate_hz,
         "num_samples": n, "duration_s": n / sample_rate_hz, "num_speakers": num_speakers,
@@ -77,8 +80,6 @@ def make_dummy_sample(split: str, index: int, *, num_speakers: int = 2, num_mics
         "sources": sources_meta,
     }
     if lips:  # after every draw from rng: samples without lips stay as they were
-        from hubbub.voices.lips import num_video_frames
-
         meta["targets"].append("lips")
         num_frames = num_video_frames(n, sample_rate_hz)
         for s, dry in enumerate(drys):
@@ -86,7 +87,7 @@ def make_dummy_sample(split: str, index: int, *, num_speakers: int = 2, num_mics
             sources_meta[s]["lips"] = {"kind": "phonemes", "fps": 25, "num_frames": num_frames, "seed": index,
                                        "phoneme_set": "cmu", "phonemes": phonemes}
             frames = _mouths(sources_meta[s]["speaker"], phonemes, num_frames, index)
-            members[lips_member_name(s)] = encode_npy_zst(frames)
+            members[member_name("lips", s)] = encode_npy_zst(frames)
     members["json"] = encode_json(meta)
     return members
 
@@ -110,8 +111,6 @@ def envelope_phonemes(x: np.ndarray, sample_rate_hz: int) -> list[list]:
 
 
 def _mouths(speaker: str, phonemes: list, num_frames: int, seed: int) -> np.ndarray:
-    from hubbub.voices.lips import lip_stream
-
     return lip_stream({"speaker": speaker, "phoneme_set": "cmu", "phonemes": phonemes}, num_frames, seed=seed)
 
 
@@ -132,12 +131,20 @@ def make_corpus_from_samples(out_dir: str | Path, samples: list[dict]) -> Path:
                 if meta["split"] == split:
                     w.write(m)
                     rec.keys.append(m["__key__"])
-                    rec.durations_s.append(meta["duration_s"])
+                    # a damaged JSON (what a test may have broken) still gets its stored duration
+                    rec.durations_s.append(_duration_s(meta))
         rec.num_planned = rec.num_samples
         write_sidecar(rec, out_dir, w)
         records.append(rec)
     build_index(out_dir, records, recipe={"name": "test"})
     return out_dir
+
+
+def _duration_s(meta: dict) -> float:
+    try:
+        return SampleMeta.from_dict(meta).duration_s
+    except ValueError:
+        return meta["duration_s"]
 
 
 def make_dummy_corpus(out_dir: str | Path, *, splits: dict[str, int] | None = None,
@@ -257,11 +264,9 @@ def make_av_folder(out_dir: str | Path, *, layout: str = "lrs", num_speakers: in
     """A tiny audio-visual corpus laid out like LRS3 (``trainval/<talk>/<5 digits>.wav``) or
     VoxCeleb2 (``id<5 digits>/<video>/<5 digits>.wav``): :func:`dummy_speech` audio and, per
     utterance (one ROI file per audio file, as real corpora have), its mouth frames
-    ``(ceil(seconds * 25), 96, 96)`` uint8 drawn by :mod:`hubbub.voices.lips` from
+    ``(ceil(seconds * 25), 96, 96)`` uint8 drawn by :mod:`hubbub.sources.mouths` from
     :func:`envelope_phonemes` (the mouth opens where the audio is loud). ROI files go beside the
     audio with the same stem, or at the same relative path under ``lips_dir``."""
-    from hubbub.voices.lips import num_video_frames
-
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     for s in range(num_speakers):
@@ -281,8 +286,6 @@ def make_bad_rois(out_dir: str | Path, sample_rate_hz: int = 16000) -> dict[str,
     """Utterances with ROI files a real AV corpus may hold, in an LRS-style folder
     ``trainval/badtalk/`` of ``out_dir``; returns {audio path: expected skip reason}. Also writes
     one that must be kept: 88x88 frames (resized on load), 2 frames more than its audio's."""
-    from hubbub.voices.lips import num_video_frames
-
     d = Path(out_dir) / "trainval" / "badtalk"
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
@@ -503,3 +506,66 @@ def request_bytes(entry: dict, sizes: dict[str, int] | None = None) -> int:
     if sizes is None or name not in sizes:
         raise ValueError(f"a GET of all of {name}: pass its size in sizes to count it")
     return sizes[name]
+
+
+def make_random_codec(out_dir: str | Path, *, seed: int = 0, codebook_size: int = 64,
+                      sample_rate_hz: int = 24000, upsampling_ratios: tuple[int, ...] = (8, 5, 4, 2),
+                      num_codebooks: tuple[int, ...] = (2, 4, 8), num_filters: int = 4,
+                      hidden_size: int = 16) -> Path:
+    """Save a tiny, randomly initialised EnCodec (about 170k parameters) for tests and offline demos.
+
+    Its bandwidths are those giving ``num_codebooks`` codebooks (0.9, 1.8, 3.6 kbps by default
+    at 75 Hz with 64 codes: ``load_codec`` picks the smallest, Q = 2). Encoding 8 x 1 s takes
+    tens of milliseconds on a CPU.
+
+    transformers initialises the RVQ codebooks to zeros, which maps every frame to code 0; here
+    each codebook is drawn from encoder frames of dummy speech and noise (the residuals left by
+    the codebooks before it), so different audio gives varied codes across the vocabulary.
+    Deterministic from ``seed``; leaves the global torch RNG as it was.
+    """
+    # imported here: torch and transformers take seconds to load, and most tests need neither
+    import torch
+    from transformers import EncodecConfig, EncodecModel
+
+    hop = int(np.prod(upsampling_ratios))
+    frame_rate = math.ceil(sample_rate_hz / hop)  # what EncodecConfig.frame_rate uses for bandwidths
+    bits = math.log2(codebook_size)
+    bandwidths = [round(q * bits * frame_rate / 1000, 9) for q in num_codebooks]
+    config = EncodecConfig(sampling_rate=sample_rate_hz, target_bandwidths=bandwidths,
+                           codebook_size=codebook_size, upsampling_ratios=list(upsampling_ratios),
+                           num_filters=num_filters, hidden_size=hidden_size, num_lstm_layers=1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = EncodecModel(config).eval()
+    got = [model.quantizer.get_num_quantizers_for_bandwidth(b) for b in bandwidths]
+    if got != list(num_codebooks):
+        raise ValueError(f"bandwidths {bandwidths} give {got} codebooks, not {list(num_codebooks)}")
+
+    rng = np.random.default_rng(seed)
+    calibration = [dummy_speech(rng, 1.0, sample_rate_hz) * rng.uniform(0.2, 5.0) for _ in range(12)]
+    calibration += [0.05 * rng.uniform(0.1, 1.0) * rng.standard_normal(sample_rate_hz).astype(np.float32)
+                    for _ in range(4)]
+    with torch.no_grad():
+        audio = torch.from_numpy(np.stack(calibration))[:, None, :]
+        frames = model.encoder(audio)  # (N, D, L)
+        # A random encoder's frames sit in a small cloud around a large mean (its last bias): the
+        # distances between codewords would then drown in float32 rounding and codes would flip
+        # with the batch size. Standardise them by rescaling the last convolution.
+        mean, std = frames.mean(dim=(0, 2)), frames.std(dim=(0, 2)) + 1e-8
+        last = model.encoder.layers[-1].conv
+        last.parametrizations.weight.original0.div_(std[:, None, None])
+        last.bias.sub_(mean).div_(std)
+        frames = model.encoder(audio)
+        residual = frames.permute(0, 2, 1).reshape(-1, frames.shape[1])
+        for layer in model.quantizer.layers:
+            book = layer.codebook
+            picks = rng.choice(len(residual), codebook_size, replace=len(residual) < codebook_size)
+            embed = residual[torch.from_numpy(picks)].clone()
+            embed += 1e-3 * embed.std() * torch.from_numpy(rng.standard_normal(embed.shape).astype(np.float32))
+            book.embed.copy_(embed)
+            book.embed_avg.copy_(embed)
+            book.cluster_size.fill_(1.0)
+            residual = residual - embed[book.quantize(residual)]
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    return out_dir

@@ -1,10 +1,14 @@
-"""Mouth regions of interest (ROI) from files: the lip streams of audio-visual corpora and inputs.
+"""Lip streams: their geometry (frame rate, frame sizes, frame counts, the models' crop) and
+mouth regions of interest (ROI) read from files. Everything audio-visual takes these from here.
 
-A lip stream is ``uint8`` of shape ``(frames, 96, 96)``: grayscale mouth crops at 25 fps, frame
-``k`` covering ``[k / 25, (k + 1) / 25)`` s of its utterance's audio (640 samples at 16 kHz).
-Models crop it to 88x88 when they load it (:func:`hubbub.voices.lips.crop_roi`). One ROI file
-belongs to one utterance (one audio file, one face), never to a mixture: ``hubbub simulate``
-places each source's stream on the mixture's time axis itself.
+A lip stream is ``uint8`` of shape ``(frames, 96, 96)``: grayscale mouth crops at 25 fps
+(:data:`FPS`, :data:`ROI_SIZE`), frame ``k`` covering ``[k / 25, (k + 1) / 25)`` s of its
+utterance's audio, i.e. samples ``[k * sr / 25, (k + 1) * sr / 25)`` (640 at 16 kHz), so ``T``
+samples have :func:`num_video_frames` ``= ceil(T * 25 / sr)`` frames and a crop of the audio at
+sample ``s`` (a multiple of 640) starts at frame ``s // 640``. Models see 88x88 crops
+(:data:`CROP_SIZE`, :func:`crop_roi`). One ROI file belongs to one utterance (one audio file,
+one face), never to a mixture: ``hubbub simulate`` places each source's stream on the mixture's
+time axis itself.
 
 :func:`load_roi` reads what LRS2/LRS3/VoxCeleb2 preparations store:
 
@@ -28,19 +32,58 @@ Every refusal is a ``ValueError`` that names the file: pickled (object) arrays, 
 """
 from __future__ import annotations
 
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 FPS = 25                      # frames per second of every lip stream
 ROI_SIZE = 96                 # stored frames are ROI_SIZE x ROI_SIZE
-MIN_ROI_SIZE = 88             # the models' crop: smaller frames cannot be used
+CROP_SIZE = 88                # the models' crop (random in training, central otherwise):
+                              # smaller frames cannot be used
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 ROI_EXTENSIONS = (".npy", ".npz")
 NPZ_KEY = "data"
 _LUMA_BT601 = np.array([0.299, 0.587, 0.114])
+
+
+def num_video_frames(num_samples: int, sample_rate_hz: int, fps: float = FPS) -> int:
+    """Frames covering ``num_samples`` of audio: ``ceil(num_samples * fps / sample_rate_hz)``."""
+    if float(fps).is_integer():
+        return -(-num_samples * int(fps) // sample_rate_hz)  # exact in integers
+    return math.ceil(num_samples * fps / sample_rate_hz - 1e-9)
+
+
+def samples_per_frame(sample_rate_hz: int, fps: int = FPS) -> int:
+    """Audio samples per video frame (640 at 16 kHz); the rate must hold whole frames."""
+    if sample_rate_hz % fps:
+        raise ValueError(f"{sample_rate_hz} Hz does not hold a whole number of samples per {fps} fps frame")
+    return sample_rate_hz // fps
+
+
+def crop_roi(frames, size: int = CROP_SIZE, *, train: bool, rng=None):
+    """Crop the last two axes of ``(F, H, W)`` or ``(..., F, H, W)`` frames to ``size`` squared.
+
+    Evaluation (``train=False``) takes the centre crop; training takes one random offset for the
+    whole clip (the lips must not jump between frames), drawn from ``rng``: a
+    ``numpy.random.Generator`` or an int seed, derived from the sample's identity. Works on numpy
+    arrays and torch tensors alike and returns a view of the same type.
+    """
+    height, width = frames.shape[-2], frames.shape[-1]
+    if height < size or width < size:
+        raise ValueError(f"frames of {height}x{width} are smaller than the {size}x{size} crop")
+    if train:
+        if rng is None:
+            raise ValueError("train=True needs rng (a Generator or an int seed from the sample)")
+        rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+        top = int(rng.integers(0, height - size + 1))
+        left = int(rng.integers(0, width - size + 1))
+    else:
+        top, left = (height - size) // 2, (width - size) // 2
+    return frames[..., top:top + size, left:left + size]
 
 
 @dataclass(frozen=True)
@@ -102,8 +145,6 @@ def probe_roi(path: str | Path) -> RoiInfo:
         files = _image_files(path)
         if not files:
             raise ValueError(f"{path}: a ROI folder needs frame images ({', '.join(IMAGE_EXTENSIONS)}), found none")
-        from PIL import Image, UnidentifiedImageError
-
         try:
             with Image.open(files[0]) as im:
                 width, height = im.size
@@ -175,8 +216,6 @@ def _read_array(path: Path) -> np.ndarray:
 
 
 def _read_frames(folder: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     files = _image_files(folder)
     if not files:
         raise ValueError(f"{folder}: a ROI folder needs frame images ({', '.join(IMAGE_EXTENSIONS)}), found none")
@@ -219,16 +258,14 @@ def _to_gray_uint8(path: Path, x: np.ndarray) -> np.ndarray:
 def _resize(path: Path, frames: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop to a square, then resize every frame to ``size`` x ``size`` (bicubic)."""
     _, height, width = frames.shape
-    if min(height, width) < MIN_ROI_SIZE:
-        raise ValueError(f"{path}: ROI frames of {height}x{width} are smaller than the {MIN_ROI_SIZE}x"
-                         f"{MIN_ROI_SIZE} crop the models take; re-crop the mouths at {size}x{size}")
+    if min(height, width) < CROP_SIZE:
+        raise ValueError(f"{path}: ROI frames of {height}x{width} are smaller than the {CROP_SIZE}x"
+                         f"{CROP_SIZE} crop the models take; re-crop the mouths at {size}x{size}")
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
     frames = frames[:, top:top + side, left:left + side]
     if side == size:
         return np.ascontiguousarray(frames)
-    from PIL import Image
-
     resample = Image.Resampling.BICUBIC
     return np.stack([np.asarray(Image.fromarray(f).resize((size, size), resample), dtype=np.uint8)
                      for f in frames])

@@ -133,7 +133,8 @@ def test_av_stage_refuses_a_corpus_without_lips(tmp_path):
 @pytest.fixture(scope="module")
 def av_run(av_corpus, tmp_path_factory):
     run = tmp_path_factory.mktemp("avrun") / "run"
-    assert main(["finetune", "av", "--shards", str(av_corpus), "--out", str(run), "--set", "steps=2",
+    assert main(["finetune", "av", "--shards", str(av_corpus), "--config", "av_debug", "--out", str(run),
+                 "--set", "steps=2",
                  "--set", "data.crop_s=0.48", "--set", "data.batch_size=2", "--set", "data.valid_max_samples=2"]) == 0
     return run
 
@@ -181,8 +182,8 @@ def test_av_stage_runs_under_two_processes(av_corpus, tmp_path):
     from pathlib import Path
 
     config = Path(__file__).parents[2] / "cluster" / "accelerate" / "cpu-2proc.yaml"
-    common = ["--shards", str(av_corpus), "--set", "steps=3", "--set", "data.crop_s=0.48", "--set", "log_every=1",
-              "--set", "log_sample_keys=true"]
+    common = ["--shards", str(av_corpus), "--config", "av_debug", "--set", "steps=3", "--set", "data.crop_s=0.48",
+              "--set", "log_every=1", "--set", "log_sample_keys=true"]
     res = subprocess.run(hubbub_launch(config, "finetune", "av", "--out", str(tmp_path / "two"), *common,
                                        "--set", "data.batch_size=2"),
                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -211,5 +212,5 @@ def test_a_published_av_run_says_it_needs_lips_and_loads(av_run, tmp_path):
     assert "target-speaker extractor" in card and "--lips" in card
     assert "| av | 2 | reverberant |" in card
     model = from_pretrained(out)
-    est = model(torch.zeros(1, 8000), torch.zeros(1, 25, 88, 88, dtype=torch.uint8))
+    est = model(torch.zeros(1, 8000), torch.zeros(1, 25, 88, 88, dtype=torch.uint8)).estimates
     assert est.shape == (1, 1, 8000)

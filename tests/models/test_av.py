@@ -31,27 +31,30 @@ def debug_model() -> AVExtractor:
 
 
 def test_shapes_and_aux_losses(debug_model):
-    est = debug_model(_mix(), _video())
+    assert debug_model.inputs == ("mix", "video")
+    est, aux = debug_model(_mix(), _video())
     assert est.shape == (2, 1, 16000)
-    assert set(debug_model.aux_losses) == {"vq", "recon"}
+    assert set(aux) == {"vq", "recon"}
     # (B, 1, T) mixtures, odd lengths, 96x96 shard crops; no reconstruction loss in eval
     debug_model.eval()
-    assert debug_model(_mix(samples=12345)[:, None], _video(frames=19, size=96)).shape == (2, 1, 12345)
-    assert set(debug_model.aux_losses) == {"vq"}
+    out = debug_model(_mix(samples=12345)[:, None], _video(frames=19, size=96))
+    assert out.estimates.shape == (2, 1, 12345)
+    assert set(out.aux_losses) == {"vq"}
+    assert not hasattr(debug_model, "aux_losses")  # returned, never stored on the model
 
 
 def test_debug_config_is_small_and_fast(debug_model):
     assert sum(p.numel() for p in debug_model.parameters()) < 200_000
     mix, video = _mix(), _video()
-    debug_model(mix, video).square().mean().backward()                   # warm-up
+    debug_model(mix, video).estimates.square().mean().backward()         # warm-up
     start = time.perf_counter()
-    est = debug_model(mix, video)
-    (est.square().mean() + sum(debug_model.aux_losses.values())).backward()
+    est, aux = debug_model(mix, video)
+    (est.square().mean() + sum(aux.values())).backward()
     assert time.perf_counter() - start < 1.0
 
 
 def test_gradients_reach_audio_fusion_and_video(debug_model):
-    est = debug_model(_mix(), _video())
+    est = debug_model(_mix(), _video()).estimates
     est.square().mean().backward()                                         # separation loss only
     for name in ("backbone.encoder.conv.weight", "backbone.blocks.0.proj_in.0.weight", "fusion.proj.0.weight",
                  "video.stem.0.weight", "video.semantic.0.weight", "head.proj.weight"):
@@ -117,13 +120,29 @@ def test_glaunet_backbone_loads_strictly(tmp_path, debug_model):
                                rtol=0, atol=0)
 
 
+def test_the_video_is_fused_on_the_backbones_own_forward(debug_model):
+    """The fusion runs after fusion_layer block applications of GLAUNetBackbone.forward, which the
+    extractor calls rather than copies; a separator declares the mixture as its only input."""
+    assert build_model("glaunet", num_sources=2, **model_config("glaunet", "debug")).inputs == ("mix",)
+    debug_model.eval()
+    mix, b = _mix(), debug_model.backbone
+    with torch.no_grad():
+        feats = debug_model.video(_video()).features
+        x = b.bottleneck(b.norm(b.encoder(mix)))
+        for i, block in enumerate(block for _ in range(b.num_repeats) for block in b.blocks):
+            if i == debug_model.fusion_layer:
+                x = debug_model.fusion(x, feats)
+            x = block(x)
+        torch.testing.assert_close(debug_model.audio_features(mix, feats).frames, x, rtol=0, atol=0)
+
+
 def test_video_matters(debug_model):
     debug_model.eval()
     mix = _mix()
     with torch.no_grad():
-        a = debug_model(mix, _video(seed=0))
-        b = debug_model(mix, _video(seed=1))
-        again = debug_model(mix, _video(seed=0))
+        a = debug_model(mix, _video(seed=0)).estimates
+        b = debug_model(mix, _video(seed=1)).estimates
+        again = debug_model(mix, _video(seed=0)).estimates
     assert torch.equal(a, again)
     assert (a - b).abs().max() > 1e-4 * a.abs().max()
 
@@ -139,8 +158,9 @@ def test_resnet18_front_end():
     out = front(_video(batch=1, frames=3, size=32))
     assert out.features.shape == (1, 64, 3) and out.tokens is None and out.vq_loss is None
     model = avextractor(**AV_CONFIGS["debug"] | {"video": "resnet18"})
-    assert model(_mix(batch=1, samples=1600), _video(batch=1, frames=3, size=32)).shape == (1, 1, 1600)
-    assert model.aux_losses == {}
+    est, aux = model(_mix(batch=1, samples=1600), _video(batch=1, frames=3, size=32))
+    assert est.shape == (1, 1, 1600)
+    assert aux == {}
 
 
 def test_count_av_and_paper_size(debug_model):

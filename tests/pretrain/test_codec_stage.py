@@ -6,14 +6,14 @@ import torch
 from safetensors.torch import load_file
 
 from hubbub.cli import main
-from hubbub.codec import Codec, make_random_codec
-from hubbub.finetune import PITStage, finetune_pit
+from hubbub.codec import Codec
+from hubbub.finetune import PITStage
 from hubbub.losses import pit_from_matrix
 from hubbub.models import load_model
 from hubbub.pretrain import pretrain_codec
 from hubbub.pretrain.codec import codebook_weights, mask_waveform, span_mask, token_nll
 from hubbub.publish import from_pretrained, publish_run
-from hubbub.testing import make_dummy_corpus
+from hubbub.testing import make_dummy_corpus, make_random_codec
 from hubbub.train import load_train_config
 
 
@@ -101,7 +101,8 @@ def test_masked_token_pretraining_learns_and_hands_on_its_backbone(tmp_path, cor
     assert json.loads((published / "data_card.json").read_text())["training"]["stage"] == "codec"
     with pytest.raises(ValueError, match="finetune"):
         from_pretrained(published)
-    assert main(["finetune", "pit", "--shards", str(corpus), "--init", str(published), "--out", str(tmp_path / "ft"),
+    assert main(["finetune", "pit", "--shards", str(corpus), "--config", "pit_debug", "--init", str(published),
+                 "--out", str(tmp_path / "ft"),
                  "--set", "steps=2", "--set", "data.crop_s=0.5", "--set", "ckpt_every=2"]) == 0
 
 
@@ -117,12 +118,13 @@ def test_sources_task_reads_cached_tokens_without_running_the_codec(tmp_path, co
         raise AssertionError("the codec ran although the tokens are cached")
 
     monkeypatch.setattr(Codec, "encode", no_codec)
-    assert main(["pretrain", "codec", "--shards", str(tokenised), "--codec", str(codec), "--out", str(tmp_path / "run"),
+    assert main(["pretrain", "codec", "--shards", str(tokenised), "--codec", str(codec), "--config", "codec_debug",
+                 "--out", str(tmp_path / "run"),
                  "--set", "codec.task=sources", "--set", "codec.cached=require", "--set", "steps=3",
                  "--set", "data.crop_s=0.5", "--set", "ckpt_every=3"]) == 0
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["data_card"]["tokens_cached"] is True and run["status"] == "done"
     # without cached tokens, "require" is a clear error
-    assert main(["pretrain", "codec", "--shards", str(corpus), "--codec", str(codec), "--out", str(tmp_path / "bad"),
-                 "--set", "codec.cached=require"]) == 2
+    assert main(["pretrain", "codec", "--shards", str(corpus), "--codec", str(codec), "--config", "codec_debug",
+                 "--out", str(tmp_path / "bad"), "--set", "codec.cached=require"]) == 2
     assert "hubbub shards tokens" in capsys.readouterr().err

@@ -78,7 +78,8 @@ def test_two_processes_match_one_process(tmp_path, corpus):
     steps = 4
     pretrain_mixit(_cfg(corpus, f"steps={steps}", "data.batch_size=2"), tmp_path / "one")
     config = Path(__file__).parents[2] / "cluster" / "accelerate" / "cpu-2proc.yaml"
-    cmd = hubbub_launch(config, "pretrain", "mixit", "--shards", str(corpus), "--out", str(tmp_path / "two"),
+    cmd = hubbub_launch(config, "pretrain", "mixit", "--shards", str(corpus), "--config", "mixit_debug", "--out",
+                        str(tmp_path / "two"),
                         "--set", "data.crop_s=0.5", "--set", "log_every=1", "--set", "ckpt_every=4",
                         "--set", f"steps={steps}", "--set", "data.batch_size=1")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -93,7 +94,8 @@ def test_two_processes_match_one_process(tmp_path, corpus):
 def test_mixit_from_a_folder_of_recordings(tmp_path, capsys):
     folder = make_speech_folder(tmp_path / "recordings", num_speakers=4, utterances_per_speaker=3)
     out = tmp_path / "run"
-    assert main(["pretrain", "mixit", "--recordings", str(folder), "--out", str(out), "--set", "steps=3",
+    assert main(["pretrain", "mixit", "--recordings", str(folder), "--config", "mixit_debug", "--out", str(out),
+                 "--set", "steps=3",
                  "--set", "data.crop_s=0.5", "--set", "mixit.segment_s=1.0", "--set", "data.batch_size=2",
                  "--set", "ckpt_every=3"]) == 0
     run = json.loads((out / "run.json").read_text())

@@ -300,8 +300,8 @@ def test_cli_ingest_then_finetune_and_evaluate(libri, tmp_path, capsys):
     corpus = tmp_path / "libri2mix"
     assert main(["shards", "ingest", str(root), "--out", str(corpus), "--mixture", "mix_clean", "--quiet"]) == 0
     run = tmp_path / "run"
-    assert main(["finetune", "pit", "--shards", str(corpus), "--out", str(run), "--set", "steps=2",
-                 "--set", "data.crop_s=0.25", "--set", "data.batch_size=2"]) == 0
+    assert main(["finetune", "pit", "--shards", str(corpus), "--config", "pit_debug", "--out", str(run),
+                 "--set", "steps=2", "--set", "data.crop_s=0.25", "--set", "data.batch_size=2"]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(run), "--shards", str(corpus), "--split", "test", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from hubbub.cli import main
-from hubbub.shards.format import (array_member, decode_array, decode_sample, encode_npy, encode_npy_zst,
-                                  lips_member_name)
+from hubbub.schema import member_name
+from hubbub.shards.format import array_member, decode_array, decode_sample, encode_npy, encode_npy_zst
 from hubbub.shards.reader import ShardDataset
 from hubbub.shards.verify import verify_corpus
 from hubbub.simulate import load_recipe, simulate
 from hubbub.simulate.sample import render
 from hubbub.testing import make_av_folder, make_corpus_from_samples, make_dummy_sample
+from hubbub.sources.mouths import mouth_shapes, render_lips
 from hubbub.video import load_roi
-from hubbub.voices.lips import mouth_shapes, render_lips
 
 FRAMES = 75  # 3 s at 25 fps
 
@@ -74,7 +74,7 @@ STREAMS = {
 @pytest.mark.parametrize("make", STREAMS.values(), ids=STREAMS.keys())
 def test_lip_streams_round_trip_exactly(make):
     frames = make()
-    out = decode_array(lips_member_name(0), encode_npy_zst(frames))
+    out = decode_array(member_name("lips", 0), encode_npy_zst(frames))
     assert out.dtype == np.uint8 and out.shape == frames.shape
     np.testing.assert_array_equal(out, frames)
 
@@ -91,9 +91,9 @@ def test_roi_file_streams_round_trip_exactly_at_about_half_the_bytes(lrs):
 def test_an_av_corpus_written_now_stores_compressed_lips_verifies_and_reads_as_the_raw_frames(av_corpus):
     samples = raw_samples(av_corpus)
     lips = sorted(n for s in samples for n in s if ".lips." in n)
-    assert lips == sorted(lips_member_name(k) for _ in samples for k in range(2))
+    assert lips == sorted(member_name("lips", k) for _ in samples for k in range(2))
     for s in samples:  # about half the raw frames' bytes (the rendered sensor noise bounds the ratio)
-        assert all(len(s[lips_member_name(k)]) < 0.6 * FRAMES * 96 * 96 for k in range(2))
+        assert all(len(s[member_name("lips", k)]) < 0.6 * FRAMES * 96 * 96 for k in range(2))
     report = verify_corpus(av_corpus)
     assert report.ok, report.format()
     items = read(av_corpus, roi_crop=None)

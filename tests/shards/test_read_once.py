@@ -46,7 +46,7 @@ def _yielded_bytes(url: str, keys: list[str]) -> tuple[int, int]:
 
 
 def _run(url: str, out: Path, processes: int, workers: int) -> list[list[str]]:
-    args = ["finetune", "pit", "--shards", url, "--out", str(out), "--set", "data.crop_s=0.5",
+    args = ["finetune", "pit", "--shards", url, "--config", "pit_debug", "--out", str(out), "--set", "data.crop_s=0.5",
             "--set", f"steps={TRAIN // GLOBAL_BATCH}", "--set", f"data.batch_size={GLOBAL_BATCH // processes}",
             "--set", f"data.num_workers={workers}", "--set", "log_sample_keys=true", "--set", "eval_every=0"]
     res = subprocess.run(hubbub_launch(CONFIG, *args, num_processes=processes), capture_output=True, text=True,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hubbub.shards.tokens as tokens
-from hubbub.codec import load_codec, make_random_codec, token_span
+from hubbub.codec import load_codec, token_span
 from hubbub.shards.format import decode_audio, decode_npy, encode_npy
 from hubbub.shards.reader import ShardDataset, ShardLoader
 from hubbub.shards.stats import corpus_stats
@@ -16,7 +16,7 @@ from hubbub.shards.tokens import CodecMismatchError, add_codec_tokens, token_rec
 from hubbub.shards.verify import verify_corpus
 from hubbub.shards.writer import (ShardWriter, atomic_write_json, load_index, read_sidecar, sha256_file,
                                   sidecar_path, write_sidecar)
-from hubbub.testing import make_dummy_corpus
+from hubbub.testing import make_dummy_corpus, make_random_codec
 
 SAMPLE_RATE_HZ, SECONDS = 8000, 0.5
 NUM_SAMPLES = int(SAMPLE_RATE_HZ * SECONDS)

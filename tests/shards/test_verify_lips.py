@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import zstandard
 
-from hubbub.shards.format import decode_array, encode_json, encode_npy, encode_npy_zst, lips_member_name
+from hubbub.schema import member_name
+from hubbub.shards.format import decode_array, encode_json, encode_npy, encode_npy_zst
 from hubbub.shards.verify import verify_corpus
 from hubbub.testing import make_corpus_from_samples, make_dummy_sample
 
@@ -20,7 +21,7 @@ def av_sample(index=0, encoding="npy.zst", **changes):
     members changed by ``changes`` (``s0__lips=...`` sets source 0's lip member; ``None`` removes it)."""
     members = make_dummy_sample("train", index, num_speakers=2, seconds=1.0, sample_rate_hz=16000, lips=True)
     for k in range(2):
-        frames = decode_array(lips_member_name(k), members.pop(lips_member_name(k)))
+        frames = decode_array(member_name("lips", k), members.pop(member_name("lips", k)))
         members[f"s{k}.lips.{encoding}"] = ENCODERS[encoding](frames)
     for name, value in changes.items():
         name = name.replace("__", ".") + f".{encoding}"

@@ -16,13 +16,13 @@ from hubbub.simulate.recipe import DEFAULT_TARGETS, preset_names, recipe_from_di
 from hubbub.simulate.sample import render
 from hubbub.sources.lips import roi_frame_indices
 from hubbub.testing import make_av_folder, make_bad_rois, make_simulator, simulate_one
-from hubbub.video import load_roi
+from hubbub.sources.mouths import VISEMES, mouth_shapes
+from hubbub.video import load_roi, num_video_frames
 from hubbub.voices import available_synthesizers, make_voices
-from hubbub.voices.lips import VISEMES, mouth_shapes, num_video_frames
 
 needs_voices = pytest.mark.skipif(not available_synthesizers(),
                                   reason="needs espeak-ng or flite (apt-get install espeak-ng flite)")
-DARK = 50  # grey level below which a pixel is mouth interior (as in tests/voices/test_lips.py)
+DARK = 50  # grey level below which a pixel is mouth interior (as in tests/sources/test_mouths.py)
 # Content hashes of the presets before lips existed: adding the target must not move them.
 PRESET_HASHES = {"anechoic_2spk": "188907a391c179a4", "debug": "77b7a2e0d2944c71", "librimix": "0993ec3e5664f0c2",
                  "mixit": "6dd41a1911db6ccd", "smswsj": "aa8d8987e17c0d27", "sparse": "2288cfb4e306b859",

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hubbub.codec import make_random_codec
 from hubbub.finetune import PITStage, finetune_pit
 from hubbub.pretrain import pretrain_codec
-from hubbub.testing import hubbub_launch
+from hubbub.testing import hubbub_launch, make_random_codec
 from hubbub.train import load_train_config
 
 CONFIG = Path(__file__).parents[2] / "cluster" / "accelerate" / "cpu-2proc.yaml"
@@ -23,9 +22,9 @@ def _cfg(corpus, *extra):
 
 
 def _launch(corpus, out: Path, num_processes: int, *sets: str) -> None:
-    args = ["finetune", "pit", "--shards", str(corpus), "--out", str(out), "--set", "data.crop_s=0.5",
-            "--set", "log_every=1", "--set", f"ckpt_every={STOP}", "--set", f"steps={STEPS}",
-            "--set", "log_sample_keys=true"]
+    args = ["finetune", "pit", "--shards", str(corpus), "--config", "pit_debug", "--out", str(out),
+            "--set", "data.crop_s=0.5", "--set", "log_every=1", "--set", f"ckpt_every={STOP}",
+            "--set", f"steps={STEPS}", "--set", "log_sample_keys=true"]
     for s in sets:
         args += ["--set", s]
     res = subprocess.run(hubbub_launch(CONFIG, *args, num_processes=num_processes), capture_output=True, text=True,

@@ -44,7 +44,8 @@ def test_two_commands_on_one_run_folder_at_once(tmp_path, corpus):
     """Real processes: the second exits 2 with one line while the first trains on, and the first's
     log has every step once and no half-written checkpoint is left."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "hubbub.cli", "finetune", "pit", "--shards", str(corpus), "--out", str(run),
+    cmd = [sys.executable, "-m", "hubbub.cli", "finetune", "pit", "--shards", str(corpus), "--config", "pit_debug",
+           "--out", str(run),
            "--set", "data.crop_s=0.5", "--set", "log_every=1", "--set", "ckpt_every=5", "--set", "eval_every=0",
            "--set", "steps=80"]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -76,7 +77,8 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_says_so(t
         return real_write(path, data)
 
     monkeypatch.setattr(Path, "write_bytes", write_bytes)
-    args = ["finetune", "pit", "--shards", str(corpus), "--out", str(run), "--set", "data.crop_s=0.5",
+    args = ["finetune", "pit", "--shards", str(corpus), "--config", "pit_debug", "--out", str(run),
+            "--set", "data.crop_s=0.5",
             "--set", "log_every=1", "--set", "ckpt_every=2", "--set", "eval_every=0", "--set", "steps=6"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()  # the progress bar, then one line

@@ -39,7 +39,8 @@ def test_a_killed_run_resumes_and_logs_the_same_losses(tmp_path, corpus):
     steps = 40
     finetune_pit(_cfg(corpus, f"steps={steps}"), tmp_path / "full")
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "hubbub.cli", "finetune", "pit", "--shards", str(corpus), "--out", str(out),
+    cmd = [sys.executable, "-m", "hubbub.cli", "finetune", "pit", "--shards", str(corpus), "--config", "pit_debug",
+           "--out", str(out),
            "--set", "data.crop_s=0.5", "--set", "log_every=1", "--set", "ckpt_every=4", "--set", f"steps={steps}"]
     # one intra-op thread, like this test process: float sums in the same order, bit-equal losses
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -63,7 +64,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, co
     finetune_pit(_cfg(corpus, f"steps={steps}", "data.batch_size=4", "log_sample_keys=true"), tmp_path / "one")
     out = tmp_path / "two"
     config = Path(__file__).parents[2] / "cluster" / "accelerate" / "cpu-2proc.yaml"
-    cmd = hubbub_launch(config, "finetune", "pit", "--shards", str(corpus), "--out", str(out),
+    cmd = hubbub_launch(config, "finetune", "pit", "--shards", str(corpus), "--config", "pit_debug", "--out", str(out),
            "--set", "data.crop_s=0.5", "--set", "log_every=1", "--set", "ckpt_every=4", "--set", f"steps={steps}",
            "--set", "data.batch_size=2", "--set", "log_sample_keys=true")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -87,15 +88,15 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, co
 
 
 def test_non_finite_steps_are_skipped_and_counted(tmp_path, corpus, monkeypatch):
-    real = PITStage.train_step
+    real = PITStage.run_step
     calls = {"n": 0}
 
-    def sometimes_nan(self, model, batch):
-        loss, logs = real(self, model, batch)
-        calls["n"] += 1
-        return (loss * float("nan") if calls["n"] in (3, 5) else loss), logs
+    def sometimes_nan(self, model, batch, train):
+        loss, logs = real(self, model, batch, train)
+        calls["n"] += train
+        return (loss * float("nan") if train and calls["n"] in (3, 5) else loss), logs
 
-    monkeypatch.setattr(PITStage, "train_step", sometimes_nan)
+    monkeypatch.setattr(PITStage, "run_step", sometimes_nan)
     finetune_pit(_cfg(corpus, "steps=8"), tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-2]["skipped_nonfinite"] == 2 or rows[-1].get("skipped_nonfinite") == 2
@@ -107,13 +108,14 @@ def test_a_run_whose_every_step_fails_stops_in_one_line(tmp_path, corpus, monkey
     from hubbub.cli import main
     from hubbub.train.solver import MAX_NONFINITE_RUN
 
-    real = PITStage.train_step
-    monkeypatch.setattr(PITStage, "train_step",
-                        lambda self, model, batch: (lambda loss, logs: (loss * float("nan"), logs))(
-                            *real(self, model, batch)))
+    real = PITStage.run_step
+    monkeypatch.setattr(PITStage, "run_step",
+                        lambda self, model, batch, train: (lambda loss, logs: (loss * float("nan"), logs))(
+                            *real(self, model, batch, train)))
     run = tmp_path / "run"
-    assert main(["finetune", "pit", "--shards", str(corpus), "--out", str(run), "--set", "data.crop_s=0.5",
-                 "--set", "ckpt_every=10", "--set", "steps=100", "--set", "eval_every=0"]) == 2
+    assert main(["finetune", "pit", "--shards", str(corpus), "--config", "pit_debug", "--out", str(run),
+                 "--set", "data.crop_s=0.5", "--set", "ckpt_every=10", "--set", "steps=100",
+                 "--set", "eval_every=0"]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"hubbub: the loss or gradients were not finite in {MAX_NONFINITE_RUN} steps in a row "
                            f"(up to step {MAX_NONFINITE_RUN})")
@@ -197,17 +199,17 @@ def test_a_pickle_in_a_checkpoint_is_refused_unread_without_advice_to_load_it(tm
 def test_a_nan_target_is_skipped_by_its_gradients_and_the_model_stays_finite(tmp_path, corpus, monkeypatch):
     """A NaN in one reference can leave the loss finite (the source looks absent) while every
     gradient is NaN: that step is skipped and counted, and the saved model is finite."""
-    real = PITStage.train_step
+    real = PITStage.run_step
     calls = {"n": 0}
 
-    def nan_target_once(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
+    def nan_target_once(self, model, batch, train):
+        calls["n"] += train
+        if train and calls["n"] == 3:
             for target in batch["sources"].values():
                 target[0, 0, :10] = float("nan")
-        return real(self, model, batch)
+        return real(self, model, batch, train)
 
-    monkeypatch.setattr(PITStage, "train_step", nan_target_once)
+    monkeypatch.setattr(PITStage, "run_step", nan_target_once)
     finetune_pit(_cfg(corpus, "steps=6"), tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_nonfinite"] for r in rows if "loss" in r][-1] == 1
@@ -220,18 +222,18 @@ def test_weights_that_diverge_stop_the_run_in_one_line_and_save_nothing(tmp_path
     with one line that says what to do; no model is saved and every checkpoint stays finite."""
     from hubbub.cli import main
 
-    real, calls = PITStage.train_step, {"n": 0}
+    real, calls = PITStage.run_step, {"n": 0}
 
-    def diverge(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 4:  # the update of step 3 has been applied
+    def diverge(self, model, batch, train):
+        calls["n"] += train
+        if train and calls["n"] == 4:  # the update of step 3 has been applied
             with torch.no_grad():
                 next(model.parameters()).fill_(float("inf"))
-        return real(self, model, batch)
+        return real(self, model, batch, train)
 
-    monkeypatch.setattr(PITStage, "train_step", diverge)
-    args = ["finetune", "pit", "--shards", str(corpus), "--out", str(tmp_path / "run"), "--set", "data.crop_s=0.5",
-            "--set", "steps=6", "--set", "ckpt_every=2", "--set", "log_every=1"]
+    monkeypatch.setattr(PITStage, "run_step", diverge)
+    args = ["finetune", "pit", "--shards", str(corpus), "--config", "pit_debug", "--out", str(tmp_path / "run"),
+            "--set", "data.crop_s=0.5", "--set", "steps=6", "--set", "ckpt_every=2", "--set", "log_every=1"]
     assert main(args) == 2
     err = capsys.readouterr().err
     said = [line for line in err.splitlines() if line.startswith("hubbub:")]  # the rest is the progress bar

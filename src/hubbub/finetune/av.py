@@ -14,8 +14,9 @@ quantiser's loss and ``av.recon_weight`` times the lip-frame reconstruction loss
 encoder and the fusion come from ``model`` (``size`` and ``kwargs``). An AV run as ``init`` gives
 the whole extractor but its head.
 
-Evaluation reports SI-SNRi with each target's own lips and with the lips of another utterance
-(the first source of the next evaluated mixture): the gap is what the video contributes.
+Validation reports SI-SNRi with each target's own lips and with the lips of another utterance
+(the first source of the next evaluated mixture, :func:`hubbub.train.validation.with_mismatched_lips`,
+as ``hubbub evaluate`` does): the gap is what the video contributes.
 """
 from __future__ import annotations
 
@@ -24,14 +25,15 @@ from pathlib import Path
 from hubbub.config import ConfigError
 from hubbub.train.build import build_separator, corpus_card, resolve_model_dir
 from hubbub.train.config import TrainConfig
-from hubbub.train.solver import Solver
+from hubbub.train.solver import Solver, check_stage
+from hubbub.train.validation import with_mismatched_lips
 
 LIPS = "lips"
+# The extra member a valid item carries: another utterance's lips (F, 88, 88), see valid_items.
+MISMATCHED = "mismatched_lips"
 
 
 class AVStage(Solver):
-    stage = "av"
-
     def __init__(self, cfg: TrainConfig, out_dir):
         from hubbub.losses import PITLoss
 
@@ -85,44 +87,38 @@ class AVStage(Solver):
                              roi_crop="random")
         valid = ShardDataset(d.shards, d.valid_split, targets=(d.target, LIPS), crop_s=None, shuffle=False,
                              rank=0, world_size=1, mic=0, roi_crop="center")
-        self.valid = valid
         return train, valid
 
-    def train_step(self, model, batch):
+    def valid_items(self, dataset):
+        """Each valid item with another utterance's lips among its extras (collated with the batch)."""
+        for item, other in with_mismatched_lips(super().valid_items(dataset), LIPS):
+            if other is not None:
+                item["extras"][MISMATCHED] = other
+            yield item
+
+    def run_step(self, model, batch, train: bool):
+        """Every real source of the batch's mixtures, in turn, extracted with its own lips; in
+        validation also with another utterance's (``si_snri_db``, ``si_snri_mismatched_db``:
+        per source, the SI-SNR improvement over the mixture)."""
+        from hubbub.losses import si_snr
+
         mix = batch["mix"][:, 0]                                       # (B, T), the reference mic
         ref = batch["sources"][self.cfg.data.target]                   # (B, S, T)
         lips = batch["sources"][LIPS]                                  # (B, S, F, 88, 88) uint8
         b, s = batch["source_mask"].nonzero(as_tuple=True)             # every real source, in turn
-        est = model(mix[b], lips[b, s])                                # (N, 1, T)
-        extraction, _ = self.loss(est, ref[b, s][:, None], mix=mix[b])
-        aux = self.accelerator.unwrap_model(model).aux_losses
+        mix, ref = mix[b], ref[b, s]
+        est, aux = model(mix, lips[b, s])                              # (N, 1, T)
+        extraction, _ = self.loss(est, ref[:, None], mix=mix)
         weights = {"vq": self.cfg.av.vq_weight, "recon": self.cfg.av.recon_weight}
         loss = extraction + sum(weights[k] * v for k, v in aux.items())
-        return loss, {"extraction_loss": extraction.detach(), **{f"{k}_loss": v.detach() for k, v in aux.items()}}
-
-    def evaluate(self, model) -> dict[str, float]:
-        """Mean SI-SNRi of the first valid mixtures' sources, with their own lips and with another
-        utterance's: source 0 of the next mixture, fitted by :func:`fit_frames`."""
-        from hubbub.losses import si_snr
-        from hubbub.video import fit_frames
-
-        device = next(model.parameters()).device
-        items = [item for _, item in zip(range(self.cfg.data.valid_max_samples), self.valid)]
-        if len(items) < 2:
-            return {}
-        gains = {"true": [], "mismatched": []}
-        for i, item in enumerate(items):
-            mix = item["mix"][0][None].to(device)
-            other = items[(i + 1) % len(items)]["sources"][LIPS][0]
-            for k in range(item["num_sources"]):
-                ref = item["sources"][self.cfg.data.target][k][None].to(device)
-                own = item["sources"][LIPS][k]
-                base = si_snr(mix, ref)
-                for name, video in (("true", own), ("mismatched", fit_frames(other, own.shape[0]))):
-                    est = model(mix, video[None].to(device))[:, 0]
-                    gains[name].append((si_snr(est, ref) - base).item())
-        return {"si_snri_db": sum(gains["true"]) / len(gains["true"]),
-                "si_snri_mismatched_db": sum(gains["mismatched"]) / len(gains["mismatched"])}
+        if train:
+            return loss, {"extraction_loss": extraction.detach(), **{f"{k}_loss": v.detach() for k, v in aux.items()}}
+        base = si_snr(mix, ref)
+        values = {"si_snri_db": si_snr(est[:, 0], ref) - base}
+        if MISMATCHED in batch["extras"]:
+            other = model(mix, batch["extras"][MISMATCHED][b]).estimates
+            values["si_snri_mismatched_db"] = si_snr(other[:, 0], ref) - base
+        return loss, values
 
     def data_card(self) -> dict:
         return {**self.card, "sample_rate_hz": self.sample_rate_hz}
@@ -131,4 +127,5 @@ class AVStage(Solver):
 def finetune_av(cfg: TrainConfig, out_dir: str | Path) -> dict:
     """Train (or resume) an AV target-speaker extraction run in ``out_dir``; returns the final
     validation metrics (``si_snri_db``, ``si_snri_mismatched_db``)."""
+    check_stage(cfg, "av")
     return AVStage(cfg, out_dir).run()

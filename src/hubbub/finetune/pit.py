@@ -21,13 +21,15 @@ import torch
 
 from hubbub.train.build import build_separator, corpus_card
 from hubbub.train.config import TrainConfig
-from hubbub.train.solver import Solver
+from hubbub.train.solver import Solver, check_stage
+from hubbub.train.validation import pit_si_snri
 
 log = logging.getLogger(__name__)
 
 
 class PITStage(Solver):
-    stage = "pit"
+    """Validation: the mean SI-SNR improvement of the first valid samples (``si_snri_db``), whole,
+    under the best assignment of outputs to their speakers."""
 
     def __init__(self, cfg: TrainConfig, out_dir):
         from hubbub.losses import PITLoss
@@ -74,7 +76,6 @@ class PITStage(Solver):
                              max_sources=m.num_sources, mic=0)
         valid = ShardDataset(d.shards, d.valid_split, targets=(d.target,), crop_s=None, shuffle=False,
                              rank=0, world_size=1, max_sources=m.num_sources, mic=0)
-        self.valid = valid
         if self.semi_card is not None:
             s = self.cfg.semi
             # Two mixtures per mixture of mixtures; its own seed stream, so the two orders differ.
@@ -94,12 +95,13 @@ class PITStage(Solver):
         return PairedLoader(loader, ShardLoader(self.unlabelled, num_workers=self.cfg.data.num_workers),
                             key="unlabelled")
 
-    def train_step(self, model, batch):
+    def run_step(self, model, batch, train: bool):
         mix = batch["mix"][:, 0]                                   # (B, T), the reference mic
         ref = batch["sources"][self.cfg.data.target]               # (B, S, T)
         if "unlabelled" not in batch:
-            loss, _ = self.loss(model(mix), ref, source_mask=batch["source_mask"], mix=mix)
-            return loss, {}
+            est = model(mix)
+            loss, _ = self.loss(est, ref, source_mask=batch["source_mask"], mix=mix)
+            return loss, {} if train else {"si_snri_db": pit_si_snri(est, ref, mix, batch["source_mask"])}
         from hubbub.losses import mixit, mixture_consistency
         from hubbub.pretrain.mixit import mixit_batch
 
@@ -115,25 +117,6 @@ class PITStage(Solver):
         return supervised + self.cfg.semi.weight * unsupervised, {"pit_loss": supervised.detach(),
                                                                   "mixit_loss": unsupervised.detach()}
 
-    def evaluate(self, model) -> dict[str, float]:
-        """Mean SI-SNR improvement over the unprocessed mixture on the first valid samples."""
-        from hubbub.losses import pit, reorder, si_snr
-
-        device = next(model.parameters()).device
-        gains = []
-        for i, item in enumerate(self.valid):
-            if i >= self.cfg.data.valid_max_samples:
-                break
-            n = item["num_sources"]
-            mix = item["mix"][0][None].to(device)
-            ref = item["sources"][self.cfg.data.target][:n][None].to(device)
-            est = model(mix)
-            _, perm = pit(lambda e, r: -si_snr(e, r), est, ref)
-            best = reorder(est, perm)
-            gain = si_snr(best, ref) - si_snr(mix[:, None].expand_as(ref), ref)
-            gains.append(gain.mean().item())
-        return {"si_snri_db": float(sum(gains) / len(gains))} if gains else {}
-
     def data_card(self) -> dict:
         card = {**self.card, "sample_rate_hz": self.sample_rate_hz}
         if self.semi_card is not None:
@@ -143,4 +126,5 @@ class PITStage(Solver):
 
 def finetune_pit(cfg: TrainConfig, out_dir: str | Path) -> dict:
     """Train (or resume) a PIT run in ``out_dir``; returns the final validation metrics."""
+    check_stage(cfg, "pit")
     return PITStage(cfg, out_dir).run()

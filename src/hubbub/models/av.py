@@ -11,9 +11,12 @@ Given a mixture and the target speaker's mouth-region video (grayscale crops, 88
 
 The audio path *is* a :class:`~hubbub.models.glaunet.GLAUNetBackbone` built by
 :func:`~hubbub.models.glaunet.glaunet` with the same kwargs, so a backbone pretrained by any hubbub
-stage (``backbone.*`` keys) loads into ``AVExtractor.backbone`` unchanged; the extractor runs the
-backbone's modules itself, in the backbone's order, to insert the fusion after ``fusion_layer``
-block applications.
+stage (``backbone.*`` keys) loads into ``AVExtractor.backbone`` unchanged; the backbone's own
+forward inserts the fusion after ``fusion_layer`` block applications (its ``fuse`` hook).
+
+The extractor returns what it computes: an :class:`Extraction`, the estimate and the video
+encoder's auxiliary losses, which training weights and adds (``est, aux = model(mix, video)``) and
+inference leaves (``model(mix, video).estimates``).
 
 Video encoders (``forward(video) -> VideoFeatures``):
 
@@ -28,17 +31,19 @@ Video encoders (``forward(video) -> VideoFeatures``):
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from hubbub.models.base import Features, as_mono_batch
+from hubbub.models.base import Features
 from hubbub.models.glaunet import GLAUNetBackbone, glaunet
 from hubbub.models.heads import MaskHead
 
@@ -253,8 +258,26 @@ class AVFusion(nn.Module):
         return audio + self.proj(torch.cat([audio, video], 1))
 
 
+class Extraction(NamedTuple):
+    """What :class:`AVExtractor` returns.
+
+    Attributes:
+        estimates: (B, 1, T) the target speaker's waveform.
+        aux_losses: ``{"vq": scalar, "recon": scalar}``, only the losses the video encoder produced
+            (``recon`` only in training), for the trainer to weight and add.
+
+    A tuple, so ``est, aux = model(mix, video)`` unpacks it (and DDP and Accelerate's output
+    casting see its tensors); separators, which have no auxiliary losses, return their bare
+    (B, S, T) tensor.
+    """
+
+    estimates: torch.Tensor
+    aux_losses: dict[str, torch.Tensor]
+
+
 class AVExtractor(nn.Module):
-    """Target-speaker extractor: ``forward(mix (B, T) or (B, 1, T), video (B, F, H, W)) -> (B, 1, T)``.
+    """Target-speaker extractor: ``forward(mix (B, T) or (B, 1, T), video (B, F, H, W)) -> Extraction``
+    (estimates (B, 1, T) and the auxiliary losses).
 
     Attributes:
         backbone: the audio :class:`GLAUNetBackbone` (state-dict keys ``backbone.*``, the same as a
@@ -264,18 +287,18 @@ class AVExtractor(nn.Module):
         fusion: :class:`AVFusion`, applied after ``fusion_layer`` of the backbone's
             ``num_blocks * num_repeats`` block applications (0: at the separator's input).
         head: a one-source :class:`MaskHead`.
-        aux_losses: ``{"vq": scalar, "recon": scalar}`` from the last forward (only the losses the
-            video encoder produced; ``recon`` only in training), for the trainer to weight and add.
+        inputs: ``("mix", "video")``, as :class:`~hubbub.models.base.Separator` declares its own.
         spec: set by the model factory (name + kwargs), None for a hand-assembled model.
 
     Example::
 
         model = avextractor(**AV_CONFIGS["debug"])
-        est = model(torch.randn(2, 16000), torch.randint(0, 256, (2, 25, 88, 88), dtype=torch.uint8))
-        loss = -si_sdr(est, target).mean() + 0.1 * sum(model.aux_losses.values())
+        est, aux = model(torch.randn(2, 16000), torch.randint(0, 256, (2, 25, 88, 88), dtype=torch.uint8))
+        loss = -si_sdr(est, target).mean() + 0.1 * sum(aux.values())
     """
 
     num_sources = 1
+    inputs = ("mix", "video")
 
     def __init__(self, backbone: GLAUNetBackbone, video: nn.Module, fusion: AVFusion, head: MaskHead,
                  fusion_layer: int = 0, spec: dict | None = None):
@@ -292,29 +315,20 @@ class AVExtractor(nn.Module):
         self.head = head
         self.fusion_layer = fusion_layer
         self.spec = spec
-        self.aux_losses: dict[str, torch.Tensor] = {}
 
     def audio_features(self, mix: torch.Tensor, video_features: torch.Tensor | None = None) -> Features:
         """The backbone's :class:`Features` with ``video_features`` (B, D_v, F) fused after
         ``fusion_layer`` blocks; with None, exactly ``self.backbone(mix)`` (audio only)."""
-        b = self.backbone
-        # Mirrors GLAUNetBackbone.forward step by step (a test checks they agree without video).
-        mix = as_mono_batch(mix)
-        encoded = b.encoder(mix)
-        x = b.bottleneck(b.norm(encoded))
-        for i, block in enumerate(block for _ in range(b.num_repeats) for block in b.blocks):
-            if i == self.fusion_layer and video_features is not None:
-                x = self.fusion(x, video_features)
-            x = block(x)
-        return Features(frames=x, num_samples=mix.shape[-1], encoded=encoded)
+        if video_features is None:
+            return self.backbone(mix)
+        return self.backbone(mix, functools.partial(self.fusion, video=video_features), self.fusion_layer)
 
-    def forward(self, mix: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+    def forward(self, mix: torch.Tensor, video: torch.Tensor) -> Extraction:
         if video.shape[0] != mix.shape[0]:
             raise ValueError(f"mix has batch {mix.shape[0]} but video has {video.shape[0]}")
         visual = self.video(video)
-        self.aux_losses = {name: loss for name, loss in (("vq", visual.vq_loss), ("recon", visual.recon_loss))
-                           if loss is not None}
-        return self.head(self.audio_features(mix, visual.features))
+        aux = {name: loss for name, loss in (("vq", visual.vq_loss), ("recon", visual.recon_loss)) if loss is not None}
+        return Extraction(self.head(self.audio_features(mix, visual.features)), aux)
 
     def video_parameters(self) -> list[nn.Parameter]:
         """The video encoder's parameters (for a separate learning rate, or to freeze it)."""

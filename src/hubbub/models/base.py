@@ -82,11 +82,17 @@ class Separator(nn.Module):
             :func:`hubbub.models.build_model` (checkpoints store it); ``None`` for a hand-assembled
             model.
 
+        inputs: what ``forward`` takes, in order: ``("mix",)``. An audio-visual extractor
+            (:class:`hubbub.models.av.AVExtractor`) declares ``("mix", "video")``; callers read
+            this, not the model's attributes, to know what to pass.
+
     Example::
 
         model = build_model("convtasnet", num_sources=2, **model_config("convtasnet", "debug"))
         est = model(torch.randn(4, 8000))           # (4, 2, 8000)
     """
+
+    inputs: tuple[str, ...] = ("mix",)
 
     def __init__(self, backbone: Backbone, head: nn.Module, spec: dict | None = None):
         super().__init__()

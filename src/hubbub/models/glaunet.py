@@ -19,6 +19,8 @@ how TDANet gets depth from few parameters.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -125,13 +127,18 @@ class GLAUNetBackbone(Backbone):
             _GLABlock(bottleneck_dim, hidden_dim, num_levels, level_kernel_size, num_heads)
             for _ in range(num_blocks))
 
-    def forward(self, mix: torch.Tensor) -> Features:
+    def forward(self, mix: torch.Tensor, fuse: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                fuse_at: int = 0) -> Features:
+        """``fuse``, when given, maps the (B, C, L) features before block application ``fuse_at``
+        (of ``num_blocks * num_repeats``): where the audio-visual extractor adds the video
+        (:class:`hubbub.models.av.AVExtractor`), on this very code path."""
         mix = as_mono_batch(mix)
         encoded = self.encoder(mix)
         x = self.bottleneck(self.norm(encoded))
-        for _ in range(self.num_repeats):
-            for block in self.blocks:
-                x = block(x)
+        for i, block in enumerate(block for _ in range(self.num_repeats) for block in self.blocks):
+            if fuse is not None and i == fuse_at:
+                x = fuse(x)
+            x = block(x)
         return Features(frames=x, num_samples=mix.shape[-1], encoded=encoded)
 
 

@@ -32,7 +32,7 @@ from hubbub.losses import pit_from_matrix
 from hubbub.models.io import BACKBONE
 from hubbub.train.build import build_separator, corpus_card
 from hubbub.train.config import TrainConfig
-from hubbub.train.solver import Solver
+from hubbub.train.solver import Solver, check_stage
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,6 @@ def token_nll(logits: torch.Tensor, tokens: torch.Tensor, weights: torch.Tensor)
 
 
 class CodecStage(Solver):
-    stage = "codec"
-
     def __init__(self, cfg: TrainConfig, out_dir):
         from hubbub.codec import load_codec
 
@@ -172,11 +170,11 @@ class CodecStage(Solver):
         kwargs = self._reader_kwargs()
         train = ShardDataset(d.shards, d.train_split, crop_s=d.crop_s, shuffle=True, shuffle_buffer=d.shuffle_buffer,
                              seed=self.cfg.seed, batch_size=d.batch_size, mic=0, **kwargs)
-        self.valid = None
+        valid = None
         if d.valid_split in self.card["splits"]:
-            self.valid = ShardDataset(d.shards, d.valid_split, crop_s=d.crop_s, shuffle=False, seed=self.cfg.seed,
-                                      rank=0, world_size=1, mic=0, **kwargs)
-        return train, self.valid
+            valid = ShardDataset(d.shards, d.valid_split, crop_s=d.crop_s, shuffle=False, seed=self.cfg.seed,
+                                 rank=0, world_size=1, mic=0, **kwargs)
+        return train, valid
 
     def _reader_kwargs(self) -> dict:
         if self.task == "masked":
@@ -212,13 +210,21 @@ class CodecStage(Solver):
         tokens = self.codec.encode(refs.flatten(0, 1), self.sample_rate_hz)
         return tokens.unflatten(0, refs.shape[:2])
 
-    def _loss(self, model, batch, generator=None) -> tuple[torch.Tensor, dict]:
+    def run_step(self, model, batch, train: bool):
+        """Token cross-entropy (codebook-weighted) at the masked frames or of the sources under
+        the best assignment, and codebook 0's accuracy; validation reports them as ``token_nll``
+        and ``accuracy_q0`` on fixed crops of the first valid samples, its masks drawn afresh from
+        the seed at every evaluation (the Solver seeds validation)."""
+        loss, logs = self._loss(model, batch)
+        return loss, logs if train else {"token_nll": loss, "accuracy_q0": logs["accuracy_q0"]}
+
+    def _loss(self, model, batch) -> tuple[torch.Tensor, dict]:
         mix = batch["mix"][:, 0]
         tokens = self.targets(batch, mix)
         num_frames = tokens.shape[-1]
         if self.task == "masked":
-            mask = span_mask(mix.shape[0], num_frames, self.cfg.codec.mask_prob, self.cfg.codec.mask_span,
-                             generator).to(mix.device)
+            mask = span_mask(mix.shape[0], num_frames, self.cfg.codec.mask_prob, self.cfg.codec.mask_span
+                             ).to(mix.device)
             logits = model(mask_waveform(mix, mask, self.sample_rate_hz, self.codec.frame_rate_hz), num_frames)
             nll = token_nll(logits[:, 0], tokens[:, 0], self.weights)                          # (B, L)
             loss = (nll * mask).sum() / mask.sum()
@@ -232,33 +238,6 @@ class CodecStage(Solver):
         correct = (picked[:, :, 0].argmax(-2) == tokens[:, :, 0]).float().mean(-1)              # (B, S)
         present = batch["source_mask"].to(mix.device).float()
         return loss.mean(), {"accuracy_q0": (correct * present).sum() / present.sum()}
-
-    def train_step(self, model, batch):
-        return self._loss(model, batch)
-
-    def evaluate(self, model) -> dict[str, float]:
-        """Token cross-entropy and codebook-0 accuracy on the first valid samples (fixed masks)."""
-        from accelerate.utils import send_to_device
-
-        from hubbub.shards.reader import collate_mixtures
-
-        if self.valid is None:
-            return {}
-        device = next(model.parameters()).device
-        generator = torch.Generator().manual_seed(self.cfg.seed)
-        losses, accs, items = [], [], []
-        for i, item in enumerate(self.valid):
-            if i >= self.cfg.data.valid_max_samples:
-                break
-            items.append(item)
-        for start in range(0, len(items), self.cfg.data.batch_size):
-            batch = send_to_device(collate_mixtures(items[start:start + self.cfg.data.batch_size]), device)
-            loss, logs = self._loss(model, batch, generator)
-            losses.append(loss.item())
-            accs.append(float(logs["accuracy_q0"]))
-        if not losses:
-            return {}
-        return {"token_nll": sum(losses) / len(losses), "accuracy_q0": sum(accs) / len(accs)}
 
     def data_card(self) -> dict:
         return {**self.card, "sample_rate_hz": self.sample_rate_hz, "codec": self.codec.info(),
@@ -275,6 +254,7 @@ def pretrain_codec(cfg: TrainConfig, out_dir: str | Path) -> dict:
         pretrain_codec(cfg, "runs/codec")
         # then: hubbub finetune pit --init runs/codec --shards corpora/labelled --out runs/pit
     """
+    check_stage(cfg, "codec")
     if not cfg.data.shards:
         raise ValueError("codec pretraining needs data.shards (a corpus, --shards)")
     return CodecStage(cfg, out_dir).run()

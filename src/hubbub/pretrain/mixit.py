@@ -29,7 +29,8 @@ from torch import nn
 from hubbub.losses import mixit, mixture_consistency
 from hubbub.train.build import build_separator, corpus_card
 from hubbub.train.config import TrainConfig
-from hubbub.train.solver import Solver
+from hubbub.train.solver import Solver, check_stage
+from hubbub.train.validation import pit_si_snri
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,6 @@ def default_num_outputs(card: dict) -> int:
 
 
 class MixITStage(Solver):
-    stage = "mixit"
-
     def __init__(self, cfg: TrainConfig, out_dir):
         super().__init__(cfg, out_dir)
         self.card = corpus_card(cfg.data.shards)
@@ -107,56 +106,39 @@ class MixITStage(Solver):
         # The loader's batch holds the two mixtures of each of the data.batch_size MoMs.
         train = ShardDataset(d.shards, d.train_split, targets=(), crop_s=d.crop_s, shuffle=True,
                              shuffle_buffer=d.shuffle_buffer, seed=self.cfg.seed, batch_size=2 * d.batch_size, mic=0)
-        self.valid = None
+        valid = None
         if d.valid_split in self.card["splits"]:
             targets = (d.target,) if self.labelled else ()
-            self.valid = ShardDataset(d.shards, d.valid_split, targets=targets, crop_s=None, shuffle=False,
-                                      rank=0, world_size=1, mic=0)
-        return train, self.valid
+            valid = ShardDataset(d.shards, d.valid_split, targets=targets, crop_s=None, shuffle=False,
+                                 rank=0, world_size=1, mic=0)
+        return train, valid
 
-    def train_step(self, model, batch):
-        mom, mixtures = mixit_batch(batch["mix"])
-        est = model(mom)
-        loss, assignment = mixit(est, mixtures, tau=self.cfg.mixit.tau)
-        # How many outputs carry a source: energy within 30 dB of the input's.
-        energy = est.detach().float().pow(2).sum(-1)
-        active = (energy > 1e-3 * mom.detach().float().pow(2).sum(-1, keepdim=True)).float().sum(-1).mean()
-        return loss.mean(), {"active_outputs": active}
+    @property
+    def valid_batch_size(self) -> int:
+        return 2 * self.cfg.data.batch_size
 
-    def evaluate(self, model) -> dict[str, float]:
-        """MixIT loss on pairs of valid mixtures; with labelled valid data, SI-SNRi of the best
-        assignment of the M outputs to the true sources of single mixtures."""
-        from hubbub.losses import pit, reorder, si_snr
-
-        if self.valid is None:
-            return {}
-        device = next(model.parameters()).device
-        losses, gains, previous = [], [], None
-        for i, item in enumerate(self.valid):
-            if i >= self.cfg.data.valid_max_samples:
-                break
-            mix = item["mix"][0][None].to(device)
-            if previous is not None:
-                length = min(previous.shape[-1], mix.shape[-1])
-                mixtures = torch.stack([previous[:, :length], mix[:, :length]], 1)
-                loss, _ = mixit(model(mixtures.sum(1)), mixtures, tau=self.cfg.mixit.tau)
-                losses.append(loss.item())
-                previous = None
-            else:
-                previous = mix
-            if self.labelled:
-                n = item["num_sources"]
-                ref = item["sources"][self.cfg.data.target][:n][None].to(device)
-                est = model(mix)
-                _, perm = pit(lambda e, r: -si_snr(e, r), est, ref)
-                gain = si_snr(reorder(est, perm), ref) - si_snr(mix[:, None].expand_as(ref), ref)
-                gains.append(gain.mean().item())
-        metrics = {}
-        if losses:
-            metrics["mixit_loss_db"] = float(sum(losses) / len(losses))
-        if gains:
-            metrics["si_snri_db"] = float(sum(gains) / len(gains))
-        return metrics
+    def run_step(self, model, batch, train: bool):
+        """Consecutive mixtures paired into mixtures of mixtures, scored by the MixIT loss. In
+        validation (whole samples) ``mixit_loss_db`` per pair (an odd batch's last mixture is
+        left out) and, on a labelled corpus, ``si_snri_db``: the SI-SNRi of the best assignment of
+        the M outputs to the true sources of each single mixture."""
+        mix = batch["mix"][:, 0]
+        paired = mix if train else mix[:len(mix) - len(mix) % 2]
+        loss, values = None, {}
+        if len(paired):
+            mom, mixtures = mixit_batch(paired)
+            est = model(mom)
+            loss, _ = mixit(est, mixtures, tau=self.cfg.mixit.tau)
+            if train:
+                # How many outputs carry a source: energy within 30 dB of the input's.
+                energy = est.detach().float().pow(2).sum(-1)
+                active = (energy > 1e-3 * mom.detach().float().pow(2).sum(-1, keepdim=True)).float().sum(-1).mean()
+                return loss.mean(), {"active_outputs": active}
+            values["mixit_loss_db"] = loss
+        if self.labelled:
+            values["si_snri_db"] = pit_si_snri(model(mix), batch["sources"][self.cfg.data.target], mix,
+                                               batch["source_mask"])
+        return loss, values
 
     def final_model(self, model):
         return model.separator
@@ -196,6 +178,7 @@ def pretrain_mixit(cfg: TrainConfig, out_dir: str | Path) -> dict:
         pretrain_mixit(cfg, "runs/mixit")                 # RUN/model: the separator, M outputs
         # then: hubbub finetune pit --init runs/mixit --shards corpora/labelled --out runs/pit
     """
+    check_stage(cfg, "mixit")
     cfg = prepare_recordings(cfg, out_dir)
     if not cfg.data.shards:
         raise ValueError("MixIT needs data.shards (a corpus, --shards) or mixit.recordings (a folder, --recordings)")

@@ -4,7 +4,7 @@ A corpus directory holds ``{split}-%06d.tar`` WebDataset shards, one ``{split}-%
 per finished shard, and ``index.json``. A sample's key has no dots (``train_00000012``); its
 members are (``S`` sources, ``M`` microphones, ``T`` samples)::
 
-    {key}.json                 metadata: every sampled parameter (see hubbub.simulate.sample)
+    {key}.json                 metadata: every sampled parameter (hubbub.schema.SampleMeta)
     {key}.mix.flac             (T, M) mixture
     {key}.noise.flac           (T, M) noise image                       [target "noise"]
     {key}.s0.dry.flac          (T,)   dry source 0, aligned with its direct path at mic 0
@@ -25,8 +25,11 @@ The mixture is written as the integer sum of the quantised reverberant images an
 Array members are ``.npy`` (never pickled) or, for lip streams, ``.npy.zst``: the ``.npy`` bytes in
 one zstd frame with its checksum (:func:`encode_npy_zst`), lossless, about half the bytes of the raw
 frames and ~1 ms to decode per 3 s stream. Corpora written before lips were compressed hold
-``s{k}.lips.npy``; readers find either (:func:`array_member`) and decode by the name
+``s{k}.lips.npy``; readers find either (:func:`hubbub.schema.find_member`) and decode by the name
 (:func:`decode_array`).
+
+The targets and the member names are :mod:`hubbub.schema`'s (:data:`~hubbub.schema.TARGETS`,
+:func:`~hubbub.schema.member_name`), as is the sample's JSON (:class:`~hubbub.schema.SampleMeta`).
 """
 from __future__ import annotations
 
@@ -42,8 +45,6 @@ import zstandard
 FULL_SCALE = 2**23
 CODECS = ("flac", "wav")        # audio member formats; the extension is the codec's name
 BITS = (16, 24)
-SOURCE_TARGETS = ("dry", "direct", "early", "reverberant", "rir")
-ALL_TARGETS = SOURCE_TARGETS + ("noise",)
 # Array member encodings, the one new lip streams get first.
 ARRAY_EXTENSIONS = ("npy.zst", "npy")
 # On the project's lip streams level 5 is within 0.5% of level 12's bytes at a third of its encode
@@ -232,12 +233,6 @@ def array_member(names, stem: str) -> str | None:
     return None
 
 
-def lips_member_name(source: int) -> str:
-    """The member a sample written now stores source ``source``'s lip stream in
-    (``s0.lips.npy.zst``, bytes from :func:`encode_npy_zst`); older corpora hold ``s0.lips.npy``."""
-    return f"s{source}.lips.{ARRAY_EXTENSIONS[0]}"
-
-
 def encode_json(meta: Mapping) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
 
@@ -281,7 +276,7 @@ def decode_sample(raw: Mapping[str, bytes]) -> dict:
                 continue
             idx, target = parsed
             value = decode_member(name, data)
-            if target in ("direct", "early", "reverberant"):
+            if is_audio_member(name) and target != "dry":  # images are (M, T); one mic decodes as (T,)
                 value = np.atleast_2d(value)
             per_source.setdefault(target, {})[idx] = value
     for target, by_idx in per_source.items():

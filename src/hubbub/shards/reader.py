@@ -67,7 +67,6 @@ import json
 import logging
 import math
 import os
-import re
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -79,9 +78,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from hubbub import storage
-from hubbub.shards.format import (array_member, audio_member, audio_stem, decode_array, decode_audio, decode_audio_crop,
-                                  decode_npy, is_audio_member)
+from hubbub.schema import SampleMeta, find_member, member_name
+from hubbub.shards.format import (audio_member, audio_stem, decode_array, decode_audio, decode_audio_crop, decode_npy,
+                                  is_audio_member, parse_source_member)
 from hubbub.shards.writer import load_index, read_members_table, record_from_json, sidecar_name
+from hubbub.video import crop_roi, samples_per_frame
 
 log = logging.getLogger(__name__)
 # Ranges of two wanted members separated by no more than what a tar puts between them (the first
@@ -95,13 +96,6 @@ _SHARD_ORDER, _WINDOWS, _CROP, _ROI = 0, 1, 2, 3
 def _key_seed(key: str) -> int:
     # Python's hash() is salted per process; a digest is the same in every worker and every run.
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-
-
-def samples_per_frame(sample_rate_hz: int, fps: int = 25) -> int:
-    """Audio samples per video frame (640 at 16 kHz); the rate must hold whole frames."""
-    if sample_rate_hz % fps:
-        raise ValueError(f"{sample_rate_hz} Hz does not hold a whole number of samples per {fps} fps frame")
-    return sample_rate_hz // fps
 
 
 def stack_padded(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -324,6 +318,8 @@ class ShardDataset(IterableDataset):
         self.skipped: list[dict] = []
         if "noise" in targets:
             raise ValueError('noise is not a per-source target: pass extras=("noise.flac",)')
+        for target in targets:
+            member_name(target, 0)  # a ValueError naming the known targets for one no sample stores
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if rank is None:
             rank = torch.distributed.get_rank() if distributed else 0
@@ -348,8 +344,6 @@ class ShardDataset(IterableDataset):
             raise ValueError(f"split {split!r} has no shards in {storage.join(self.corpus_dir, 'index.json')}")
         _check_sizes(self.corpus_dir, listed)
         self._paths = [storage.join(self.corpus_dir, n) for n in names]
-        target_names = "|".join(re.escape(t) for t in self.targets)
-        self._source_member = re.compile(rf"^s(\d+)\.({target_names})\.(flac|wav|npy\.zst|npy)$")
         self._extra_stems = {audio_stem(m) or m for m in self.extras}
         # only the wanted members' columns are read: a process holds ~40 bytes a sample for them
         table = read_members_table(self.corpus_dir, split, wanted=self._wanted)
@@ -559,7 +553,8 @@ class ShardDataset(IterableDataset):
 
     def _wanted(self, member: str) -> bool:
         # Members nobody asked for are read past, not kept: they cost neither memory nor decoding.
-        return (member == "json" or audio_stem(member) == "mix" or bool(self._source_member.match(member))
+        source = parse_source_member(member)
+        return (member == "json" or audio_stem(member) == "mix" or (source is not None and source[1] in self.targets)
                 or (audio_stem(member) or member) in self._extra_stems)
 
     def _decode(self, raw: dict) -> dict:
@@ -567,11 +562,11 @@ class ShardDataset(IterableDataset):
         where = f"{self.corpus_dir} ({self.split}) sample {key}"
         try:
             meta = json.loads(raw["json"])
-            num_sources = int(meta["num_speakers"])
-            num_samples, rate = int(meta["num_samples"]), int(meta["sample_rate_hz"])
+            sample = SampleMeta.from_dict(meta)   # a SchemaError (ValueError) names what is wrong
         except (ValueError, KeyError, TypeError) as exc:
             raise SampleError(f"{where}: its JSON is damaged ({type(exc).__name__}: {exc}); "
                               f"run `hubbub shards verify {self.corpus_dir}`") from None
+        num_sources, num_samples, rate = sample.num_speakers, sample.num_samples, sample.sample_rate_hz
         if self.max_sources is not None and num_sources > self.max_sources:
             raise ValueError(f"{key} has {num_sources} speakers, more than max_sources={self.max_sources}")
         crop = self._crop(key, num_samples, rate)
@@ -579,10 +574,9 @@ class ShardDataset(IterableDataset):
         for target in self.targets:
             per_source = []
             for i in range(num_sources):
-                name = (audio_member(raw, f"s{i}.{target}") or array_member(raw, f"s{i}.{target}")
-                        or f"s{i}.{target}.npy")
-                if name not in raw:
-                    stored = meta.get("targets")
+                name = find_member(raw, target, i)
+                if name is None:
+                    stored = list(sample.targets)
                     why = (f"the corpus stores targets {stored}" if target not in (stored or [target]) else
                            f"its JSON says {num_sources} speakers: the JSON and the members disagree")
                     raise SampleError(f"{where} has no member s{i}.{target}.* ({why}); "
@@ -598,7 +592,7 @@ class ShardDataset(IterableDataset):
         missing = [m for m, name in stored.items() if name not in raw]
         if missing:
             raise SampleError(f"{where} has no member(s) {missing}")
-        mix = audio_member(raw, "mix")
+        mix = find_member(raw, "mix")
         return {
             "key": key,
             "mix": self._member(mix, raw[mix], crop),
@@ -625,8 +619,6 @@ class ShardDataset(IterableDataset):
     def _lips(self, key: str, name: str, data: bytes, crop: tuple[int, int] | None,
               sample_rate_hz: int) -> torch.Tensor:
         """A source's stored (F, 96, 96) lip frames, cut to the audio crop and cropped by roi_crop."""
-        from hubbub.voices.lips import crop_roi
-
         frames = decode_array(name, data)
         if frames.ndim != 3:
             raise ValueError(f"{key}: lip frames must be (frames, height, width), got shape {frames.shape}")

@@ -18,18 +18,19 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from hubbub import storage
+from hubbub.schema import SampleMeta, SchemaError
 from hubbub.shards.writer import load_index
 
-# Metric name -> how to read it from one sample's JSON (a list: sir_db has one value per further
-# source; the first source is the reference, its SIR is 0 dB by definition). Unlabelled samples
-# (cut from recordings by hubbub.shards.ingest) have no room, mixing or sources: None, left out.
+# Metric name -> how to read it from one sample (a list: sir_db has one value per further source;
+# the first source is the reference, its SIR is 0 dB by definition). Unlabelled samples (cut from
+# recordings by hubbub.shards.ingest) have no room, mixing or sources: None, left out.
 METRICS = {
-    "rt60_s_measured": lambda m: [(m.get("room") or {}).get("rt60_s_measured")],
-    "rt60_s_target": lambda m: [(m.get("room") or {}).get("rt60_s_target")],
-    "snr_db": lambda m: [(m.get("noise") or {}).get("snr_db")],
-    "sir_db": lambda m: [s.get("sir_db") for s in m.get("sources", [])[1:]],
-    "overlap_ratio": lambda m: [(m.get("mixing") or {}).get("overlap_ratio")],
-    "duration_s": lambda m: [m["duration_s"]],
+    "rt60_s_measured": lambda m: [m.room.rt60_s_measured if m.room else None],
+    "rt60_s_target": lambda m: [m.room.rt60_s_target if m.room else None],
+    "snr_db": lambda m: [m.noise.snr_db if m.noise else None],
+    "sir_db": lambda m: [s.sir_db for s in m.sources[1:]],
+    "overlap_ratio": lambda m: [m.mixing.overlap_ratio if m.mixing else None],
+    "duration_s": lambda m: [m.duration_s],
 }
 HISTOGRAM_BINS = 20
 
@@ -110,13 +111,18 @@ def corpus_stats(corpus_dir: str | Path, *, splits: Iterable[str] | None = None)
         values = {name: [] for name in METRICS}
         speaker_counts, speakers, lip_streams = Counter(), set(), Counter()
         shards = [s["name"] for s in index["shards"] if s["split"] == split]
-        for meta in iter_split_json(corpus_dir, split, shards):
+        for stored in iter_split_json(corpus_dir, split, shards):
+            try:
+                meta = SampleMeta.from_dict(stored)
+            except SchemaError as exc:
+                key = stored.get("key") if isinstance(stored, dict) else None
+                raise SchemaError([f"{corpus_dir} ({split}) sample {key}: {exc}; "
+                                   f"run `hubbub shards verify {corpus_dir}`"]) from None
             for name, read in METRICS.items():
                 values[name] += read(meta)
-            speaker_counts[meta["num_speakers"]] += 1
-            speakers.update(s["speaker"] for s in meta.get("sources", []))
-            lip_streams.update(s["lips"]["kind"] for s in meta.get("sources", [])
-                               if isinstance(s.get("lips"), dict) and "kind" in s["lips"])
+            speaker_counts[meta.num_speakers] += 1
+            speakers.update(s.speaker for s in meta.sources)
+            lip_streams.update(s.lips.kind for s in meta.sources if s.lips is not None)
         out["splits"][split] = {
             "num_samples": sum(speaker_counts.values()),
             "hours": sum(values["duration_s"]) / 3600.0,

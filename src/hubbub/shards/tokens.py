@@ -43,14 +43,15 @@ import torch
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from hubbub.codec import Codec
-from hubbub.shards.format import audio_member, decode_audio, encode_npy
+from hubbub.schema import SampleMeta, find_member, member_name
+from hubbub.shards.format import decode_audio, encode_npy
 from hubbub.shards.stats import iter_sample_json
 from hubbub.shards.writer import (INDEX_NAME, ShardRecord, ShardWriter, atomic_write_json, index_members, load_index,
                                   read_sidecar, sha256_file, sidecar_path, write_sidecar)
 
 # The image a source's tokens are taken from by default: the first of these a corpus stores.
 SOURCE_TARGET_PREFERENCE = ("reverberant", "early", "direct", "dry")
-MIX_MEMBER = "mix.codec.npy"
+MIX_MEMBER = member_name("codec")   # mix.codec.npy
 
 
 class CodecMismatchError(ValueError):
@@ -63,7 +64,7 @@ def token_record_path(tar_path: str | Path) -> Path:
 
 
 def source_member(i: int) -> str:
-    return f"s{i}.codec.npy"
+    return member_name("codec", i)
 
 
 def add_codec_tokens(corpus_dir: str | Path, codec: Codec, *, source_target: str | None = None,
@@ -143,13 +144,13 @@ def _same_tokens(a: dict, b: dict) -> bool:
 def _default_source_target(corpus_dir: Path, names: list[str]) -> str | None:
     """The first preferred target the first sample with sources stores; None if no sample has sources."""
     for name in names:
-        for meta in iter_sample_json(corpus_dir / name):
-            if int(meta.get("num_speakers", 0)) > 0:
+        for meta in map(SampleMeta.from_dict, iter_sample_json(corpus_dir / name)):
+            if meta.num_speakers > 0:
                 for target in SOURCE_TARGET_PREFERENCE:
-                    if target in meta.get("targets", ()):
+                    if target in meta.targets:
                         return target
-                raise ValueError(f"{meta.get('key')} stores none of {SOURCE_TARGET_PREFERENCE} "
-                                 f"(targets {meta.get('targets')}): nothing to tokenise its sources from")
+                raise ValueError(f"{meta.key} stores none of {SOURCE_TARGET_PREFERENCE} "
+                                 f"(targets {list(meta.targets)}): nothing to tokenise its sources from")
     return None
 
 
@@ -235,13 +236,13 @@ def _tokenise_shard(tar_path: Path, codec: Codec, source_target: str | None, bat
                                      f"vouches for; pass overwrite=True to replace them")
         for m in stale:
             del members[m]
-        meta = json.loads(members["json"])
-        jobs.append((n, MIX_MEMBER, *_reference_channel(members[audio_member(members, "mix")])))
-        for i in range(int(meta["num_speakers"])):
-            name = audio_member(members, f"s{i}.{source_target}")
+        meta = SampleMeta.from_json(members["json"])
+        jobs.append((n, MIX_MEMBER, *_reference_channel(members[find_member(members, "mix")])))
+        for i in range(meta.num_speakers):
+            name = find_member(members, source_target, i)
             if name is None:
                 raise ValueError(f"{tar_path.name} [{key}] has no s{i}.{source_target} audio to tokenise source {i} from "
-                                 f"(targets {meta['targets']}); pick another source_target")
+                                 f"(targets {list(meta.targets)}); pick another source_target")
             jobs.append((n, source_member(i), *_reference_channel(members[name])))
 
     # Equal lengths share a call: padding would change the last frames' tokens.

@@ -7,9 +7,11 @@ published. It checks, and keeps going after a fault so one run lists everything 
   sha256 both record and the member byte ranges its sidecar records; no shard or sidecar exists that the index does not list; split totals add
   up; ``.tmp`` leftovers of an interrupted run are warnings, not faults.
 * samples (every tar is read through webdataset, as the reader reads it): keys match the
-  sidecar's list in order, are unique across the corpus and have no dots; the JSON parses and
-  has the required fields; the members its ``targets`` promise exist for every source
-  ``0..num_speakers-1`` and no others.
+  sidecar's list in order, are unique across the corpus and have no dots; the JSON is a sample's
+  (:class:`hubbub.schema.SampleMeta` reads it: every field it lacks or holds wrongly is a fault),
+  a labelled one with room and mixing, its stored ``duration_s`` agrees with ``num_samples /
+  sample_rate_hz``; the members its ``targets`` promise (:func:`hubbub.schema.member_name`)
+  exist for every source ``0..num_speakers-1`` and no others.
 * audio (``check_audio=True``): every audio member (FLAC or WAV, of the bit depth the json
   says) and array member (``.npy``, ``.npy.zst``) decodes, without pickle, and is finite; the
   mixture is (num_mics, num_samples) at ``sample_rate_hz``, images (direct, early, reverberant,
@@ -41,23 +43,22 @@ import numpy as np
 import soundfile as sf
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from hubbub.shards.format import (ARRAY_EXTENSIONS, audio_member, decode_array, decode_audio, is_array_member,
-                                  is_audio_member, lips_member_name, parse_source_member, storage_of)
+from hubbub.schema import ARRAY_TARGETS, TARGETS, SampleMeta, SchemaError, find_member, member_name, stored_members
+from hubbub.shards.format import decode_array, decode_audio, is_array_member, is_audio_member, parse_source_member
 from hubbub import storage
 from hubbub.shards.writer import INDEX_NAME, member_ranges, read_sidecar, sha256_fileobj, sidecar_name
+from hubbub.video import num_video_frames
 
-REQUIRED_FIELDS = ("key", "split", "index", "sample_rate_hz", "num_samples", "duration_s",
-                   "num_speakers", "num_mics", "targets", "room.rt60_s_target",
-                   "room.rt60_s_measured", "mixing.overlap_ratio", "sources")
-REQUIRED_SOURCE_FIELDS = ("speaker", "sir_db")
-# Drawn only for simulated mixtures: unlabelled samples ("labelled": false, cut from recordings by
-# hubbub.shards.ingest) have no room or mixing parameters, and no sources.
+# What a labelled sample's JSON holds beyond what the schema asks of every sample: unlabelled
+# samples ("labelled": false, cut from recordings by hubbub.shards.ingest) have no room or mixing
+# parameters, and no sources.
 SIMULATION_FIELDS = ("room.rt60_s_target", "room.rt60_s_measured", "mixing.overlap_ratio")
 MIXTURE_TOLERANCE = 1e-6
 # Sample JSON fields that must equal index.json's: samples of two corpora never mix unnoticed.
 IDENTITY_FIELDS = ("seed", "recipe_hash", "sources_hash")
 _SIDECAR = re.compile(r"^[A-Za-z0-9]+-\d{6}\.json$")
-_IMAGE_TARGETS = ("mix", "noise", "direct", "early", "reverberant")  # (num_mics, num_samples)
+# (num_mics, num_samples): the mixture and every audio target but the dry sources
+_IMAGE_TARGETS = ("mix",) + tuple(t for t in TARGETS if t not in ARRAY_TARGETS and t != "dry")
 _MISSING = object()
 
 
@@ -288,57 +289,58 @@ def _check_sample(raw: dict, split: str, sidecar_duration_s: float | None, check
     if "json" not in raw:
         return ["no json member"]
     try:
-        meta = json.loads(raw["json"])
+        stored = json.loads(raw["json"])
     except ValueError as e:
         return [f"json does not parse: {e}"]
-    unlabelled = meta.get("labelled", True) is False
-    required = [f for f in REQUIRED_FIELDS if not (unlabelled and f in SIMULATION_FIELDS)]
-    faults = [f"json lacks {f}" for f in required if _get(meta, f) is _MISSING]
+    try:
+        meta = SampleMeta.from_dict(stored)
+    except SchemaError as e:
+        return e.problems
+    required = ("duration_s",) + (() if meta.unlabelled else SIMULATION_FIELDS)
+    faults = [f"json lacks {f}" for f in required if _get(stored, f) is _MISSING]
     if faults:
         return faults
-    if unlabelled and (meta["num_speakers"] != 0 or meta["targets"]):
-        faults.append(f"unlabelled sample with num_speakers={meta['num_speakers']}, targets={meta['targets']}")
-    faults += [f"drawn with {k} {meta[k]!r}, the corpus with {v!r}: a sample of another corpus"
-               for k, v in (identity or {}).items() if k in meta and meta[k] != v]
-    if meta["key"] != key:
-        faults.append(f"json key {meta['key']!r} differs from the member names' key")
-    if "." in meta["key"]:
-        faults.append(f"key {meta['key']!r} contains a dot")
-    if meta["split"] != split:
-        faults.append(f"json split {meta['split']!r} but the shard is in split {split!r}")
-    num_speakers = meta["num_speakers"]
-    if abs(meta["duration_s"] - meta["num_samples"] / meta["sample_rate_hz"]) > 1e-3:
-        faults.append(f"duration_s {meta['duration_s']} != num_samples / sample_rate_hz")
-    if sidecar_duration_s is not None and abs(sidecar_duration_s - meta["duration_s"]) > 1e-3:
-        faults.append(f"duration_s {meta['duration_s']}, sidecar says {sidecar_duration_s}")
-    if len(meta["sources"]) != num_speakers:
-        faults.append(f"{len(meta['sources'])} entries in sources for num_speakers={num_speakers}")
-    for i, source in enumerate(meta["sources"]):
-        faults += [f"sources[{i}] lacks {f}" for f in REQUIRED_SOURCE_FIELDS if f not in source]
+    num_speakers = meta.num_speakers
+    if meta.unlabelled and (num_speakers != 0 or meta.targets):
+        faults.append(f"unlabelled sample with num_speakers={num_speakers}, targets={list(meta.targets)}")
+    faults += [f"drawn with {k} {stored[k]!r}, the corpus with {v!r}: a sample of another corpus"
+               for k, v in (identity or {}).items() if k in stored and stored[k] != v]
+    if meta.key != key:
+        faults.append(f"json key {meta.key!r} differs from the member names' key")
+    if "." in meta.key:
+        faults.append(f"key {meta.key!r} contains a dot")
+    if meta.split != split:
+        faults.append(f"json split {meta.split!r} but the shard is in split {split!r}")
+    # the stored duration is only ever compared: readers compute it (SampleMeta.duration_s)
+    if abs(stored["duration_s"] - meta.duration_s) > 1e-3:
+        faults.append(f"duration_s {stored['duration_s']} != num_samples / sample_rate_hz")
+    if sidecar_duration_s is not None and abs(sidecar_duration_s - meta.duration_s) > 1e-3:
+        faults.append(f"duration_s {meta.duration_s}, sidecar says {sidecar_duration_s}")
+    if len(meta.sources) != num_speakers:
+        faults.append(f"{len(meta.sources)} entries in sources for num_speakers={num_speakers}")
 
     members = {name for name in raw if not name.startswith("__")}
-    ext = storage_of(meta)["codec"]
-    expected = {"json", f"mix.{ext}"}
-    for target in meta["targets"]:
+    ext = meta.stored_as.codec
+    expected = {"json", member_name("mix", codec=ext)}
+    for target in meta.targets:
         if target == "noise":
-            expected.add(f"noise.{ext}")
+            expected.add(member_name("noise", codec=ext))
             continue
         if target == "lips":
             for i in range(num_speakers):
-                stored = [f"s{i}.lips.{e}" for e in ARRAY_EXTENSIONS if f"s{i}.lips.{e}" in members]
-                if not stored:
-                    faults.append(f"target lips of source {i} missing (no {lips_member_name(i)})")
-                elif len(stored) > 1:  # a reader would take the first and never look at the other
-                    faults.append(f"lips of source {i} stored twice: {', '.join(stored)}")
+                found = stored_members(members, "lips", i)
+                if not found:
+                    faults.append(f"target lips of source {i} missing (no {member_name('lips', i)})")
+                elif len(found) > 1:  # a reader would take the first and never look at the other
+                    faults.append(f"lips of source {i} stored twice: {', '.join(found)}")
             faults += _check_lips_meta(meta)
             continue
-        for i in range(num_speakers):
-            if not {f"s{i}.{target}.{ext}", f"s{i}.{target}.npy"} & members:
-                faults.append(f"target {target} of source {i} missing")
+        faults += [f"target {target} of source {i} missing" for i in range(num_speakers)
+                   if member_name(target, i, ext) not in members]
     if codec:  # index.json's "codec": every sample carries tokens of the mixture and its sources
-        expected.add("mix.codec.npy")
+        expected.add(member_name("codec"))
         if codec.get("source_target"):
-            expected.update(f"s{i}.codec.npy" for i in range(num_speakers))
+            expected.update(member_name("codec", i) for i in range(num_speakers))
     faults += [f"member {m} missing" for m in sorted(expected - members)]
     for m in sorted(members):
         parsed = parse_source_member(m)
@@ -349,11 +351,11 @@ def _check_sample(raw: dict, split: str, sidecar_duration_s: float | None, check
     return faults
 
 
-def _check_audio(raw: dict, members: set[str], meta: dict, codec: dict | None = None) -> list[str]:
-    num_mics, num_samples, sample_rate_hz = meta["num_mics"], meta["num_samples"], meta["sample_rate_hz"]
+def _check_audio(raw: dict, members: set[str], meta: SampleMeta, codec: dict | None = None) -> list[str]:
+    num_mics, num_samples, sample_rate_hz = meta.num_mics, meta.num_samples, meta.sample_rate_hz
     image = (num_mics, num_samples)
     faults, audio = [], {}
-    bits = storage_of(meta)["bits"]
+    bits = meta.stored_as.bits
     for m in sorted(members - {"json"}):
         try:
             if is_audio_member(m):
@@ -387,16 +389,16 @@ def _check_audio(raw: dict, members: set[str], meta: dict, codec: dict | None = 
                 faults.append(f"{m} has shape {x.shape}, expected {image}")
             elif x.shape[-1] != num_samples:
                 faults.append(f"{m} has {x.shape[-1]} samples, json says {num_samples}")
-        elif target == "lips" and "lips" in meta["targets"]:  # else another stage's, left alone
+        elif target == "lips" and "lips" in meta.targets:  # else another stage's, left alone
             faults += _check_lips(m, x, parsed[0] if parsed else None, meta)
         elif target == "rir" and (x.ndim != 2 or x.shape[0] != num_mics):
             faults.append(f"{m} has shape {x.shape}, expected ({num_mics}, L)")
         elif m.endswith(".codec.npy"):
             faults += _check_codes(m, x, num_samples, sample_rate_hz, codec)
 
-    reverberant = [audio.get(audio_member(audio, f"s{i}.reverberant")) for i in range(meta["num_speakers"])]
-    noise, mix = audio_member(audio, "noise"), audio_member(audio, "mix")
-    noiseless = _get(meta, "noise.snr_db") in (_MISSING, None)
+    reverberant = [audio.get(find_member(audio, "reverberant", i)) for i in range(meta.num_speakers)]
+    noise, mix = find_member(audio, "noise"), find_member(audio, "mix")
+    noiseless = meta.noise is None or meta.noise.snr_db is None
     if reverberant and all(r is not None for r in reverberant) and mix and (noise or noiseless):
         try:
             expected = np.sum([np.atleast_2d(r) for r in reverberant], axis=0, dtype=np.float64)
@@ -410,25 +412,22 @@ def _check_audio(raw: dict, members: set[str], meta: dict, codec: dict | None = 
     return faults
 
 
-def _lip_frames(meta: dict) -> int:
-    from hubbub.voices.lips import num_video_frames  # imported here: it pulls in scipy.signal
-
-    return num_video_frames(meta["num_samples"], meta["sample_rate_hz"])
+def _lip_frames(meta: SampleMeta) -> int:
+    return num_video_frames(meta.num_samples, meta.sample_rate_hz)
 
 
-def _check_lips_meta(meta: dict) -> list[str]:
+def _check_lips_meta(meta: SampleMeta) -> list[str]:
     frames, faults = _lip_frames(meta), []
-    for i, source in enumerate(meta["sources"]):
-        lips = source.get("lips")
-        if not isinstance(lips, dict) or "num_frames" not in lips:
+    for i, source in enumerate(meta.sources):
+        if source.lips is None:
             faults.append(f"sources[{i}] lacks lips.num_frames (the sample has target lips)")
-        elif lips["num_frames"] != frames:
-            faults.append(f"sources[{i}].lips.num_frames is {lips['num_frames']}, expected {frames} "
+        elif source.lips.num_frames != frames:
+            faults.append(f"sources[{i}].lips.num_frames is {source.lips.num_frames}, expected {frames} "
                           f"(ceil(num_samples * 25 / sample_rate_hz))")
     return faults
 
 
-def _check_lips(m: str, frames: np.ndarray, source: int | None, meta: dict) -> list[str]:
+def _check_lips(m: str, frames: np.ndarray, source: int | None, meta: SampleMeta) -> list[str]:
     """A lip stream: uint8 (F, 96, 96) with F the video frames of num_samples at 25 fps."""
     expected = (_lip_frames(meta), 96, 96)
     faults = []
@@ -436,11 +435,9 @@ def _check_lips(m: str, frames: np.ndarray, source: int | None, meta: dict) -> l
         faults.append(f"{m} is {frames.dtype}, expected uint8 mouth frames")
     if frames.shape != expected:
         faults.append(f"{m} has shape {frames.shape}, expected {expected} (frames at 25 fps, 96, 96)")
-    sources = meta.get("sources") or []
-    lips = sources[source].get("lips") if source is not None and source < len(sources) else None
-    if isinstance(lips, dict) and frames.ndim >= 1 and lips.get("num_frames") != frames.shape[0]:
-        faults.append(f"{m} has {frames.shape[0]} frames, sources[{source}].lips.num_frames says "
-                      f"{lips.get('num_frames')}")
+    lips = meta.sources[source].lips if source is not None and source < len(meta.sources) else None
+    if lips is not None and frames.ndim >= 1 and lips.num_frames != frames.shape[0]:
+        faults.append(f"{m} has {frames.shape[0]} frames, sources[{source}].lips.num_frames says {lips.num_frames}")
     return faults
 
 

@@ -23,6 +23,8 @@ from hubbub.shards.format import decode_npy, encode_json, encode_npy, sample_key
 from hubbub.shards.writer import load_index, member_ranges, record_from_json, sidecar_path
 from hubbub.simulate.recipe import Recipe
 from hubbub.simulate.rir import RirSet, compute_rirs, measure_rt60_s
+from hubbub.simulate.rooms import draw_room
+from hubbub.simulate.seeds import sample_seed, seed_key, sources_fingerprint
 
 BANK_KIND = "rir_bank"
 
@@ -31,25 +33,19 @@ class RirBankJob:
     """Draws and renders bank rooms; the shard runner calls :meth:`members` per room."""
 
     def __init__(self, recipe: Recipe, seed: int, positions: int):
-        from hubbub.simulate.sample import Simulator
-
         if positions < recipe.speakers.max_count:
             raise ValueError(f"a bank room needs at least as many positions ({positions}) as the most "
                              f"speakers a mixture may have ({recipe.speakers.max_count})")
         self.recipe = recipe
         self.seed = seed
         self.positions = positions
-        # Room and array drawing is the mixture simulator's own; it needs no speech pools.
-        self._sim = Simulator(recipe, pools={}, seed=seed)
-        self.recipe_hash = self._sim.recipe_hash
-        self.seed_key = self._sim.seed_key
+        # Seeded as a mixture simulator without speech pools would be: the rooms of existing banks.
+        self.recipe_hash = recipe.content_hash()
+        self.seed_key = seed_key(self.recipe_hash, sources_fingerprint({}, recipe.room.rir_bank))
 
     def members(self, split: str, index: int) -> tuple[dict, float]:
-        from hubbub.simulate.sample import sample_seed
-
         rng = np.random.default_rng(sample_seed(self.seed_key, self.seed, split, index))
-        sources = [{} for _ in range(self.positions)]
-        room, mics = self._sim._draw_room(rng, self.positions, sources)
+        room, mics, sources = draw_room(rng, self.recipe.room, self.recipe.mics, self.positions)
         fs = self.recipe.sample_rate_hz
         rs = compute_rirs(room["dim_m"], room["rt60_s_target"] or 0.0, [s["position_m"] for s in sources],
                           mics["positions_m"], fs, mode=room["rir_mode"], rng=np.random.default_rng(room["rir_seed"]))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from hubbub.config import ConfigError, apply_overrides, check_range, from_dict, load_with_base, to_dict
+from hubbub.schema import TARGETS
 from hubbub.shards.format import BITS
 from hubbub.video import FPS
 
@@ -187,9 +188,9 @@ class StorageConfig:
             raise ConfigError("storage.bits", f"must be one of {BITS}, got {self.bits}")
 
 
-TARGETS = ("dry", "direct", "early", "reverberant", "noise", "rir", "lips")
-# What a recipe writes when it names no targets. "lips" (audio-visual corpora, see
-# hubbub.sources.lips) is left out: a recipe asks for it, and existing recipes keep their hashes.
+# What a recipe writes when it names no targets (of hubbub.schema.TARGETS). "lips" (audio-visual
+# corpora, see hubbub.sources.lips) is left out: a recipe asks for it, and existing recipes keep
+# their hashes.
 DEFAULT_TARGETS = ("dry", "direct", "early", "reverberant", "noise", "rir")
 
 
@@ -234,7 +235,7 @@ class Recipe:
         fingerprint, it seeds every sample). Where the inputs live (``speech.corpus``,
         ``speech.lips_dir``, ``noise.folder``, ``room.rir_bank``) is left out: a corpus moved
         elsewhere gives the same mixtures; what the inputs hold is fingerprinted by
-        :func:`hubbub.simulate.sample.sources_fingerprint`.
+        :func:`hubbub.simulate.seeds.sources_fingerprint`.
         """
         d = to_dict(self)
         for k in ("samples_per_shard", "description", "splits", "storage"):

@@ -3,7 +3,7 @@
 The driver indexes the sources once, fixes the shard plan (which sample indices go to which
 shard: it depends on the recipe's ``samples_per_shard`` and ``--num`` only), and submits one task
 per shard that is not already complete. A sample's content depends only on (recipe, seed, split,
-index) (:func:`hubbub.simulate.sample.sample_seed`), so 1 worker or 100 give the same bytes.
+index) (:func:`hubbub.simulate.seeds.sample_seed`), so 1 worker or 100 give the same bytes.
 Shards are written under a temporary name and renamed when complete (in an object store: built
 in local scratch and uploaded in one PUT); their sidecars say they are complete; a rerun of the
 same command skips them and rewrites the rest. ``out_dir`` is a local folder or any fsspec URL
@@ -29,14 +29,19 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyroomacoustics as pra
+from tqdm import tqdm
+
 from hubbub import audio, storage
 from hubbub.config import to_dict
 from hubbub.shards.writer import (LOCK_NAME, ShardPlan, ShardRecord, atomic_write_json, build_index,
                                   check_same_corpus, complete_shards, plan_split, write_sidecar, writing_shard)
+from hubbub.simulate.bank import BANK_KIND, RirBankJob
 from hubbub.simulate.recipe import Recipe
 from hubbub.simulate.sample import Simulator, SplitPool
 from hubbub.sources.noise import index_noise, split_noise_files
 from hubbub.sources.speech import assign_splits, default_cache_dir, index_speech
+from hubbub.voices import make_voices
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +111,6 @@ def plan_shards(recipe: Recipe, num: int, splits: list[str] | None = None) -> li
 
 def builtin_voices_dir() -> Path:
     """The built-in voices corpus, made on first use (``hubbub voices`` makes one anywhere)."""
-    from hubbub.voices import make_voices
-
     out = default_cache_dir() / "voices" / "default"
     make_voices(out)
     return out
@@ -166,8 +169,6 @@ def write_shard(job, plan: ShardPlan, out_dir: str) -> dict:
     for rendering: one pyroomacoustics thread, freed memory kept for the next mixture
     (:func:`keep_freed_memory`).
     """
-    import pyroomacoustics as pra
-
     pra.constants.set("num_threads", 1)
     keep_freed_memory()
     if not isinstance(job, ShippedSources):
@@ -276,8 +277,6 @@ def simulate_rir_bank(recipe: Recipe, *, num_rooms: int, positions: int, out_dir
     Mixtures then reuse it with ``--set room.rir_bank=OUT_DIR`` (see :mod:`hubbub.simulate.bank`).
     Same sharding, resume and worker-count invariance as :func:`simulate`.
     """
-    from hubbub.simulate.bank import BANK_KIND, RirBankJob
-
     out_dir = storage.normalize(out_dir)
     if positions < 1:
         raise ValueError(f"positions must be at least 1, got {positions}")
@@ -347,8 +346,6 @@ def run_shards(job, plans: list[ShardPlan], out_dir: str, *, workers: int | None
 
 
 def _drain(iterator, total: int, progress: bool) -> list:
-    from tqdm import tqdm
-
     return list(tqdm(iterator, total=total, desc="shards", unit="shard", disable=not progress))
 
 
@@ -427,7 +424,6 @@ def _needs_shipping(address: str | None, shared_disk: bool | None) -> bool:
 
 def _run_on_ray(job, pending, out_dir, workers, address, progress, max_retries, shared_disk=None) -> list[dict]:
     import ray
-    from tqdm import tqdm
 
     started = _init_ray(address, workers)
     try:

@@ -23,10 +23,7 @@ Conventions (all targets share the mixture's time axis, time 0 = emission):
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,13 +33,17 @@ from scipy import fft as sp_fft
 
 from hubbub import storage
 from hubbub.audio import load_audio_cached
-from hubbub.shards.format import (encode_audio, encode_json, encode_npy, encode_npy_zst, lips_member_name, quantize,
-                                  sample_key, storage_of)
+from hubbub.schema import Mics, Mixing, Noise, Room, SampleMeta, Source, Storage, member_name
+from hubbub.shards.format import encode_audio, encode_npy, encode_npy_zst, quantize, sample_key, storage_of
+from hubbub.simulate.bank import bank_meta, bank_room, bank_rooms_per_split, rirs_from_bank
 from hubbub.simulate.recipe import Recipe
-from hubbub.simulate.rir import compute_rirs, measure_rt60_s, rt60_to_absorption
+from hubbub.simulate.rir import RirSet, compute_rirs, measure_rt60_s
+from hubbub.simulate.rooms import RoomError, draw_room
+from hubbub.simulate.rooms import uniform as _uniform
+from hubbub.simulate.seeds import sample_seed, seed_key, sources_fingerprint
 from hubbub.sources.lips import draw_lips, render_source_lips
 from hubbub.sources.noise import NoiseFile, coloured_noise, diffuse_mixing
-from hubbub.sources.speech import Utterance
+from hubbub.sources.utterance import Utterance
 
 
 class SampleError(RuntimeError):
@@ -61,37 +62,6 @@ class SplitPool:
         return sorted(self.utterances_by_speaker)
 
 
-def sources_fingerprint(pools: dict[str, "SplitPool"], bank: str | None = None) -> str:
-    """What the sources hold, independent of where they are: per split, each utterance's speaker,
-    path relative to the corpus root and duration, the noise files, and the RIR bank's identity."""
-    paths = [u.path for p in pools.values() for us in p.utterances_by_speaker.values() for u in us]
-    paths += [f.path for p in pools.values() for f in p.noise_files]
-    root = os.path.commonpath(paths) if len(paths) > 1 else (os.path.dirname(paths[0]) if paths else "")
-    rows = []
-    for split in sorted(pools):
-        pool = pools[split]
-        rows += [(split, u.speaker, os.path.relpath(u.path, root), round(u.duration_s, 3))
-                 for spk in sorted(pool.utterances_by_speaker) for u in pool.utterances_by_speaker[spk]]
-        rows += [(split, "noise", os.path.relpath(f.path, root), round(f.duration_s, 3)) for f in pool.noise_files]
-    if bank:
-        from hubbub.shards.writer import load_index
-
-        index = load_index(bank)
-        rows.append(("bank", index.get("recipe_hash"), index.get("seed"), index.get("positions")))
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
-
-
-def sample_seed(recipe_hash: str, seed: int, split: str, index: int) -> np.random.SeedSequence:
-    """The only source of a sample's randomness: its identity, never the worker or the clock."""
-    split_code = int(hashlib.sha256(split.encode()).hexdigest()[:8], 16)
-    return np.random.SeedSequence([int(recipe_hash, 16) & 0xFFFFFFFF, int(recipe_hash, 16) >> 32, seed,
-                                   split_code, index])
-
-
-def _uniform(rng: np.random.Generator, r) -> float:
-    return float(rng.uniform(r[0], r[1])) if r[1] > r[0] else float(r[0])
-
-
 def _utt_ref(u: Utterance) -> dict:
     return {"speaker": u.speaker, "path": u.path, "corpus": u.corpus, "licence": u.licence,
             "transcript": u.transcript, "utterance_duration_s": round(u.duration_s, 6)}
@@ -106,20 +76,18 @@ class Simulator:
         self.seed = seed
         self.recipe_hash = recipe.content_hash()
         self.sources_hash = sources_fingerprint(pools, recipe.room.rir_bank)
-        self.seed_key = hashlib.sha256(f"{self.recipe_hash}:{self.sources_hash}".encode()).hexdigest()[:16]
-        self.bank_rooms = None
-        if recipe.room.rir_bank:
-            from hubbub.simulate.bank import bank_rooms_per_split
-
-            self.bank_rooms = bank_rooms_per_split(recipe.room.rir_bank)
+        self.seed_key = seed_key(self.recipe_hash, self.sources_hash)
+        self.bank_rooms = bank_rooms_per_split(recipe.room.rir_bank) if recipe.room.rir_bank else None
 
     def members(self, split: str, index: int) -> tuple[dict, float]:
         """Shard members of one sample and its duration (the shard runner's job interface)."""
         rendered = render(self.draw(split, index))
-        return to_members(rendered), rendered.meta["duration_s"]
+        return to_members(rendered), SampleMeta.from_dict(rendered.meta).duration_s
 
     # -- drawing ---------------------------------------------------------------------------------
     def draw(self, split: str, index: int) -> dict:
+        """The sample's parameters (:class:`hubbub.schema.SampleMeta` as a dict, without what
+        rendering measures), drawn from its identity alone."""
         r = self.recipe
         rng = np.random.default_rng(sample_seed(self.seed_key, self.seed, split, index))
         pool = self.pools[split]
@@ -141,24 +109,22 @@ class Simulator:
             room, mics = self._draw_bank_room(rng, split, n_spk, sources)
         else:
             room, mics = self._draw_room(rng, n_spk, sources)
-        params: dict[str, Any] = {
-            "key": sample_key(split, index), "split": split, "index": index, "seed": self.seed,
-            "recipe": r.name, "recipe_hash": self.recipe_hash, "sources_hash": self.sources_hash,
-            "sample_rate_hz": fs,
-            "num_samples": num_samples, "duration_s": num_samples / fs, "num_speakers": n_spk,
-            "num_mics": r.mics.count, "targets": list(r.targets), "room": room, "mics": mics,
-            "sources": sources, "storage": {"codec": r.storage.codec, "bits": r.storage.bits},
-            "mixing": {"loudness_lufs_target": _uniform(rng, r.mixing.loudness_lufs),
-                       "max_peak": r.mixing.max_peak},
-        }
+        # The order of the draws is the samples' identity: loudness, SIRs, noise, then lips.
+        mixing = Mixing(loudness_lufs_target=_uniform(rng, r.mixing.loudness_lufs), max_peak=r.mixing.max_peak)
         for k, s in enumerate(sources):
             s["sir_db"] = 0.0 if k == 0 else _uniform(rng, r.mixing.sir_db)
-        params["noise"] = self._draw_noise(rng, pool, chosen, num_samples)
+        noise = self._draw_noise(rng, pool, chosen, num_samples)
         if "lips" in r.targets:
             # Drawn last, and only for lips: recipes without them keep their samples bit for bit.
             for s, u in zip(sources, utts):
                 s["lips"] = draw_lips(u, s, fs, num_samples, seed=int(rng.integers(2**31)))
-        return params
+        return SampleMeta(
+            key=sample_key(split, index), split=split, index=index, seed=self.seed, recipe=r.name,
+            recipe_hash=self.recipe_hash, sources_hash=self.sources_hash, sample_rate_hz=fs,
+            num_samples=num_samples, num_speakers=n_spk, num_mics=r.mics.count, targets=tuple(r.targets),
+            room=Room.from_dict(room), mics=Mics.from_dict(mics), sources=[Source.from_dict(s) for s in sources],
+            noise=Noise.from_dict(noise), mixing=mixing, storage=Storage(codec=r.storage.codec, bits=r.storage.bits),
+        ).to_dict()
 
     def _place(self, rng: np.random.Generator, utts: list[Utterance]) -> tuple[list[dict], int]:
         """Where each utterance excerpt lands in the mixture (samples), per duration/overlap mode."""
@@ -201,34 +167,17 @@ class Simulator:
         return sources, int(total)
 
     def _draw_room(self, rng: np.random.Generator, n_spk: int, sources: list[dict]) -> tuple[dict, dict]:
-        rc, mc = self.recipe.room, self.recipe.mics
-        for _ in range(50):
-            dim = [_uniform(rng, rc.length_m), _uniform(rng, rc.width_m), _uniform(rng, rc.height_m)]
-            rt60 = None if rc.rir_mode == "anechoic" else _uniform(rng, rc.rt60_s)
-            if rt60 is not None:
-                try:
-                    rt60_to_absorption(rt60, dim)
-                except ValueError:
-                    continue
-            placed = self._place_in_room(rng, dim, n_spk)
-            if placed is not None:
-                mic_pos, center, src_pos = placed
-                break
-        else:
-            raise SampleError("no room within the recipe's ranges fits its RT60 and distance constraints; "
-                              "widen room.* ranges or lower room.min_*_distance_m")
-        for s, p in zip(sources, src_pos):
-            s["position_m"] = [round(float(v), 4) for v in p]
-            s["distance_m"] = round(float(np.linalg.norm(np.asarray(p) - center)), 4)
-        room = {"dim_m": [round(v, 4) for v in dim], "rt60_s_target": None if rt60 is None else round(rt60, 4),
-                "rir_mode": rc.rir_mode, "early_ms": rc.early_ms, "rir_seed": int(rng.integers(2**31))}
-        mics = {"array": mc.array, "reference": mc.reference, "center_m": [round(float(v), 4) for v in center],
-                "positions_m": [[round(float(v), 5) for v in p] for p in mic_pos]}
+        """A simulated room and array (:func:`hubbub.simulate.rooms.draw_room`); sets each source's
+        ``position_m`` and ``distance_m``."""
+        try:
+            room, mics, positions = draw_room(rng, self.recipe.room, self.recipe.mics, n_spk)
+        except RoomError as exc:
+            raise SampleError(str(exc)) from None
+        for s, p in zip(sources, positions):
+            s.update(p)
         return room, mics
 
     def _draw_bank_room(self, rng: np.random.Generator, split: str, n_spk: int, sources: list[dict]):
-        from hubbub.simulate.bank import bank_meta
-
         bank = storage.normalize(self.recipe.room.rir_bank)
         if not self.bank_rooms.get(split):
             raise SampleError(f"the RIR bank {bank} has no rooms for split {split!r}")
@@ -249,40 +198,6 @@ class Simulator:
                 "bank_room_mode": meta["room"]["rir_mode"], "bank_positions": positions,
                 "early_ms": self.recipe.room.early_ms}
         return room, meta["mics"]
-
-    def _place_in_room(self, rng, dim, n_spk):
-        rc, mc = self.recipe.room, self.recipe.mics
-        wall = rc.min_wall_distance_m
-        radius = {"single": 0.0, "pair": mc.spacing_m[1] / 2, "circular": mc.radius_m}[mc.array]
-        margin = wall + radius
-        if 2 * margin >= min(dim[0], dim[1]):
-            return None
-        center = np.array([rng.uniform(margin, dim[0] - margin), rng.uniform(margin, dim[1] - margin),
-                           min(_uniform(rng, mc.height_m), dim[2] - wall)])
-        azimuth = rng.uniform(0, 2 * np.pi)
-        if mc.array == "single":
-            mic_pos = center[None]
-        elif mc.array == "pair":
-            half = _uniform(rng, mc.spacing_m) / 2
-            d = np.array([np.cos(azimuth), np.sin(azimuth), 0.0]) * half
-            mic_pos = np.stack([center - d, center + d])
-        else:
-            ang = azimuth + 2 * np.pi * np.arange(mc.count) / mc.count
-            mic_pos = center + mc.radius_m * np.stack([np.cos(ang), np.sin(ang), np.zeros_like(ang)], axis=1)
-        src = []
-        for _ in range(n_spk):
-            for _ in range(200):
-                p = np.array([rng.uniform(wall, dim[0] - wall), rng.uniform(wall, dim[1] - wall),
-                              np.clip(_uniform(rng, rc.source_height_m), wall, dim[2] - wall)])
-                if np.linalg.norm(p - center) < rc.min_mic_distance_m:
-                    continue
-                if any(np.linalg.norm(p - q) < rc.min_source_distance_m for q in src):
-                    continue
-                src.append(p)
-                break
-            else:
-                return None
-        return mic_pos, center, src
 
     def _draw_noise(self, rng, pool: SplitPool, chosen: list[str], num_samples: int) -> dict:
         nc = self.recipe.noise
@@ -317,6 +232,59 @@ class Simulator:
 
 
 # -- rendering ---------------------------------------------------------------------------------------
+# render() is a pipeline of the steps below, each a function of arrays and parameters that a test
+# can run alone. Their floating-point operations are the pinned presets' (tests/simulate/
+# test_preset_bytes.py): reordering one moves the corpus bytes.
+@dataclass
+class Rendered:
+    meta: dict
+    mix_q: np.ndarray                 # (M, T) int32 codes
+    noise_q: np.ndarray | None        # (M, T)
+    targets_q: dict[str, list[np.ndarray]]   # per-source target -> codes per source
+    rirs: list[np.ndarray]            # per source (M, L) float32
+    lips: list[np.ndarray] | None = None     # per source (F, 96, 96) uint8, target "lips"
+
+
+def render(params: dict) -> Rendered:
+    """Signals for a parameter dict from :meth:`Simulator.draw` (or a stored sample's JSON).
+
+    The steps: place the sources, their room impulse responses, convolve, SIR gains, the dry
+    target, noise at the SNR, one loudness scale under the peak limit, the measured metadata,
+    quantisation, lips.
+    """
+    fs, n = params["sample_rate_hz"], params["num_samples"]
+    mics = np.asarray(params["mics"]["positions_m"], dtype=float)
+    ref = params["mics"]["reference"]
+    srcs, room, mixing = params["sources"], params["room"], params["mixing"]
+    targets = set(params["targets"])
+
+    placed = place_sources(srcs, fs, n)                                                  # (S, T)
+    rir_set = room_impulse_responses(room, srcs, mics, fs)
+    filters = {"reverberant": rir_set.rirs, "direct": rir_set.direct}
+    if "early" in targets:
+        filters["early"] = rir_set.early(room["early_ms"])
+    kinds = [kind for kind in filters if kind == "reverberant" or kind in targets]
+    signals = dict(zip(kinds, convolve_sources(placed, [filters[k] for k in kinds], n)))  # kind -> (S, M, T)
+    rev = signals["reverberant"]
+    gains = sir_gains(rev[:, ref], [s["sir_db"] for s in srcs])
+    for image in signals.values():
+        image *= gains[:, None, None].astype(np.float32)
+    speech = rev.sum(0)
+    delays = direct_delays(rir_set, ref)
+    if "dry" in targets:
+        signals["dry"] = dry_target(placed, gains, delays)
+    noise, noise_gain = noise_at_snr(params["noise"], speech[ref], mics, ref, fs)
+    mix = speech + (noise if noise is not None else 0.0)
+    stored = [mix, *signals.values()] + ([noise] if noise is not None else [])
+    loudness, scale, limited = loudness_scale(mix[ref], stored, fs, mixing["loudness_lufs_target"], mixing["max_peak"])
+    meta = measured_meta(params, rir_set, placed=placed, gains=gains, delays=delays, noise_gain=noise_gain,
+                         loudness=loudness, scale=scale, limited=limited)
+    mix_q, noise_q, targets_q = quantise(signals, noise, storage_of(params)["bits"], scale)
+    lips = [render_source_lips(s["lips"], s, fs) for s in srcs] if "lips" in targets else None
+    return Rendered(meta=meta, mix_q=mix_q, noise_q=noise_q, targets_q=targets_q,
+                    rirs=[rir_set.rirs[k] for k in range(len(srcs))], lips=lips)
+
+
 def _active_power(x: np.ndarray) -> float:
     """Mean square of ``x`` from its first to its last sample above 1e-8 in magnitude (0 if none).
 
@@ -330,47 +298,30 @@ def _active_power(x: np.ndarray) -> float:
     return float(np.dot(active, active)) / active.size
 
 
-def _noise_base(params: dict, fs: int, n: int) -> np.ndarray:
-    nz = params["noise"]
-    rng = np.random.default_rng(nz["seed"])
-    if nz["kind"] == "coloured":
-        return coloured_noise(rng, (n,), nz["colour_exponent"])
-    if nz["kind"] == "folder":
-        f = nz["files"][0]
-        x = load_audio_cached(f["path"], fs)[int(round(f["start_s"] * fs)):]
-        return np.resize(x[:n], n)  # loops a file shorter than the mixture (np.resize copies all it gets)
-    out = np.zeros(n, np.float32)
-    for f in nz["files"]:  # babble: each talker looped to n samples, normalised, circularly shifted
-        x = load_audio_cached(f["path"], fs)
-        looped = np.resize(x[:n], n)    # a new array, normalised in place (np.resize copies all it gets)
-        looped /= math.sqrt(_active_power(x)) + 1e-9
-        # np.roll(looped, offset), added in two slices instead of through a rolled copy
-        shift = f["offset_samples"] % n
-        out[shift:] += looped[: n - shift]
-        out[:shift] += looped[n - shift:]
-    return out
+def place_sources(sources: list[dict], sample_rate_hz: int, num_samples: int) -> np.ndarray:
+    """Each source's excerpt at unit active power, placed at its ``start_sample``: (S, T) float32.
+
+    Reads ``path``, ``utterance_start_s``, ``num_samples`` and ``start_sample`` of each source
+    entry; the rest of the mixture is zeros (time 0 = emission).
+    """
+    placed = np.zeros((len(sources), num_samples), dtype=np.float32)
+    for k, s in enumerate(sources):
+        first = int(round(s["utterance_start_s"] * sample_rate_hz))
+        x = load_audio_cached(s["path"], sample_rate_hz)[first: first + s["num_samples"]]
+        x = x / (math.sqrt(_active_power(x)) + 1e-9)
+        placed[k, s["start_sample"]: s["start_sample"] + len(x)] = x
+    return placed
 
 
-def _overlap_ratio(placed: np.ndarray, fs: int) -> float:
-    """Fraction of active time (20 ms frames) during which two or more speakers are active."""
-    frame = max(1, fs // 50)
-    n = placed.shape[1] // frame
-    if n == 0:
-        return 0.0
-    e = (placed[:, : n * frame].reshape(len(placed), n, frame) ** 2).mean(-1)
-    active = e > 1e-3 * e.max(axis=1, keepdims=True)
-    any_active = active.any(0).sum()
-    return float((active.sum(0) >= 2).sum() / any_active) if any_active else 0.0
-
-
-@dataclass
-class Rendered:
-    meta: dict
-    mix_q: np.ndarray                 # (M, T) int32 codes
-    noise_q: np.ndarray | None        # (M, T)
-    targets_q: dict[str, list[np.ndarray]]   # per-source target -> codes per source
-    rirs: list[np.ndarray]            # per source (M, L) float32
-    lips: list[np.ndarray] | None = None     # per source (F, 96, 96) uint8, target "lips"
+def room_impulse_responses(room: dict, sources: list[dict], mic_positions_m: np.ndarray,
+                           sample_rate_hz: int) -> RirSet:
+    """The RIRs of a sample's room: read from its RIR bank (``rir_mode`` "bank"), or simulated
+    from the room's parameters and the sources' ``position_m`` (seeded by ``rir_seed``)."""
+    if room["rir_mode"] == "bank":
+        return rirs_from_bank(bank_room(room["bank"], room["bank_split"], room["bank_room"]), room["bank_positions"])
+    return compute_rirs(room["dim_m"], room["rt60_s_target"] or 0.0, [s["position_m"] for s in sources],
+                        mic_positions_m, sample_rate_hz, mode=room["rir_mode"],
+                        rng=np.random.default_rng(room["rir_seed"]))
 
 
 def convolve_sources(placed: np.ndarray, filter_sets: list[np.ndarray], n: int) -> list[np.ndarray]:
@@ -399,75 +350,111 @@ def convolve_sources(placed: np.ndarray, filter_sets: list[np.ndarray], n: int) 
     return images
 
 
-def render(params: dict) -> Rendered:
-    """Signals for a parameter dict from :meth:`Simulator.draw` (or a stored sample's JSON)."""
-    fs, n = params["sample_rate_hz"], params["num_samples"]
-    mics = np.asarray(params["mics"]["positions_m"], dtype=float)
-    ref = params["mics"]["reference"]
-    srcs = params["sources"]
-    room = params["room"]
-    targets = set(params["targets"])
+def sir_gains(reverberant_ref: np.ndarray, sir_db: list[float]) -> np.ndarray:
+    """Gain of each source (S,) that puts source ``k``'s reverberant image ``sir_db[k]`` dB above
+    source 0's at the reference mic (``reverberant_ref`` (S, T)); source 0 keeps gain 1 and a
+    silent source gets 0."""
+    gains = np.ones(len(reverberant_ref))
+    p0 = _active_power(reverberant_ref[0])
+    for k in range(1, len(reverberant_ref)):
+        pk = _active_power(reverberant_ref[k])
+        gains[k] = math.sqrt(p0 * 10 ** (sir_db[k] / 10) / pk) if pk > 0 else 0.0
+    return gains
 
-    placed = np.zeros((len(srcs), n), dtype=np.float32)
-    for k, s in enumerate(srcs):
-        first = int(round(s["utterance_start_s"] * fs))
-        x = load_audio_cached(s["path"], fs)[first: first + s["num_samples"]]
-        x = x / (math.sqrt(_active_power(x)) + 1e-9)
-        placed[k, s["start_sample"]: s["start_sample"] + len(x)] = x
 
-    if room["rir_mode"] == "bank":
-        from hubbub.simulate.bank import bank_room, rirs_from_bank
+def direct_delays(rir_set: RirSet, ref: int) -> list[int]:
+    """Each source's direct-path delay at the reference mic, in whole samples."""
+    return [int(round(float(rir_set.direct_delay_samples[k, ref]))) for k in range(len(rir_set.rirs))]
 
-        rir_set = rirs_from_bank(bank_room(room["bank"], room["bank_split"], room["bank_room"]),
-                                 room["bank_positions"])
-    else:
-        rir_set = compute_rirs(room["dim_m"], room["rt60_s_target"] or 0.0, [s["position_m"] for s in srcs], mics,
-                               fs, mode=room["rir_mode"], rng=np.random.default_rng(room["rir_seed"]))
-    early = rir_set.early(room["early_ms"]) if "early" in targets else None
 
-    wanted = ["reverberant"] + [t for t in ("direct", "early") if t in targets]
-    filters = {"reverberant": rir_set.rirs, "direct": rir_set.direct, "early": early}
-    images = convolve_sources(placed, [filters[t] for t in wanted], n)                   # per kind (S, M, T)
-    rev = images[0]
-    gains = np.ones(len(srcs))
-    p0 = _active_power(rev[0, ref])
-    for k in range(1, len(srcs)):
-        pk = _active_power(rev[k, ref])
-        gains[k] = math.sqrt(p0 * 10 ** (srcs[k]["sir_db"] / 10) / pk) if pk > 0 else 0.0
-    signals: dict[str, Any] = {}
-    for name, img in zip(wanted, images):
-        img *= gains[:, None, None].astype(np.float32)
-        signals[name] = img
-    speech = rev.sum(0)
-    delays = [int(round(float(rir_set.direct_delay_samples[k, ref]))) for k in range(len(srcs))]
-    if "dry" in targets:
-        dry = np.zeros((len(srcs), n), np.float32)
-        for k, d in enumerate(delays):
-            dry[k, d:] = placed[k, : n - d] * gains[k]
-        signals["dry"] = dry
+def dry_target(placed: np.ndarray, gains: np.ndarray, delays: list[int]) -> np.ndarray:
+    """The ``dry`` target (S, T): each placed source times its gain, delayed by its direct-path
+    delay so that it lines up with the direct path at the reference mic."""
+    n = placed.shape[-1]
+    dry = np.zeros((len(placed), n), np.float32)
+    for k, d in enumerate(delays):
+        dry[k, d:] = placed[k, : n - d] * gains[k]
+    return dry
 
-    noise = None
-    if params["noise"]["kind"] != "none":
-        base = _noise_base(params, fs, n)
-        chans = np.stack([np.roll(base, s) for s in params["noise"]["shifts"]])
-        if params["noise"]["spatial"] == "diffuse":
-            chans = diffuse_mixing(chans, mics, fs)
-        pn = _active_power(chans[ref])
-        g = math.sqrt(_active_power(speech[ref]) / (pn * 10 ** (params["noise"]["snr_db"] / 10))) if pn > 0 else 0.0
-        noise = chans.astype(np.float32) * np.float32(g)
-    mix = speech + (noise if noise is not None else 0.0)
 
-    meter = pyloudnorm.Meter(fs, block_size=min(0.4, n / fs))
+def _noise_base(noise: dict, fs: int, n: int) -> np.ndarray:
+    rng = np.random.default_rng(noise["seed"])
+    if noise["kind"] == "coloured":
+        return coloured_noise(rng, (n,), noise["colour_exponent"])
+    if noise["kind"] == "folder":
+        f = noise["files"][0]
+        x = load_audio_cached(f["path"], fs)[int(round(f["start_s"] * fs)):]
+        return np.resize(x[:n], n)  # loops a file shorter than the mixture (np.resize copies all it gets)
+    out = np.zeros(n, np.float32)
+    for f in noise["files"]:  # babble: each talker looped to n samples, normalised, circularly shifted
+        x = load_audio_cached(f["path"], fs)
+        looped = np.resize(x[:n], n)    # a new array, normalised in place (np.resize copies all it gets)
+        looped /= math.sqrt(_active_power(x)) + 1e-9
+        # np.roll(looped, offset), added in two slices instead of through a rolled copy
+        shift = f["offset_samples"] % n
+        out[shift:] += looped[: n - shift]
+        out[:shift] += looped[n - shift:]
+    return out
+
+
+def noise_at_snr(noise: dict, speech_ref: np.ndarray, mic_positions_m: np.ndarray, ref: int,
+                 sample_rate_hz: int) -> tuple[np.ndarray | None, float | None]:
+    """The noise (M, T) float32 at ``noise["snr_db"]`` below ``speech_ref`` (all speech at the
+    reference mic, (T,)), and its gain; ``(None, None)`` for ``kind`` "none".
+
+    Channel ``m`` is the noise shifted circularly by ``noise["shifts"][m]``; a ``diffuse`` noise
+    then gets the spherically diffuse coherence of the array.
+    """
+    if noise["kind"] == "none":
+        return None, None
+    base = _noise_base(noise, sample_rate_hz, len(speech_ref))
+    chans = np.stack([np.roll(base, s) for s in noise["shifts"]])
+    if noise["spatial"] == "diffuse":
+        chans = diffuse_mixing(chans, mic_positions_m, sample_rate_hz)
+    pn = _active_power(chans[ref])
+    gain = math.sqrt(_active_power(speech_ref) / (pn * 10 ** (noise["snr_db"] / 10))) if pn > 0 else 0.0
+    return chans.astype(np.float32) * np.float32(gain), gain
+
+
+def loudness_scale(mix_ref: np.ndarray, signals: list[np.ndarray], sample_rate_hz: int, loudness_lufs: float,
+                   max_peak: float) -> tuple[float, float, bool]:
+    """``(loudness, scale, limited)``: the integrated loudness of ``mix_ref`` (LUFS, -inf for
+    silence) and the one scale for every stored signal that brings it to ``loudness_lufs``,
+    lowered (``limited``) where any of ``signals`` would then peak above ``max_peak``.
+
+    Raises :class:`SampleError` when a signal holds NaN or inf.
+    """
+    meter = pyloudnorm.Meter(sample_rate_hz, block_size=min(0.4, len(mix_ref) / sample_rate_hz))
     # float64 in: scipy's lfilter runs the K-weighting in the input's precision, and is faster so
-    loudness = meter.integrated_loudness(mix[ref].astype(np.float64))
-    scale = 10 ** ((params["mixing"]["loudness_lufs_target"] - loudness) / 20) if np.isfinite(loudness) else 1.0
-    everything = [mix] + list(signals.values()) + ([noise] if noise is not None else [])
+    loudness = meter.integrated_loudness(mix_ref.astype(np.float64))
+    scale = 10 ** ((loudness_lufs - loudness) / 20) if np.isfinite(loudness) else 1.0
     # NaN and inf propagate into the peak, so this one pass also checks every signal is finite.
-    peak = max(max(float(a.max()), -float(a.min())) for a in everything) * scale
-    limited = peak > params["mixing"]["max_peak"]
+    peak = max(max(float(a.max()), -float(a.min())) for a in signals) * scale
+    limited = peak > max_peak
     if limited:
-        scale *= params["mixing"]["max_peak"] / peak
+        scale *= max_peak / peak
+    if not (np.isfinite(peak) and np.isfinite(scale)):
+        raise SampleError("rendering produced NaN or inf (check the source audio and room parameters)")
+    return loudness, scale, bool(limited)
 
+
+def _overlap_ratio(placed: np.ndarray, fs: int) -> float:
+    """Fraction of active time (20 ms frames) during which two or more speakers are active."""
+    frame = max(1, fs // 50)
+    n = placed.shape[1] // frame
+    if n == 0:
+        return 0.0
+    e = (placed[:, : n * frame].reshape(len(placed), n, frame) ** 2).mean(-1)
+    active = e > 1e-3 * e.max(axis=1, keepdims=True)
+    any_active = active.any(0).sum()
+    return float((active.sum(0) >= 2).sum() / any_active) if any_active else 0.0
+
+
+def measured_meta(params: dict, rir_set: RirSet, *, placed: np.ndarray, gains: np.ndarray, delays: list[int],
+                  noise_gain: float | None, loudness: float, scale: float, limited: bool) -> dict:
+    """The sample's JSON: its parameters and what rendering measured (the room's RT60 and image
+    order, each source's gain and delay, the overlap, the loudness reached, the noise's gain)."""
+    fs, room, ref = params["sample_rate_hz"], params["room"], params["mics"]["reference"]
     meta = {**params}
     if room["rir_mode"] == "bank":
         meta["room"] = room  # measured when the bank was made
@@ -476,50 +463,50 @@ def render(params: dict) -> Rendered:
                                                     else round(measure_rt60_s(rir_set.rirs[0, ref], fs), 4)),
                         "max_order": rir_set.max_order, "absorption": rir_set.absorption}
     meta["sources"] = [{**s, "gain_db": round(20 * math.log10(max(gains[k] * scale, 1e-12)), 3),
-                        "dry_delay_samples": delays[k]} for k, s in enumerate(srcs)]
-    meta["mixing"] = {**params["mixing"], "overlap_ratio": round(_overlap_ratio(placed, fs), 4),
-                      "loudness_lufs": round(float(loudness + 20 * math.log10(scale)), 3) if np.isfinite(loudness) else None,
-                      "gain_db": round(20 * math.log10(scale), 3), "peak_limited": bool(limited)}
-    if noise is not None:
-        meta["noise"] = {**params["noise"], "gain_db": round(20 * math.log10(max(g * scale, 1e-12)), 3)}
+                        "dry_delay_samples": delays[k]} for k, s in enumerate(params["sources"])]
+    reached = round(float(loudness + 20 * math.log10(scale)), 3) if np.isfinite(loudness) else None
+    meta["mixing"] = {**params["mixing"], "overlap_ratio": round(_overlap_ratio(placed, fs), 4), "loudness_lufs": reached,
+                      "gain_db": round(20 * math.log10(scale), 3), "peak_limited": limited}
+    if noise_gain is not None:
+        meta["noise"] = {**params["noise"], "gain_db": round(20 * math.log10(max(noise_gain * scale, 1e-12)), 3)}
+    return meta
 
-    if not (np.isfinite(peak) and np.isfinite(scale)):
-        raise SampleError("rendering produced NaN or inf (check the source audio and room parameters)")
-    bits = storage_of(params)["bits"]
-    rev_q = [quantize(r, bits, scale) for r in rev]
+
+def quantise(signals: dict[str, np.ndarray], noise: np.ndarray | None, bits: int,
+             scale: float) -> tuple[np.ndarray, np.ndarray | None, dict[str, list[np.ndarray]]]:
+    """``signals`` (kind -> (S, M, T) or (S, T)) and ``noise`` (M, T) times ``scale`` as ``bits``-bit
+    codes: ``(mix, noise, {kind: [codes per source]})``. The mix is the sum of the reverberant
+    sources' and the noise's codes, so the stored parts add up to the stored mix exactly."""
+    rev_q = [quantize(r, bits, scale) for r in signals["reverberant"]]
     noise_q = quantize(noise, bits, scale) if noise is not None else None
     mix_q = sum(rev_q) + (noise_q if noise_q is not None else 0)
     targets_q = {"reverberant": rev_q}
     for name in ("direct", "early", "dry"):
         if name in signals:
             targets_q[name] = [quantize(x, bits, scale) for x in signals[name]]
-    lips = [render_source_lips(s["lips"], s, fs) for s in srcs] if "lips" in targets else None
-    return Rendered(meta=meta, mix_q=np.asarray(mix_q, np.int32), noise_q=noise_q, targets_q=targets_q,
-                    rirs=[rir_set.rirs[k] for k in range(len(srcs))], lips=lips)
+    return np.asarray(mix_q, np.int32), noise_q, targets_q
 
 
 def to_members(rendered: Rendered) -> dict:
-    """Rendered signals -> shard members (see :mod:`hubbub.shards.format`)."""
-    meta = rendered.meta
-    fs = meta["sample_rate_hz"]
-    targets = set(meta["targets"])
-    storage = storage_of(meta)
-    ext = storage["codec"]
+    """Rendered signals -> shard members (see :mod:`hubbub.shards.format`), the JSON checked
+    against the schema on the way (:class:`hubbub.schema.SampleMeta`)."""
+    meta = SampleMeta.from_dict(rendered.meta)
+    codec, bits = meta.stored_as.codec, meta.stored_as.bits
 
     def encode(q):
-        return encode_audio(q, fs, **storage)
+        return encode_audio(q, meta.sample_rate_hz, codec=codec, bits=bits)
 
-    members = {"__key__": meta["key"], "json": encode_json(meta), f"mix.{ext}": encode(rendered.mix_q)}
-    if "noise" in targets and rendered.noise_q is not None:
-        members[f"noise.{ext}"] = encode(rendered.noise_q)
+    members = {"__key__": meta.key, "json": meta.to_json(), member_name("mix", codec=codec): encode(rendered.mix_q)}
+    if "noise" in meta.targets and rendered.noise_q is not None:
+        members[member_name("noise", codec=codec)] = encode(rendered.noise_q)
     for name, per_source in rendered.targets_q.items():
-        if name in targets:
+        if name in meta.targets:
             for k, q in enumerate(per_source):
-                members[f"s{k}.{name}.{ext}"] = encode(q)
-    if "rir" in targets:
+                members[member_name(name, k, codec)] = encode(q)
+    if "rir" in meta.targets:
         for k, h in enumerate(rendered.rirs):
-            members[f"s{k}.rir.npy"] = encode_npy(h.astype(np.float32))
-    if "lips" in targets and rendered.lips is not None:
+            members[member_name("rir", k)] = encode_npy(h.astype(np.float32))
+    if "lips" in meta.targets and rendered.lips is not None:
         for k, frames in enumerate(rendered.lips):
-            members[lips_member_name(k)] = encode_npy_zst(frames)
+            members[member_name("lips", k)] = encode_npy_zst(frames)
     return members

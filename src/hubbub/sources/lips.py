@@ -5,7 +5,7 @@ An audio-visual corpus (recipe target ``"lips"``) needs, per utterance, one of (
 1. ``file``, named by the manifest: a row's ``"lips"`` field, a path relative to the manifest;
 2. ``phonemes``: a manifest row with ``"phonemes"`` (``[[name, start_s, end_s], ...]``) and
    ``"phoneme_set"`` (``"ipa"`` | ``"cmu"``), as the built-in voices write: frames are drawn
-   from the timings (:mod:`hubbub.voices.lips`);
+   from the timings (:mod:`hubbub.sources.mouths`);
 3. ``file``, found by name: ``{stem}.npy``, ``{stem}.npz`` or a folder ``{stem}/`` of frame images
    beside the audio file, or at the audio's relative path under ``speech.lips_dir`` (a parallel
    tree, e.g. ``lrs3/audio/trainval/0af00UcTOSc/50001.wav`` -> ``lrs3/mouths/trainval/0af00UcTOSc/50001.npz``).
@@ -39,14 +39,12 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hubbub.video import FPS, MIN_ROI_SIZE, ROI_EXTENSIONS, ROI_SIZE, load_roi, probe_roi
-
-if TYPE_CHECKING:
-    from hubbub.sources.speech import Utterance
+from hubbub.sources.mouths import mouth_shapes, render_lips
+from hubbub.sources.utterance import Utterance
+from hubbub.video import CROP_SIZE, FPS, ROI_EXTENSIONS, ROI_SIZE, load_roi, num_video_frames, probe_roi
 
 LIPS_FRAME_TOLERANCE = 2   # frames a ROI file may differ from its audio's duration x 25 fps
 PER_UTTERANCE = ("ROI files are per utterance (one per audio file), not per mixture: hubbub simulate "
@@ -81,7 +79,7 @@ def find_roi(audio_path: str | Path, *, root: str | Path | None = None,
     return None
 
 
-def _check_phonemes(u: "Utterance") -> dict:
+def _check_phonemes(u: Utterance) -> dict:
     phoneme_set, phonemes = u.extra.get("phoneme_set"), u.extra.get("phonemes")
     if phoneme_set not in ("ipa", "cmu"):
         raise LipsError("bad-lips", f"phoneme_set must be 'ipa' or 'cmu' to draw lips from phonemes, "
@@ -120,11 +118,11 @@ def _probe_cached(roi: Path, cache: dict, new_cache: dict) -> list[int]:
     return hit["info"]
 
 
-def _file_source(u: "Utterance", roi: Path, cache: dict, new_cache: dict) -> dict:
+def _file_source(u: Utterance, roi: Path, cache: dict, new_cache: dict) -> dict:
     num_frames, height, width = _probe_cached(roi, cache, new_cache)
-    if min(height, width) < MIN_ROI_SIZE:
+    if min(height, width) < CROP_SIZE:
         raise LipsError("lips-too-small", f"ROI frames of {height}x{width} are smaller than the "
-                                          f"{MIN_ROI_SIZE}x{MIN_ROI_SIZE} crop of the models", str(roi))
+                                          f"{CROP_SIZE}x{CROP_SIZE} crop of the models", str(roi))
     expected = u.duration_s * FPS
     if abs(num_frames - expected) > LIPS_FRAME_TOLERANCE:
         raise LipsError("lips-length-mismatch",
@@ -133,7 +131,7 @@ def _file_source(u: "Utterance", roi: Path, cache: dict, new_cache: dict) -> dic
     return {"kind": "file", "path": str(roi), "num_frames": int(num_frames)}
 
 
-def lip_source(u: "Utterance", *, root: Path, lips_dir: Path | None, cache: dict | None = None,
+def lip_source(u: Utterance, *, root: Path, lips_dir: Path | None, cache: dict | None = None,
                new_cache: dict | None = None) -> dict:
     """The lip source of one utterance (see the module docstring), or :class:`LipsError`.
 
@@ -159,9 +157,9 @@ def lip_source(u: "Utterance", *, root: Path, lips_dir: Path | None, cache: dict
     return _file_source(u, roi, cache, new_cache)
 
 
-def attach_lip_sources(utterances: list["Utterance"], *, root: str | Path, lips_dir: str | Path | None = None,
+def attach_lip_sources(utterances: list[Utterance], *, root: str | Path, lips_dir: str | Path | None = None,
                        cache_key: str, cache_dir: str | Path, max_workers: int | None = None
-                       ) -> tuple[list["Utterance"], list[dict]]:
+                       ) -> tuple[list[Utterance], list[dict]]:
     """Set ``u.lips`` (:func:`lip_source`) on every utterance that has a usable lip source.
 
     Returns (kept utterances, skipped): each skip is ``{"path": audio file, "reason", "detail",
@@ -201,7 +199,7 @@ def attach_lip_sources(utterances: list["Utterance"], *, root: str | Path, lips_
 
 
 # -- on the mixture ----------------------------------------------------------------------------------
-def draw_lips(u: "Utterance", source: dict, sample_rate_hz: int, num_samples: int, seed: int) -> dict:
+def draw_lips(u: Utterance, source: dict, sample_rate_hz: int, num_samples: int, seed: int) -> dict:
     """The ``sources[k]["lips"]`` entry of a sample: everything :func:`render_source_lips` needs.
 
     ``source`` is the sample's source entry (``utterance_start_s``, ``utterance_stop_s``,
@@ -211,8 +209,6 @@ def draw_lips(u: "Utterance", source: dict, sample_rate_hz: int, num_samples: in
          "phonemes": [[name, start_s, end_s], ...]}   # the excerpt's, in mixture seconds
         {"kind": "file", "fps": 25, "num_frames": F, "path": str, "roi_num_frames": int}
     """
-    from hubbub.voices.lips import num_video_frames
-
     if u.lips is None:
         raise ValueError(f"utterance {u.path} has no lip source: index the corpus with lips=True "
                          "(the recipe's targets include 'lips')")
@@ -242,8 +238,6 @@ def roi_frame_indices(num_frames: int, sample_rate_hz: int, source: dict, roi_nu
 def render_source_lips(lips: dict, source: dict, sample_rate_hz: int) -> np.ndarray:
     """One source's lip stream on the mixture's frame grid, ``(F, 96, 96)`` uint8, from its
     ``sources[k]["lips"]`` entry (:func:`draw_lips`) and the source entry itself."""
-    from hubbub.voices.lips import mouth_shapes, render_lips
-
     num_frames = lips["num_frames"]
     if lips["kind"] == "phonemes":
         shapes = mouth_shapes(lips["phonemes"], lips["phoneme_set"], num_frames, lips["fps"])

@@ -48,7 +48,7 @@ import posixpath
 import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -57,6 +57,7 @@ import numpy as np
 from hubbub import storage
 from hubbub.audio import AudioError, check_audio_file
 from hubbub.sources.lips import attach_lip_sources
+from hubbub.sources.utterance import Utterance
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".sph", ".wv1", ".wv2", ".aif", ".aiff", ".opus"}
 
@@ -69,19 +70,6 @@ LAYOUT_PATTERNS = {
     "voxceleb2": r"(?:^|/)(?P<speaker>id\d{5})/[^/]+/\d{5}\.\w+$",
     "lrs": r"(?:^|/)(?P<speaker>[^/]+)/\d{5}\.\w+$",
 }
-
-
-@dataclass
-class Utterance:
-    path: str                    # an absolute local path or a full URL
-    speaker: str
-    duration_s: float
-    sample_rate_hz: int
-    corpus: str
-    transcript: str | None = None
-    licence: str | None = None
-    extra: dict = field(default_factory=dict)
-    lips: dict | None = None     # with index_speech(lips=True): see hubbub.sources.lips.lip_source
 
 
 @dataclass

@@ -150,7 +150,9 @@ class AVConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str = "pit"
+    # The stage this config trains: the one place it is kept. The Solver reads it, run.json records
+    # it, a resume keeps it, and each stage's function refuses a config of another.
+    stage: Literal["pit", "av", "mixit", "codec"] = "pit"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -5,8 +5,12 @@ accumulation and clipping, the learning-rate schedule, steps with a non-finite l
 gradients skipped and counted (a run whose weights stop being finite stopped before it saves them),
 TensorBoard logging through Accelerate's trackers, a progress bar, checkpoints and exact resume
 (model, optimizer, schedule, random streams and the position in the shard stream), also on
-another number of processes. A stage overrides four hooks: :meth:`build_model`,
-:meth:`build_datasets`, :meth:`train_step` and :meth:`evaluate`.
+another number of processes. A stage overrides three hooks: :meth:`build_model`,
+:meth:`build_datasets` and :meth:`run_step`, one step that serves training and validation
+(audiocraft's ``run_step``): the Solver feeds it training batches and, every ``eval_every`` steps
+and at the end, the first ``data.valid_max_samples`` of the valid split in batches, and reports
+the mean of each value it returns there as ``valid/{name}``. Which stage a run is comes from
+its config (``stage``), the one place it is kept.
 
 A run directory holds::
 
@@ -54,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -62,12 +67,12 @@ import pickle
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import torch
 
 from hubbub import storage
-from hubbub.config import to_dict
+from hubbub.config import ConfigError, to_dict
 from hubbub.shards.writer import LOCK_NAME, atomic_write_json
 from hubbub.train.config import TrainConfig
 
@@ -110,24 +115,30 @@ class Solver:
         class MyStage(Solver):
             def build_model(self): ...
             def build_datasets(self): return train_ds, valid_ds
-            def train_step(self, model, batch): return loss, {"si_snr": ...}
-            def evaluate(self, model): return {"si_snri": ...}
+            def run_step(self, model, batch, train):
+                est = model(batch["mix"][:, 0])
+                loss = ...
+                return loss, ({} if train else {"si_snri_db": per_example_gains})
 
         MyStage(cfg, "runs/x").run()
     """
 
-    stage = "base"
-
     def __init__(self, cfg: TrainConfig, out_dir: str | Path):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
+
+    @property
+    def stage(self) -> str:
+        """The config's ``stage`` ("pit", "av", "mixit", "codec"): what run.json records."""
+        return self.cfg.stage
 
     # -- hooks -----------------------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
     def build_datasets(self):
-        """(train ShardDataset, valid dataset or None); rank and world size are set by the loop."""
+        """(train ShardDataset, valid ShardDataset or None); rank and world size of the train one
+        are set by the loop, the valid one is read whole by the main process (rank 0 of 1)."""
         raise NotImplementedError
 
     def build_loader(self, train_ds):
@@ -138,11 +149,26 @@ class Solver:
         train_ds.rank, train_ds.world_size = self.accelerator.process_index, self.accelerator.num_processes
         return ShardLoader(train_ds, num_workers=self.cfg.data.num_workers)
 
-    def train_step(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def run_step(self, model, batch, train: bool) -> tuple[torch.Tensor, dict[str, Any]]:
+        """One batch (:func:`~hubbub.shards.reader.collate_mixtures`' layout, on the device):
+        ``(loss, values)``.
+
+        ``train=True``: a training batch; the loss is minimised, each value (a scalar) is logged
+        next to it. ``train=False``: a valid batch under ``torch.inference_mode`` on the unwrapped
+        model in eval mode; the loss is not used, and each value (a scalar, or one per example) is
+        averaged over every example of the validation pass (``valid/{name}``).
+        """
         raise NotImplementedError
 
-    def evaluate(self, model) -> dict[str, float]:
-        return {}
+    def valid_items(self, dataset) -> Iterable[dict]:
+        """The items one validation pass scores: the first ``data.valid_max_samples`` of the valid
+        dataset (a stage may attach what its step needs to each)."""
+        return itertools.islice(dataset, self.cfg.data.valid_max_samples)
+
+    @property
+    def valid_batch_size(self) -> int:
+        """Valid items per batch: ``data.batch_size`` (MixIT pairs twice that, as in training)."""
+        return self.cfg.data.batch_size
 
     def data_card(self) -> dict:
         """What the run was trained on (published with the model)."""
@@ -207,7 +233,7 @@ class Solver:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         model, optimizer = acc.prepare(model, optimizer)
 
-        train_ds, _ = self.build_datasets()
+        train_ds, self.valid_dataset = self.build_datasets()
         loader = self.build_loader(train_ds)
 
         state = {"step": 0, "epoch": 0, "skipped_nonfinite": 0}
@@ -240,7 +266,7 @@ class Solver:
                     # from this RNG too.
                     torch.manual_seed(_stream_seed(cfg.seed, state["step"], micro, acc.process_index))
                     with acc.accumulate(model):
-                        loss, logs = self.train_step(model, batch)
+                        loss, logs = self.run_step(model, batch, train=True)
                         # Every rank must take the same branch or DDP's all-reduce hangs.
                         finite = acc.gather(torch.isfinite(loss.detach()).float().reshape(1)).min() > 0
                         if finite:
@@ -313,13 +339,29 @@ class Solver:
         metrics = {}
         if acc.is_main_process:
             model.eval()
-            with torch.inference_mode():
-                metrics = self.evaluate(acc.unwrap_model(model))
+            # Validation draws (the codec stage's masks) start from the seed every time, and leave
+            # the RNG training resumes with as it was.
+            with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(self.cfg.seed)
+                metrics = self._validate(acc.unwrap_model(model), acc.device)
             model.train()
             if metrics:
                 self._log(acc, {"step": step, **{f"valid/{k}": v for k, v in metrics.items()}})
         acc.wait_for_everyone()
         return metrics
+
+    def _validate(self, model, device) -> dict[str, float]:
+        """Every value :meth:`run_step` returns on the valid batches, averaged over examples."""
+        from accelerate.utils import send_to_device
+
+        if self.valid_dataset is None:
+            return {}
+        values: dict[str, list[float]] = {}
+        for batch in _valid_batches(self.valid_items(self.valid_dataset), self.valid_batch_size):
+            _, logs = self.run_step(model, send_to_device(batch, device), train=False)
+            for name, value in logs.items():
+                values.setdefault(name, []).extend(torch.as_tensor(value).detach().flatten().tolist())
+        return {name: sum(v) / len(v) for name, v in values.items() if v}
 
     def _log(self, acc, row: dict) -> None:
         acc.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
@@ -463,6 +505,21 @@ class Solver:
         return {k: trainer[k] for k in ("step", "epoch", "skipped_nonfinite")}
 
 
+def _valid_batches(items: Iterable[dict], batch_size: int) -> Iterator[dict]:
+    """Valid items collated in batches of up to ``batch_size``, a new batch wherever the length
+    changes: whole samples are scored unpadded, so a batch scores each as it would alone."""
+    from hubbub.shards.reader import collate_mixtures
+
+    batch: list[dict] = []
+    for item in items:
+        if batch and (len(batch) == batch_size or item["mix"].shape[-1] != batch[0]["mix"].shape[-1]):
+            yield collate_mixtures(batch)
+            batch = []
+        batch.append(item)
+    if batch:
+        yield collate_mixtures(batch)
+
+
 def _save_state(model: torch.nn.Module, directory: Path) -> None:
     """The trained module's weights: a registered model as a model directory (config.json too),
     a stage's training wrapper (extra heads around a separator) as its bare state dict."""
@@ -473,6 +530,14 @@ def _save_state(model: torch.nn.Module, directory: Path) -> None:
         save_model(model, directory)
     else:
         save_weights(model, directory)
+
+
+def check_stage(cfg: TrainConfig, stage: str) -> None:
+    """Refuse to train one stage on a config of another: the config's ``stage`` is what the run
+    records (run.json) and what a resume must keep."""
+    if cfg.stage != stage:
+        raise ConfigError("stage", f"the config is for the {cfg.stage!r} stage, this command trains {stage!r}: "
+                                   f"pass a {stage} config (or set stage={stage})")
 
 
 class NonFiniteWeights(ValueError):

@@ -62,11 +62,11 @@ import soundfile as sf
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
+from hubbub.sources.mouths import PAUSE
 from hubbub.voices.sentences import make_sentence
 
 SYNTHESIZERS = ("espeak-ng", "flite", "festival")
 LICENCE = "CC0-1.0"  # generated text, synthesized by us: no third-party rights in the output
-PAUSE = "pau"
 PHONEME_SETS = {"espeak-ng": "ipa", "flite": "cmu", "festival": "cmu"}
 # Bump when the output for the same parameters changes, so existing corpora are regenerated.
 FORMAT_VERSION = 2

@@ -7,19 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from hubbub.sources import mouths
+from hubbub.sources.mouths import VISEMES, lip_stream, mouth_shapes, render_lips, viseme_of
+from hubbub.video import FPS, ROI_SIZE, crop_roi, num_video_frames
 from hubbub.voices import available_synthesizers
-from hubbub.voices import lips
-from hubbub.voices.lips import (
-    FPS,
-    ROI_SIZE,
-    VISEMES,
-    crop_roi,
-    lip_stream,
-    mouth_shapes,
-    num_video_frames,
-    render_lips,
-    viseme_of,
-)
 
 CMU_PHONES = ("aa ae ah ao aw ay b ch d dh eh er ey f g hh ih iy jh k l m n ng ow oy p r s sh t "
               "th uh uw v w y z zh pau ax").split()
@@ -62,12 +53,12 @@ def mouth_columns(frame: np.ndarray) -> int:
 
 
 def test_every_cmu_phone_and_common_espeak_symbol_maps_to_a_known_viseme():
-    before = sum(lips.UNKNOWN_PHONEMES.values())
+    before = sum(mouths.UNKNOWN_PHONEMES.values())
     for phone in CMU_PHONES:
         assert viseme_of(phone, "cmu") in VISEMES, phone
     for symbol in ESPEAK_IPA:
         assert viseme_of(symbol, "ipa") in VISEMES, symbol
-    assert sum(lips.UNKNOWN_PHONEMES.values()) == before
+    assert sum(mouths.UNKNOWN_PHONEMES.values()) == before
 
 
 @pytest.mark.parametrize("phoneme_set, phones, viseme", [
@@ -90,9 +81,9 @@ def test_phone_classes(phoneme_set, phones, viseme):
 
 
 def test_unknown_symbols_are_neutral_and_counted():
-    before = lips.UNKNOWN_PHONEMES["ipa:☃"]
+    before = mouths.UNKNOWN_PHONEMES["ipa:☃"]
     assert viseme_of("☃", "ipa") == "mid" and viseme_of("xx9", "cmu") == "mid"
-    assert lips.UNKNOWN_PHONEMES["ipa:☃"] == before + 1
+    assert mouths.UNKNOWN_PHONEMES["ipa:☃"] == before + 1
     with pytest.raises(ValueError, match="phoneme_set"):
         viseme_of("a", "sampa")
 
@@ -238,7 +229,7 @@ def test_real_utterances_render_in_sync_with_their_audio(tmp_path):
 
     from hubbub.voices import make_voices
 
-    before = sum(lips.UNKNOWN_PHONEMES.values())
+    before = sum(mouths.UNKNOWN_PHONEMES.values())
     # One speaker of each installed family: IPA from espeak-ng, CMU phones from flite and Festival.
     manifest = make_voices(tmp_path, num_speakers=3, utterances_per_speaker=1)
     for row in map(json.loads, manifest.read_text().splitlines()):
@@ -258,4 +249,4 @@ def test_real_utterances_render_in_sync_with_their_audio(tmp_path):
 
         assert corr(0) > 0.1
         assert corr(0) > np.mean([corr(lag) for lag in (-8, -6, 6, 8)])
-    assert sum(lips.UNKNOWN_PHONEMES.values()) == before
+    assert sum(mouths.UNKNOWN_PHONEMES.values()) == before

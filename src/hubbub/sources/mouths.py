@@ -1,21 +1,22 @@
-"""Synthetic mouth regions of interest (lip streams) rendered from the voices' phoneme timings.
+"""Synthetic mouths: lip streams drawn from phoneme timings, for speech that has no faces.
 
 Audio-visual separation models (Dolphin, IIANet, CTCNet) condition on each speaker's mouth: a
 grayscale region of interest, ``uint8`` of shape ``(frames, 96, 96)`` at 25 fps, cropped to 88x88
-when loaded. The built-in voices have no faces, so this module draws one: each phoneme of a
-manifest row (:mod:`hubbub.voices.synth`) maps to a viseme, each viseme to a mouth shape
-``(opening, width, rounding)`` in [0, 1], and a simple parametric mouth (lips, dark interior,
-teeth) is drawn per frame on a face-skin background whose look is fixed by the speaker id.
+when loaded (the geometry: :mod:`hubbub.video`). The built-in voices (:mod:`hubbub.voices`), and
+any corpus whose manifest rows carry ``phonemes`` (:mod:`hubbub.sources.lips`), have no faces, so
+this module draws one: each phoneme maps to a viseme, each viseme to a mouth shape ``(opening,
+width, rounding)`` in [0, 1], and a simple parametric mouth (lips, dark interior, teeth) is
+drawn per frame on a face-skin background whose look is fixed by the speaker id.
 
-Alignment with the audio: video frame ``k`` covers ``[k / 25, (k + 1) / 25)`` s, i.e. samples
-``[k * sr / 25, (k + 1) * sr / 25)`` of the utterance's audio (640 samples at 16 kHz), so a clip
-of ``T`` samples has ``num_video_frames(T, sr) = ceil(T * 25 / sr)`` frames and a crop of the
-audio at sample ``s`` (a multiple of 640) starts at frame ``s // 640``.
+Phonemes are ``[name, start_s, end_s]`` rows in the set ``"ipa"`` (espeak-ng) or ``"cmu"``
+(flite, Festival; ARPAbet lower case), with :data:`PAUSE` the pause in both. Frame ``k`` of the
+stream covers ``[k / 25, (k + 1) / 25)`` s of the audio.
 
 >>> row = {"speaker": "fli_slt_p0_r100", "phoneme_set": "cmu",
 ...        "phonemes": [["pau", 0.0, 0.1], ["hh", 0.1, 0.18], ["aa", 0.18, 0.4], ["pau", 0.4, 0.5]]}
 >>> lip_stream(row).shape
 (13, 96, 96)
+>>> from hubbub.video import crop_roi
 >>> crop_roi(lip_stream(row), train=False).shape
 (13, 88, 88)
 """
@@ -29,11 +30,9 @@ import zlib
 import numpy as np
 from scipy.signal import lfilter
 
-from hubbub.voices.synth import PAUSE
+from hubbub.video import FPS, ROI_SIZE
 
-FPS = 25
-ROI_SIZE = 96
-CROP_SIZE = 88
+PAUSE = "pau"   # the pause in both phoneme sets (what the built-in voices write)
 
 # Mouth shape per viseme: (opening, width, rounding), each in [0, 1]. Opening is the lips' inner
 # gap (jaw drop), width the mouth corners' spread, rounding the protrusion that narrows the mouth
@@ -183,7 +182,7 @@ def viseme_of(phoneme: str, phoneme_set: str) -> str:
     return _parts(phoneme, phoneme_set)[0]
 
 
-def mouth_shapes(phonemes, phoneme_set: str, num_frames: int, fps: float = 25.0) -> np.ndarray:
+def mouth_shapes(phonemes, phoneme_set: str, num_frames: int, fps: float = FPS) -> np.ndarray:
     """Mouth shape per video frame, ``(num_frames, 3)`` float32: opening, width, rounding.
 
     ``phonemes`` are ``[name, start_s, end_s]`` rows on the audio's time axis. Frame ``k`` blends
@@ -254,7 +253,7 @@ def _soft_ellipse(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) ->
     return np.clip(0.5 - f / grad, 0.0, 1.0)
 
 
-def render_lips(shapes: np.ndarray, speaker: str, *, seed: int = 0, size: int = 96) -> np.ndarray:
+def render_lips(shapes: np.ndarray, speaker: str, *, seed: int = 0, size: int = ROI_SIZE) -> np.ndarray:
     """Draw one mouth per row of ``shapes`` (``(F, 3)`` opening, width, rounding in [0, 1]).
 
     Returns ``(F, size, size)`` uint8 grayscale. The speaker id fixes the skin tone, lip and
@@ -325,20 +324,13 @@ def render_lips(shapes: np.ndarray, speaker: str, *, seed: int = 0, size: int = 
     return np.clip(frames, 0, 255).astype(np.uint8)
 
 
-def num_video_frames(num_samples: int, sample_rate_hz: int, fps: float = 25.0) -> int:
-    """Frames covering ``num_samples`` of audio: ``ceil(num_samples * fps / sample_rate_hz)``."""
-    if float(fps).is_integer():
-        return -(-num_samples * int(fps) // sample_rate_hz)  # exact in integers
-    return math.ceil(num_samples * fps / sample_rate_hz - 1e-9)
-
-
 def lip_stream(utterance: dict, num_frames: int | None = None, *, seed: int = 0) -> np.ndarray:
-    """A voices manifest row -> its speaker's mouth ROI, ``(F, 96, 96)`` uint8 at 25 fps.
+    """A manifest row with phonemes (the voices') -> its speaker's mouth ROI, ``(F, 96, 96)`` uint8 at 25 fps.
 
     ``F`` defaults to ``ceil(end * 25)`` for the last phoneme's end (the utterance's duration);
     frame ``k`` covers audio samples ``[k * sr / 25, (k + 1) * sr / 25)``. Pass ``num_frames``
-    (e.g. ``num_video_frames(len(audio), sr)``) to match a specific waveform; frames past the
-    last phoneme show the mouth at rest.
+    (e.g. :func:`hubbub.video.num_video_frames` of the audio) to match a specific waveform;
+    frames past the last phoneme show the mouth at rest.
     """
     phonemes = utterance["phonemes"]
     if num_frames is None:
@@ -346,25 +338,3 @@ def lip_stream(utterance: dict, num_frames: int | None = None, *, seed: int = 0)
         num_frames = math.ceil(round(end_s * FPS, 6))
     shapes = mouth_shapes(phonemes, utterance["phoneme_set"], num_frames, FPS)
     return render_lips(shapes, utterance["speaker"], seed=seed, size=ROI_SIZE)
-
-
-def crop_roi(frames, size: int = CROP_SIZE, *, train: bool, rng=None):
-    """Crop the last two axes of ``(F, H, W)`` or ``(..., F, H, W)`` frames to ``size`` squared.
-
-    Evaluation (``train=False``) takes the centre crop; training takes one random offset for the
-    whole clip (the lips must not jump between frames), drawn from ``rng``: a
-    ``numpy.random.Generator`` or an int seed, derived from the sample's identity. Works on numpy
-    arrays and torch tensors alike and returns a view of the same type.
-    """
-    height, width = frames.shape[-2], frames.shape[-1]
-    if height < size or width < size:
-        raise ValueError(f"frames of {height}x{width} are smaller than the {size}x{size} crop")
-    if train:
-        if rng is None:
-            raise ValueError("train=True needs rng (a Generator or an int seed from the sample)")
-        rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
-        top = int(rng.integers(0, height - size + 1))
-        left = int(rng.integers(0, width - size + 1))
-    else:
-        top, left = (height - size) // 2, (width - size) // 2
-    return frames[..., top:top + size, left:left + size]
