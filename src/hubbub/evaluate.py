@@ -29,11 +29,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from hubbub import rundir, storage
 from hubbub.metrics import METRICS, evaluate_separation
 from hubbub.schema import SampleMeta
 from hubbub.separate import RUN_CONFIG_NAME, load_separator, separate_waveform
 from hubbub.shards.reader import ShardDataset
-from hubbub import storage
 from hubbub.shards.writer import atomic_write_bytes, atomic_write_json
 from hubbub.train.validation import with_mismatched_lips
 
@@ -199,7 +199,8 @@ def evaluate_run(run_dir: str | Path, shards_dir: str | Path, *, split: str = "t
     """
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be at least 1, got {max_samples}")
-    run_dir = Path(run_dir)
+    run_url = storage.normalize(run_dir) if rundir.is_remote(run_dir) else None
+    run_dir = rundir.fetch_run(run_dir)  # a run in an object store: run.json and model/ fetched
     run = json.loads((run_dir / RUN_CONFIG_NAME).read_text())
     if target is None:
         target = ((run.get("config") or {}).get("data") or {}).get("target")
@@ -244,9 +245,10 @@ def evaluate_run(run_dir: str | Path, shards_dir: str | Path, *, split: str = "t
         rows.append(_sample_row(key, meta, scores))
         log.info("%s: SI-SNRi %s", key, scores["mean"].get("si_snri"))
 
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval" / f"{corpus}-{split}"
+    if out_dir is None:  # next to the run's model, in the store too for a run in one
+        out_dir = storage.join(run_url or run_dir, "eval", f"{corpus}-{split}")
     results = _no_nan({
-        "run": str(run_dir), "shards": str(shards_dir), "corpus": corpus, "split": split, "target": target,
+        "run": run_url or str(run_dir), "shards": str(shards_dir), "corpus": corpus, "split": split, "target": target,
         "sample_rate_hz": sample_rate_hz, "model": {"name": model.spec["name"], "num_sources": model.num_sources,
                                                     "audio_visual": audio_visual},
         "metrics": list(metrics),
@@ -257,12 +259,18 @@ def evaluate_run(run_dir: str | Path, shards_dir: str | Path, *, split: str = "t
         "skipped": skipped + dataset.skipped,
         "out_dir": str(out_dir),
     })
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "results.json", results)
-    atomic_write_bytes(out_dir / "results.md", format_markdown(results).encode())
+    # written locally (a URL's files in a local folder first), then uploaded one PUT each
+    local_out = Path(out_dir) if storage.is_local(out_dir) else rundir.local_mirror(out_dir)
+    local_out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(local_out / "results.json", results)
+    atomic_write_bytes(local_out / "results.md", format_markdown(results).encode())
     if rows:
         for factor in FACTORS:
-            plot_breakdown(results, factor, out_dir / f"si_snri_by_{factor.name}.png")
+            plot_breakdown(results, factor, local_out / f"si_snri_by_{factor.name}.png")
+    if not storage.is_local(out_dir):
+        for path in sorted(local_out.iterdir()):
+            if path.is_file():
+                storage.put_file(path, storage.join(out_dir, path.name))
     return results
 
 

@@ -27,8 +27,10 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData
 import torch
 from safetensors.torch import load_file
 
+from hubbub import storage
 from hubbub.models import Separator, build_model, load_backbone, load_model, save_model
 from hubbub.models.io import BACKBONE, CONFIG_NAME, SEPARATOR, WEIGHTS_NAME, hub_snapshot, read_config
+from hubbub.rundir import fetch_run
 from hubbub.separate import CARD_NAME, RUN_CONFIG_NAME, RUN_MODEL_DIR
 from hubbub.shards.writer import atomic_write_bytes, atomic_write_json, load_index
 
@@ -410,7 +412,7 @@ def run_card(run_dir: str | Path, *, license: str | None = None) -> dict:
     config = run.get("config") or {}
     data = dict(run.get("data_card") or {})
     shards = (config.get("data") or {}).get("shards")
-    if shards and (Path(shards) / "index.json").exists():
+    if shards and storage.exists(storage.join(shards, "index.json")):
         index = load_index(shards)
         data.update(index.get("data_card") or {}, recipe=index.get("recipe", {}), splits=index.get("splits", {}))
     return {
@@ -451,9 +453,10 @@ def publish_run(run_dir: str | Path, to_dir: str | Path, *, repo_id: str | None 
 
         publish_run("runs/pit", "published/whamr-convtasnet", repo_id="me/whamr-convtasnet")
     """
+    run_dir = fetch_run(run_dir)  # a run in an object store: run.json and model/ fetched
     card = run_card(run_dir, license=license)
     card["title"] = repo_id or Path(to_dir).resolve().name
-    to_dir = save_pretrained(load_checkpoint(Path(run_dir) / RUN_MODEL_DIR), to_dir, card=card)
+    to_dir = save_pretrained(load_checkpoint(run_dir / RUN_MODEL_DIR), to_dir, card=card)
     if repo_id:
         upload(to_dir, repo_id, private=private)
     return to_dir

@@ -50,6 +50,7 @@ from torch import nn
 
 from hubbub.audio import AudioError, _open_source, probe, resample
 from hubbub.models import Separator, load_model
+from hubbub.rundir import fetch_run
 from hubbub.sources.lips import LIPS_FRAME_TOLERANCE
 from hubbub.video import crop_roi, fit_frames, load_roi, num_video_frames, samples_per_frame
 
@@ -290,7 +291,7 @@ def load_separator(run_or_model_dir: str | Path, sample_rate_hz: int | None = No
         FileNotFoundError: no such directory.
         ValueError: no rate is known, or ``sample_rate_hz`` contradicts the recorded one.
     """
-    directory = Path(run_or_model_dir)
+    directory = fetch_run(run_or_model_dir)  # a run in an object store: run.json and model/ fetched
     if not directory.is_dir():
         raise FileNotFoundError(f"{run_or_model_dir}: no such run or model directory")
     if (directory / RUN_CONFIG_NAME).exists():

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hubbub import storage
 from hubbub.losses import mixit, mixture_consistency
 from hubbub.train.build import build_separator, corpus_card
 from hubbub.train.config import TrainConfig
@@ -159,7 +160,7 @@ def prepare_recordings(cfg: TrainConfig, out_dir: str | Path) -> TrainConfig:
 
     from hubbub.shards.ingest import ingest_recordings
 
-    target = Path(out_dir) / "recordings"
+    target = storage.join(out_dir, "recordings")  # a run in an object store gets its corpus there
     splits = {cfg.data.train_split: 0.95, cfg.data.valid_split: 0.05}
     # The main process cuts the recordings; the others then find every shard complete.
     with PartialState().main_process_first():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from hubbub import storage
+from hubbub import rundir, storage
 from hubbub.config import ConfigError
 from hubbub.shards.writer import load_index
 from hubbub.train.config import TrainConfig
@@ -15,7 +15,10 @@ log = logging.getLogger(__name__)
 
 def resolve_model_dir(path: str | Path) -> Path:
     """A run directory (its ``model/``), a checkpoint, a model or published directory, or a
-    Hugging Face Hub id (downloaded: config.json and model.safetensors only) -> the model dir."""
+    Hugging Face Hub id (downloaded: config.json and model.safetensors only) -> the model dir.
+    A run or model directory in an object store (``s3://...``) is fetched into a local mirror."""
+    if rundir.is_remote(path):
+        path = rundir.fetch_run(path)
     path = Path(path)
     for candidate in (path / "model", path):
         if (candidate / "config.json").exists() and (candidate / "model.safetensors").exists():

@@ -71,7 +71,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from hubbub import storage
+from hubbub import rundir, storage
 from hubbub.config import ConfigError, to_dict
 from hubbub.shards.writer import LOCK_NAME, atomic_write_json
 from hubbub.train.config import TrainConfig
@@ -125,7 +125,10 @@ class Solver:
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path):
         self.cfg = cfg
-        self.out_dir = Path(out_dir)
+        # A run in an object store (s3://, gs://, ...) trains in a local mirror that its checkpoints
+        # and logs are pushed from (hubbub.train.rundir); ``url`` is None for a run on a disk.
+        self.url = storage.normalize(out_dir) if rundir.is_remote(out_dir) else None
+        self.out_dir = rundir.local_mirror(self.url) if self.url else Path(out_dir)
 
     @property
     def stage(self) -> str:
@@ -188,12 +191,15 @@ class Solver:
         """
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ValueError(f"{self.out_dir} is a file, not a run folder: choose another --out")
+        if self.url and rundir.is_file(self.url):
+            raise ValueError(f"{self.url} is a file, not a run folder: choose another --out")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # One run per folder: a second command on it (a resume started twice, a typo'd --out) is
         # refused before it reads or writes anything. The main process holds it; under a launcher,
-        # the launcher stops the other ranks when the main one exits.
-        with storage.exclusive(self.out_dir / LOCK_NAME, f"{self.stage} training") if _is_main_process() \
-                else contextlib.nullcontext():
+        # the launcher stops the other ranks when the main one exits. A run in an object store is
+        # locked there (a lease object), so two machines cannot train into one URL either.
+        lock = storage.join(self.url, LOCK_NAME) if self.url else self.out_dir / LOCK_NAME
+        with storage.exclusive(lock, f"{self.stage} training") if _is_main_process() else contextlib.nullcontext():
             return self._run()
 
     def _run(self) -> dict[str, Any]:
@@ -212,6 +218,12 @@ class Solver:
         acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.optim.grad_accum,
                           log_with="tensorboard", project_dir=str(self.out_dir / "tensorboard"))
         self.accelerator = acc
+        if self.url:
+            # Each node pulls the run's newest complete checkpoint from the store into its own
+            # mirror (no shared disk needed); the other processes of the node wait for it.
+            if acc.is_local_main_process:
+                rundir.pull_run(self.url, self.out_dir)
+            acc.wait_for_everyone()
         ckpt = self._latest_checkpoint()
         trainer = json.loads((ckpt / "trainer.json").read_text()) if ckpt is not None else None
         self._changes = []
@@ -244,6 +256,8 @@ class Solver:
             (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
         if acc.is_main_process:
             self._write_run_json(status="running")
+            if self.url:
+                rundir.push_files(self.out_dir, self.url, include_tensorboard=False)
         acc.init_trackers("hubbub", config={k: str(v) for k, v in _flatten(to_dict(cfg)).items()})
 
         keys_file = None
@@ -324,7 +338,10 @@ class Solver:
             self._write_run_json(status="done", final_metrics=metrics, state=state)
             _draw_curves(self.out_dir)
         acc.wait_for_everyone()
-        acc.end_training()
+        acc.end_training()  # flushes the TensorBoard files before they are pushed
+        if self.url and acc.is_main_process:
+            rundir.push_model(self.out_dir, self.url)
+            rundir.push_files(self.out_dir, self.url)
         # Accelerate keeps its state (mixed precision, accumulation) in a process-wide singleton
         # that refuses a second Accelerator with other settings; forget it so another run in this
         # process (a notebook, a test, a pretrain-then-finetune script) can choose its own. The
@@ -452,6 +469,10 @@ class Solver:
                 shutil.rmtree(old, ignore_errors=True)
             self._truncate_metrics(state["step"])
             _draw_curves(self.out_dir)
+            if self.url:  # the checkpoint (files.json last), the logs, then old checkpoints go
+                rundir.push_checkpoint(final, self.url)
+                rundir.push_files(self.out_dir, self.url)
+                rundir.prune_checkpoints(self.url, self.cfg.keep_checkpoints)
         acc.wait_for_everyone()
 
     def _truncate_metrics(self, step: int) -> None:
