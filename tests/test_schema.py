@@ -277,3 +277,15 @@ def test_later_stage_members_are_found_by_the_schema():
     members = {"mix.flac": b"", "mix.codec.npy": encode_npy(np.zeros((2, 3), np.int16)), "s0.codec.npy": b""}
     assert find_member(members, "codec") == "mix.codec.npy" and find_member(members, "codec", 0) == "s0.codec.npy"
     assert find_member(members, "mix") == "mix.flac"
+
+
+@pytest.mark.parametrize("preset", ["librimix", "whamr"])
+def test_read_fields_gives_what_the_whole_record_gives(preset_samples, preset):
+    meta = json.loads(preset_samples[preset][1]["json"])
+    names = ("num_speakers", "num_samples", "sample_rate_hz", "targets")
+    whole = SampleMeta.from_dict(meta)
+    assert SampleMeta.read_fields(meta, names) == tuple(getattr(whole, n) for n in names)
+    with pytest.raises(SchemaError, match="num_samples is .*expected"):
+        SampleMeta.read_fields({**meta, "num_samples": "32000"}, names)
+    with pytest.raises(SchemaError, match="lacks num_speakers"):
+        SampleMeta.read_fields({k: v for k, v in meta.items() if k != "num_speakers"}, names)
