@@ -90,6 +90,13 @@ def test_several_licences_give_other(tmp_path):
     assert "CC-BY-4.0, CC0-1.0" in (out / "README.md").read_text()
 
 
+def test_an_av_card_states_the_lip_geometry(tmp_path):
+    model = build_model("avextractor", num_sources=1, **model_config("avextractor", "debug"))
+    text = (save_pretrained(model, tmp_path / "av", card={"training": {"stage": "av"}}) / "README.md").read_text()
+    assert "(grayscale, 88x88 centre crops of 96x96 frames at 25 fps), it returns that speaker." in text
+    assert "# (F, 88, 88) uint8" in text
+
+
 def test_from_pretrained_refuses_pickle_checkpoints(tmp_path):
     model = build_model("convtasnet", num_sources=2, **model_config("convtasnet", "debug"))
     save_model(model, tmp_path / "m")

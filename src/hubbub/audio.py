@@ -22,6 +22,8 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from hubbub import storage
+
 
 _PROVIDER = None  # callable: path -> bytes, set by use_sources()
 _PROVIDER_TOKEN = None
@@ -45,11 +47,8 @@ def _open_source(path: str | Path, data: bytes | None = None):
         return io.BytesIO(data)
     if _PROVIDER is not None:
         return io.BytesIO(_PROVIDER(str(path)))
-    if "://" in str(path):
-        from hubbub import storage
-
-        if not storage.is_local(path):
-            return io.BytesIO(storage.read_bytes(path))
+    if "://" in str(path) and not storage.is_local(path):
+        return io.BytesIO(storage.read_bytes(path))
     if not os.path.exists(path):  # gone since it was indexed, or not on this machine: not its content's fault
         raise FileNotFoundError(f"{path}: source file not found on this machine")
     return str(path)

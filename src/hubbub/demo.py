@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hubbub.evaluate import evaluate_run, format_markdown
+from hubbub.finetune import finetune_pit
+from hubbub.shards.stats import corpus_stats, format_stats, plot_stats
+from hubbub.shards.verify import verify_corpus
+from hubbub.simulate import load_recipe, simulate
+from hubbub.train import load_train_config
+from hubbub.voices import make_voices
+
 
 def run_demo(out: str | Path, *, num: int = 200, train_num: int = 2000, steps: int = 1200,
              workers: int | None = None) -> int:
-    from hubbub.evaluate import evaluate_run, format_markdown
-    from hubbub.finetune import finetune_pit
-    from hubbub.shards.stats import corpus_stats, format_stats, plot_stats
-    from hubbub.shards.verify import verify_corpus
-    from hubbub.simulate import load_recipe, simulate
-    from hubbub.train import load_train_config
-    from hubbub.voices import make_voices
-
     out = Path(out)
     voices = make_voices(out / "voices", progress=True).parent
     print(f"[1/4] built-in voices in {voices}")

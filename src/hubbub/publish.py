@@ -33,6 +33,7 @@ from hubbub.models.io import BACKBONE, CONFIG_NAME, SEPARATOR, WEIGHTS_NAME, hub
 from hubbub.rundir import fetch_run
 from hubbub.separate import CARD_NAME, RUN_CONFIG_NAME, RUN_MODEL_DIR
 from hubbub.shards.writer import atomic_write_bytes, atomic_write_json, load_index
+from hubbub.video import CROP_SIZE, FPS, ROI_SIZE
 
 README_NAME = "README.md"
 TAGS = ["speech-separation", "audio-to-audio"]
@@ -145,8 +146,9 @@ hubbub finetune pit --init {{ title }} --shards CORPUS --out runs/finetuned
 ```
 {%- elif kind == "av" %}
 An audio-visual target-speaker extractor ({{ name }}, Dolphin-style; {{ params_m }} M parameters{{ rate_note }}), \
-trained with hubbub by {{ how }}: given a mixture and one speaker's mouth regions of interest (grayscale, 88x88 \
-centre crops of 96x96 frames at 25 fps), it returns that speaker. Its audio path is a GLA U-Net backbone: \
+trained with hubbub by {{ how }}: given a mixture and one speaker's mouth regions of interest (grayscale, \
+{{ crop_size }}x{{ crop_size }} centre crops of {{ roi_size }}x{{ roi_size }} frames at {{ fps }} fps), it returns \
+that speaker. Its audio path is a GLA U-Net backbone: \
 `hubbub finetune av --init {{ title }} ...` or `hubbub finetune pit --init {{ title }} ...`.
 
 ## Usage
@@ -156,7 +158,7 @@ from hubbub.publish import from_pretrained
 from hubbub.separate import load_lips, separate_waveform
 
 model = from_pretrained("{{ title }}")
-lips = load_lips("mouth.npy", len(mixture), {{ rate }})   # (F, 88, 88) uint8
+lips = load_lips("mouth.npy", len(mixture), {{ rate }})   # (F, {{ crop_size }}, {{ crop_size }}) uint8
 target = separate_waveform(model, mixture, sample_rate_hz={{ rate }}, video=lips)   # (T,) -> (1, T)
 ```
 
@@ -266,6 +268,7 @@ def _card_text(model, card: dict, title: str, metadata: ModelCardData) -> str:
         num_sources=getattr(model, "num_sources", None),
         params_m=f"{sum(p.numel() for p in params) / 1e6:.2f}", rate=rate or "RATE",
         rate_note=f", {rate} Hz" if rate else "", how=STAGE_WORDS.get(training.get("stage"), "hubbub"),
+        crop_size=CROP_SIZE, roi_size=ROI_SIZE, fps=FPS,
         training=training, metric_rows=_flatten(training.get("final_metrics") or {}),
         recipe=recipe, recipe_rows=_recipe_rows(recipe, data),
         speech=corpus and (f"Speech: **{corpus}**"

@@ -31,7 +31,6 @@ import shutil
 from pathlib import Path
 
 from hubbub import storage
-from hubbub.sources.speech import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ def is_file(url: str) -> bool:
 def local_mirror(url: str | os.PathLike) -> Path:
     """Where a remote run is worked on locally: the same folder for the same URL, however spelt."""
     digest = hashlib.sha256(storage.normalize(url).encode()).hexdigest()[:16]
-    return default_cache_dir() / "runs" / f"{storage.name_of(url)}-{digest}"
+    return storage.cache_dir() / "runs" / f"{storage.name_of(url)}-{digest}"
 
 
 def _walk(folder: Path):

@@ -402,7 +402,6 @@ class SampleMeta(_Record):
                         for k in range(self.num_speakers)]
 
 
-
 # -- reading and writing records ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Field:

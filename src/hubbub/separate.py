@@ -52,7 +52,7 @@ from hubbub.audio import AudioError, _open_source, probe, resample
 from hubbub.models import Separator, load_model
 from hubbub.rundir import fetch_run
 from hubbub.sources.lips import LIPS_FRAME_TOLERANCE
-from hubbub.video import crop_roi, fit_frames, load_roi, num_video_frames, samples_per_frame
+from hubbub.video import FPS, crop_roi, fit_frames, load_roi, num_video_frames, samples_per_frame
 
 RUN_CONFIG_NAME = "run.json"
 RUN_MODEL_DIR = "model"
@@ -106,7 +106,7 @@ def _chunking(sample_rate_hz: int, chunk_s: float, overlap_s: float, video, fps:
 
 def separate_stream(model: nn.Module, blocks: Iterable[np.ndarray], *, sample_rate_hz: int, chunk_s: float = 8.0,
                     overlap_s: float = 2.0, device: str | torch.device | None = None, video=None,
-                    fps: int = 25) -> Generator[np.ndarray, None, None]:
+                    fps: int = FPS) -> Generator[np.ndarray, None, None]:
     """Separate a mixture that arrives in blocks, yielding the sources as they are finished.
 
     The chunking, alignment and cross-fade of :func:`separate_waveform`, which this is the core
@@ -212,7 +212,7 @@ def _separate_chunks(model: nn.Module, blocks: Iterator, chunk: int, overlap: in
 
 def separate_waveform(model: nn.Module, mix, *, sample_rate_hz: int, chunk_s: float = 8.0,
                       overlap_s: float = 2.0, device: str | torch.device | None = None,
-                      video=None, fps: int = 25) -> np.ndarray:
+                      video=None, fps: int = FPS) -> np.ndarray:
     """Separate an in-memory mixture of any length, the model's memory bounded by a chunk.
 
     The mixture is cut into chunks of ``chunk_s`` seconds, ``chunk_s - overlap_s`` apart (the
@@ -309,7 +309,7 @@ def load_separator(run_or_model_dir: str | Path, sample_rate_hz: int | None = No
     return load_model(directory).eval(), int(rate)
 
 
-def load_lips(path: str | Path, num_samples: int, sample_rate_hz: int, fps: int = 25) -> np.ndarray:
+def load_lips(path: str | Path, num_samples: int, sample_rate_hz: int, fps: int = FPS) -> np.ndarray:
     """The target's mouth ROIs for an ``num_samples`` recording: (F, 88, 88) uint8, centre-cropped,
     ``F = ceil(num_samples * fps / sample_rate_hz)`` (a file a frame or two short or long, as
     video and audio tracks often are, is cut or its last frame repeated).

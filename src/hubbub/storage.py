@@ -24,8 +24,10 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -40,6 +42,12 @@ _EXTRA_OF = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", 
 
 
 _LOCAL = LocalFileSystem()
+
+
+def cache_dir() -> Path:
+    """hubbub's local cache (source indexes, the default voices, mirrors of runs in object
+    stores): ``$HUBBUB_CACHE``, else ``~/.cache/hubbub``."""
+    return Path(os.environ.get("HUBBUB_CACHE", Path.home() / ".cache" / "hubbub"))
 
 
 class StorageError(OSError, ValueError):
@@ -284,8 +292,6 @@ def write_json(url: str | os.PathLike, obj) -> None:
 def put_file(local: str | os.PathLike, url: str | os.PathLike) -> None:
     """Copy the local file ``local`` to ``url`` atomically (a local target is renamed into place)."""
     if is_local(url):
-        import shutil
-
         path = local_path(url)
         if Path(local).resolve() == path.resolve():
             return
@@ -330,8 +336,6 @@ def exclusive(url: str | os.PathLike, what: str):
     url = os.fspath(url)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "what": what}
     if is_local(url):
-        import fcntl
-
         path = local_path(url)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -42,8 +42,8 @@ from PIL import Image, UnidentifiedImageError
 
 FPS = 25                      # frames per second of every lip stream
 ROI_SIZE = 96                 # stored frames are ROI_SIZE x ROI_SIZE
-CROP_SIZE = 88                # the models' crop (random in training, central otherwise):
-                              # smaller frames cannot be used
+# the models' crop (random in training, central otherwise): smaller frames cannot be used
+CROP_SIZE = 88
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 ROI_EXTENSIONS = (".npy", ".npz")
 NPZ_KEY = "data"

@@ -22,7 +22,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors.torch import load_file
+
 from hubbub.config import ConfigError
+from hubbub.losses import PITLoss, si_snr
+from hubbub.models.av import AVExtractor
+from hubbub.models.io import WEIGHTS_NAME, read_config
+from hubbub.shards.reader import ShardDataset
 from hubbub.train.build import build_separator, corpus_card, resolve_model_dir
 from hubbub.train.config import TrainConfig
 from hubbub.train.solver import Solver, check_stage
@@ -35,8 +41,6 @@ MISMATCHED = "mismatched_lips"
 
 class AVStage(Solver):
     def __init__(self, cfg: TrainConfig, out_dir):
-        from hubbub.losses import PITLoss
-
         super().__init__(cfg, out_dir)
         if cfg.model.name != "avextractor":
             raise ConfigError("model.name", f"the AV stage trains 'avextractor', got {cfg.model.name!r}")
@@ -52,8 +56,6 @@ class AVStage(Solver):
                                              f"(targets {targets})")
 
     def build_model(self):
-        from hubbub.models.av import AVExtractor
-
         model = build_separator(self.cfg, 1)
         if not isinstance(model, AVExtractor):
             raise ConfigError("init", f"{self.cfg.init} holds a {model.spec['name']} model: the AV extractor's audio "
@@ -65,10 +67,6 @@ class AVStage(Solver):
     def _load_video(self, model) -> None:
         """From an AV run as init, also its video encoder and fusion (build_separator loads only the
         audio backbone)."""
-        from safetensors.torch import load_file
-
-        from hubbub.models.io import WEIGHTS_NAME, read_config
-
         source = resolve_model_dir(self.cfg.init)
         if read_config(source)["name"] != "avextractor":
             return
@@ -79,8 +77,6 @@ class AVStage(Solver):
                                                   if k.startswith(prefix)})
 
     def build_datasets(self):
-        from hubbub.shards.reader import ShardDataset
-
         d = self.cfg.data
         train = ShardDataset(d.shards, d.train_split, targets=(d.target, LIPS), crop_s=d.crop_s, shuffle=True,
                              shuffle_buffer=d.shuffle_buffer, seed=self.cfg.seed, batch_size=d.batch_size, mic=0,
@@ -100,8 +96,6 @@ class AVStage(Solver):
         """Every real source of the batch's mixtures, in turn, extracted with its own lips; in
         validation also with another utterance's (``si_snri_db``, ``si_snri_mismatched_db``:
         per source, the SI-SNR improvement over the mixture)."""
-        from hubbub.losses import si_snr
-
         mix = batch["mix"][:, 0]                                       # (B, T), the reference mic
         ref = batch["sources"][self.cfg.data.target]                   # (B, S, T)
         lips = batch["sources"][LIPS]                                  # (B, S, F, 88, 88) uint8

@@ -19,6 +19,10 @@ from pathlib import Path
 
 import torch
 
+from hubbub.config import ConfigError
+from hubbub.losses import PITLoss, mixit, mixture_consistency
+from hubbub.pretrain.mixit import default_num_outputs, mixit_batch
+from hubbub.shards.reader import PairedLoader, ShardDataset, ShardLoader
 from hubbub.train.build import build_separator, corpus_card
 from hubbub.train.config import TrainConfig
 from hubbub.train.solver import Solver, check_stage
@@ -32,8 +36,6 @@ class PITStage(Solver):
     under the best assignment of outputs to their speakers."""
 
     def __init__(self, cfg: TrainConfig, out_dir):
-        from hubbub.losses import PITLoss
-
         super().__init__(cfg, out_dir)
         self.loss = PITLoss(kind=cfg.loss.kind, tau=cfg.loss.tau, zero_ref=cfg.loss.zero_ref)
         self.card = corpus_card(cfg.data.shards)  # read once; also fails early on a missing corpus
@@ -45,9 +47,6 @@ class PITStage(Solver):
     def _check_semi(self) -> dict:
         """The unlabelled corpus's card; its rate must match and the model must have outputs for
         every source of a mixture of two of its mixtures."""
-        from hubbub.config import ConfigError
-        from hubbub.pretrain.mixit import default_num_outputs
-
         card = corpus_card(self.cfg.semi.unlabelled)
         if card["recipe"].get("sample_rate_hz") != self.sample_rate_hz:
             raise ConfigError("semi.unlabelled", f"{self.cfg.semi.unlabelled} is at "
@@ -68,8 +67,6 @@ class PITStage(Solver):
         return build_separator(self.cfg, self.cfg.model.num_sources)
 
     def build_datasets(self):
-        from hubbub.shards.reader import ShardDataset
-
         d, m = self.cfg.data, self.cfg.model
         train = ShardDataset(d.shards, d.train_split, targets=(d.target,), crop_s=d.crop_s, shuffle=True,
                              shuffle_buffer=d.shuffle_buffer, seed=self.cfg.seed, batch_size=d.batch_size,
@@ -85,8 +82,6 @@ class PITStage(Solver):
         return train, valid
 
     def build_loader(self, train_ds):
-        from hubbub.shards.reader import PairedLoader, ShardLoader
-
         loader = super().build_loader(train_ds)
         if self.semi_card is None:
             return loader
@@ -102,9 +97,6 @@ class PITStage(Solver):
             est = model(mix)
             loss, _ = self.loss(est, ref, source_mask=batch["source_mask"], mix=mix)
             return loss, {} if train else {"si_snri_db": pit_si_snri(est, ref, mix, batch["source_mask"])}
-        from hubbub.losses import mixit, mixture_consistency
-        from hubbub.pretrain.mixit import mixit_batch
-
         # One forward over labelled mixtures and mixtures of mixtures together (equal crops): DDP
         # expects one forward per backward.
         mom, mixtures = mixit_batch(batch["unlabelled"]["mix"])

@@ -46,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from hubbub.models.base import Features
 from hubbub.models.glaunet import GLAUNetBackbone, glaunet
 from hubbub.models.heads import MaskHead
+from hubbub.video import CROP_SIZE, FPS
 
 # Grayscale mouth-ROI statistics (LRS3) that the lipreading front ends of Ma et al. and the
 # CTCNet / IIANet recipes standardise with; any fixed pair works if training and use agree.
@@ -406,8 +407,8 @@ AV_CONFIGS: dict[str, dict] = {
 }
 
 
-def count_av(model: AVExtractor, seconds: float = 2.0, sample_rate_hz: int = 16000, fps: int = 25,
-             frame_size: int = 88) -> dict[str, int]:
+def count_av(model: AVExtractor, seconds: float = 2.0, sample_rate_hz: int = 16000, fps: int = FPS,
+             frame_size: int = CROP_SIZE) -> dict[str, int]:
     """Parameters and MACs of an :class:`AVExtractor` for one ``seconds`` clip, split into the video
     encoder and the rest (audio backbone + fusion + head, Dolphin's "without the video encoder").
 

@@ -27,9 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hubbub.codec import load_codec, token_span
 from hubbub.config import ConfigError
 from hubbub.losses import pit_from_matrix
 from hubbub.models.io import BACKBONE
+from hubbub.shards.reader import ShardDataset
+from hubbub.shards.writer import load_index
 from hubbub.train.build import build_separator, corpus_card
 from hubbub.train.config import TrainConfig
 from hubbub.train.solver import Solver, check_stage
@@ -114,8 +117,6 @@ def token_nll(logits: torch.Tensor, tokens: torch.Tensor, weights: torch.Tensor)
 
 class CodecStage(Solver):
     def __init__(self, cfg: TrainConfig, out_dir):
-        from hubbub.codec import load_codec
-
         super().__init__(cfg, out_dir)
         if not cfg.codec.model:
             raise ConfigError("codec.model", "name an EnCodec model: a local directory or a hub id "
@@ -139,8 +140,6 @@ class CodecStage(Solver):
             self.num_streams = 1
 
     def _use_cache(self) -> bool:
-        from hubbub.shards.writer import load_index
-
         stored = load_index(self.cfg.data.shards).get("codec")
         def identity(info: dict) -> dict:   # the same model at another path is the same codec
             return {k: v for k, v in info.items() if k not in ("name", "source_target")}
@@ -164,8 +163,6 @@ class CodecStage(Solver):
         return TokenModel(separator.backbone, head, separator.spec, info)
 
     def build_datasets(self):
-        from hubbub.shards.reader import ShardDataset
-
         d = self.cfg.data
         kwargs = self._reader_kwargs()
         train = ShardDataset(d.shards, d.train_split, crop_s=d.crop_s, shuffle=True, shuffle_buffer=d.shuffle_buffer,
@@ -185,8 +182,6 @@ class CodecStage(Solver):
     # -- tokens ------------------------------------------------------------------------------------
     def _crop_tokens(self, tokens: torch.Tensor, start_sample: torch.Tensor, num_samples: int) -> torch.Tensor:
         """Cached whole-sample tokens (B, ..., Q, L_full) -> the crop's frames (B, ..., Q, L)."""
-        from hubbub.codec import token_span
-
         length = self.codec.num_frames(num_samples, self.sample_rate_hz)
         out = tokens.new_zeros((*tokens.shape[:-1], length))
         for b in range(tokens.shape[0]):

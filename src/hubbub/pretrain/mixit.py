@@ -28,6 +28,8 @@ from torch import nn
 
 from hubbub import storage
 from hubbub.losses import mixit, mixture_consistency
+from hubbub.shards.ingest import ingest_recordings
+from hubbub.shards.reader import ShardDataset
 from hubbub.train.build import build_separator, corpus_card
 from hubbub.train.config import TrainConfig
 from hubbub.train.solver import Solver, check_stage
@@ -101,8 +103,6 @@ class MixITStage(Solver):
         return MixITModel(build_separator(self.cfg, self.num_outputs), self.cfg.mixit.consistency)
 
     def build_datasets(self):
-        from hubbub.shards.reader import ShardDataset
-
         d = self.cfg.data
         # The loader's batch holds the two mixtures of each of the data.batch_size MoMs.
         train = ShardDataset(d.shards, d.train_split, targets=(), crop_s=d.crop_s, shuffle=True,
@@ -156,9 +156,7 @@ def prepare_recordings(cfg: TrainConfig, out_dir: str | Path) -> TrainConfig:
     ``data.shards`` at it."""
     if not cfg.mixit.recordings:
         return cfg
-    from accelerate import PartialState
-
-    from hubbub.shards.ingest import ingest_recordings
+    from accelerate import PartialState  # 0.3 s; the Solver loads it too, when the run starts
 
     target = storage.join(out_dir, "recordings")  # a run in an object store gets its corpus there
     splits = {cfg.data.train_split: 0.95, cfg.data.valid_split: 0.05}

@@ -43,10 +43,7 @@ other files is refused), ``report.json`` (skipped files and segments, each with 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -56,13 +53,16 @@ from typing import Iterator
 
 import numpy as np
 import soundfile as sf
+from tqdm import tqdm
 
-from hubbub.audio import AudioError, probe, resample
-from hubbub.shards.format import BITS, CODECS, encode_audio, encode_json, quantize, sample_key, shard_name
 from hubbub import storage
+from hubbub.audio import AudioError, probe, resample
+from hubbub.schema import member_name
+from hubbub.shards.format import BITS, CODECS, encode_audio, encode_json, quantize, sample_key, shard_name
+from hubbub.shards.layouts import LAYOUTS, LayoutError, detect_layout, ingest_dataset
 from hubbub.shards.writer import (LOCK_NAME, ShardPlan, ShardRecord, atomic_write_json, build_index,
-                                  check_same_corpus, complete_shards, plan_split, read_sidecar, sidecar_name,
-                                  write_sidecar, writing_shard)
+                                  check_same_corpus, complete_shards, count_reasons, fingerprint, plan_split,
+                                  read_sidecar, remove_written, sidecar_name, write_sidecar, writing_shard)
 from hubbub.sources.speech import _walk_audio, assign_splits, resolve_folder
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,6 @@ def ingest_folder(folder, out_dir, *, layout: str = "auto", sample_rate_hz: int 
     for the other kind is a ValueError, not silently ignored. Returns the function's result; both
     have ``summary()``.
     """
-    from hubbub.shards.layouts import LAYOUTS, LayoutError, detect_layout, ingest_dataset
-
     if layout not in ("auto", "recordings", *LAYOUTS):
         raise LayoutError(f"unknown layout {layout!r} (known: auto, recordings, {', '.join(LAYOUTS)})")
     if layout == "auto":
@@ -197,13 +195,13 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
                                                        min_segment_s)
     if not files:
         raise ValueError(f"no usable audio under {folder}: {len(header_skipped)} file(s) skipped "
-                         f"({_reasons(header_skipped)}); nothing written")
+                         f"({count_reasons(header_skipped)}); nothing written")
     by_split = _assign(files, splits, seed)
     # Normalised types: segment_s=4 and segment_s=4.0 are the same corpus.
     recipe = {"kind": KIND, "sample_rate_hz": int(sample_rate_hz), "segment_s": float(segment_s),
               "min_segment_s": float(min_segment_s), "source": storage.name_of(folder)}
     # The folder's name is provenance, not identity: a renamed copy of the same files is the same corpus.
-    recipe_hash = _hash({k: v for k, v in recipe.items() if k != "source"} | {"channel": CHANNEL})
+    recipe_hash = fingerprint({k: v for k, v in recipe.items() if k != "source"} | {"channel": CHANNEL})
     # Storage changes the bytes, not the segments: not in the recipe hash, but a rerun keeps it.
     identity = {"kind": KIND, "recipe_hash": recipe_hash, "sources_hash": sources_hash, "seed": seed,
                 "samples_per_shard": samples_per_shard, "splits": splits, "storage": stored_as, "recipe": recipe}
@@ -221,8 +219,6 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
         pending = {p.name for ps in plans.values() for p in ps if p.name not in done}
         to_decode = [f for fs in by_split.values() for f in fs
                      if any(shard_name(f.split, k) in pending for k in _shards_of(f, samples_per_shard))]
-        from tqdm import tqdm
-
         bar = tqdm(total=len(to_decode), desc="recordings", unit="file", disable=not progress)
         for split, fs in by_split.items():
             _write_split(fs, plans[split], pending, out_dir, bar, sample_rate_hz, segment_len, min_len,
@@ -234,9 +230,9 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
         decode_skipped, skipped_segments = _failures(records, files)
         skipped_files = header_skipped + decode_skipped
         if not any(r.keys for r in records):
-            _remove_written(out_dir, plans, created)
+            remove_written(out_dir, plans, created)
             raise ValueError(f"no usable audio under {folder}: every segment of {len(files)} file(s) was "
-                             f"skipped ({_reasons(skipped_files)}); nothing written")
+                             f"skipped ({count_reasons(skipped_files)}); nothing written")
         empty = [s for s in plans if not any(r.keys for r in records if r.split == s)]
         for s in empty:
             log.warning("split %s holds no usable segment: all its files were skipped (see report.json)", s)
@@ -265,15 +261,6 @@ def _check_settings(segment_s, min_segment_s, sample_rate_hz, splits, samples_pe
         raise ValueError(f"splits must map names to fractions >= 0, one of them positive; got {splits}")
     for name in splits:
         sample_key(name, 0)  # raises for names a key cannot hold
-
-
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _reasons(skipped: list[dict]) -> str:
-    counts = Counter(s["reason"] for s in skipped)
-    return ", ".join(f"{n} {r}" for r, n in sorted(counts.items())) or "none"
 
 
 def _resampled_length(frames: int, from_hz: int, to_hz: int) -> int:
@@ -305,7 +292,7 @@ def _index_files(folder: str, sample_rate_hz: int, segment_len: int, min_len: in
                             "detail": f"{frames / sr:.3f} s < {min_segment_s} s"})
             continue
         files.append(_File(path, rel, sr, frames, channels, count))
-    return files, skipped, _hash(rows)
+    return files, skipped, fingerprint(rows)
 
 
 def _assign(files: list[_File], splits: dict[str, float], seed: int) -> dict[str, list[_File]]:
@@ -397,7 +384,7 @@ def _members(f: _File, key: str, index: int, segment: np.ndarray, offset_samples
         "source_sample_rate_hz": f.sample_rate_hz, "storage": stored_as,
     }
     audio = encode_audio(quantize(segment, stored_as["bits"]), sample_rate_hz, **stored_as)
-    return {"__key__": key, "json": encode_json(meta), f"mix.{stored_as['codec']}": audio}
+    return {"__key__": key, "json": encode_json(meta), member_name("mix", codec=stored_as["codec"]): audio}
 
 
 def _segments(f: _File, sample_rate_hz: int, segment_len: int, min_len: int
@@ -508,13 +495,3 @@ def _data_card(folder: str, by_split: dict[str, list[_File]], records: list[Shar
         "skipped_files": len(skipped_files),
     }
 
-
-def _remove_written(out_dir: str, plans: dict[str, list[ShardPlan]], created: bool) -> None:
-    """Undo a run that found no usable segment, so that it leaves nothing behind."""
-    if created and storage.is_local(out_dir):
-        shutil.rmtree(out_dir)
-        return
-    for p in (p for ps in plans.values() for p in ps):
-        storage.remove(storage.join(out_dir, p.name))
-        storage.remove(storage.join(out_dir, sidecar_name(p.name)))
-    storage.remove(storage.join(out_dir, "recipe.json"))

@@ -67,14 +67,15 @@ from typing import Iterator, Mapping
 
 import numpy as np
 import soundfile as sf
+from tqdm import tqdm
 
 from hubbub import storage
 from hubbub.audio import probe
+from hubbub.schema import member_name
 from hubbub.shards.format import BITS, CODECS, encode_audio, encode_json, quantize, sample_key
-from hubbub.shards.ingest import _hash, _reasons, _remove_written
 from hubbub.shards.writer import (LOCK_NAME, ShardRecord, atomic_write_json, build_index, check_same_corpus,
-                                  complete_shards, plan_split, read_sidecar, sidecar_name, write_sidecar,
-                                  writing_shard)
+                                  complete_shards, count_reasons, fingerprint, plan_split, read_sidecar,
+                                  remove_written, sidecar_name, write_sidecar, writing_shard)
 from hubbub.sources.speech import ListedFile, _walk_audio, resolve_folder
 
 log = logging.getLogger(__name__)
@@ -468,7 +469,7 @@ def _plan(tree: Tree, folders: list[str]) -> tuple[dict[str, list[_Sample]], lis
             extra = sum(i not in ids_set for i in listed[folder])
             if extra:
                 orphans[f"{split}/{folder}"] = extra
-    return by_split, skipped, _hash(rows), orphans
+    return by_split, skipped, fingerprint(rows), orphans
 
 
 def _stem(rel: str) -> str:
@@ -535,7 +536,7 @@ def ingest_dataset(folder: str | Path, out_dir: str | Path, *, layout: str = "au
               "variant": tree.variant_rel, "sample_rate_hz": tree.sample_rate_hz, "mode": tree.mode,
               "mixture": tree.mixture, "targets": chosen, "splits": dict(tree.splits),
               "speakers": {"count": tree.num_speakers, "distribution": {}}}
-    recipe_hash = _hash({k: v for k, v in recipe.items() if k != "source"} | {"channel": CHANNEL})
+    recipe_hash = fingerprint({k: v for k, v in recipe.items() if k != "source"} | {"channel": CHANNEL})
     identity = {"kind": KIND, "recipe_hash": recipe_hash, "sources_hash": sources_hash, "seed": None,
                 "samples_per_shard": samples_per_shard, "splits": dict(tree.splits), "storage": stored_as,
                 "recipe": recipe}
@@ -552,8 +553,6 @@ def ingest_dataset(folder: str | Path, out_dir: str | Path, *, layout: str = "au
         plans = {split: plan_split(split, len(samples), samples_per_shard) for split, samples in by_split.items()}
         done = complete_shards(out_dir, {p.name: p.num_samples for ps in plans.values() for p in ps})
         pending = [p for ps in plans.values() for p in ps if p.name not in done]
-        from tqdm import tqdm
-
         with tqdm(total=sum(p.num_samples for p in pending), desc=tree.name, unit="sample",
                   disable=not progress) as bar:
             for plan in pending:
@@ -565,13 +564,13 @@ def ingest_dataset(folder: str | Path, out_dir: str | Path, *, layout: str = "au
         skipped += [{"split": e["dataset_split"], "id": e["id"], "reason": e["reason"], "detail": e["detail"]}
                     for r in records for e in r.failed]
         if not any(r.keys for r in records):
-            _remove_written(out_dir, plans, created)
+            remove_written(out_dir, plans, created)
             raise ValueError(f"no usable sample under {tree.variant}: all {len(skipped)} skipped "
-                             f"({_reasons(skipped)}); nothing written")
+                             f"({count_reasons(skipped)}); nothing written")
         atomic_write_json(storage.join(out_dir, "report.json"), {
             "folder": str(tree.root), "layout": tree.layout.name, "variant": tree.variant_rel,
             "mixture": tree.mixture, "skipped_samples": skipped,
-            "summary": {"samples_skipped": len(skipped), "reasons": _reasons(skipped),
+            "summary": {"samples_skipped": len(skipped), "reasons": count_reasons(skipped),
                         "files_without_mixture": orphans}})
         index = build_index(out_dir, records, recipe=recipe, extra={
             "kind": KIND, "recipe_hash": recipe_hash, "sources_hash": sources_hash,
@@ -663,19 +662,20 @@ def _members(sample: _Sample, key: str, data: dict[str, bytes], context: dict) -
 
     files = {"mix": _rel(tree, sample, tree.mixture)}
     members = {"__key__": key}
-    ext = stored_as["codec"]
+    codec = stored_as["codec"]
 
-    def put(stem: str, folder: str) -> None:
-        members[f"{stem}.{ext}"] = encode_audio(codes[folder], rate, **stored_as)
-        files[stem] = _rel(tree, sample, folder)
+    def put(folder: str, target: str, source: int | None = None) -> None:
+        name = member_name(target, source, codec)
+        members[name] = encode_audio(codes[folder], rate, **stored_as)
+        files[name.removesuffix(f".{codec}")] = _rel(tree, sample, folder)  # "mix", "noise", "s0.dry"
 
-    put("mix", tree.mixture)
+    put(tree.mixture, "mix")
     for target in targets:
         if target == "noise":
-            put("noise", tree.noise)
+            put(tree.noise, "noise")
             continue
         for k, folder in enumerate(tree.target_folders[target]):
-            put(f"s{k}.{target}", folder)
+            put(folder, target, k)
     powers = [_active_power(s) for s in sources]
     utterances = _utterances(tree.layout, sample.id, tree.num_speakers)
     meta = {
@@ -747,8 +747,8 @@ def _db(power: float, reference: float) -> float | None:
 
 def _overlap_ratio(sources: np.ndarray, sample_rate_hz: int) -> float:
     """Share of active 20 ms frames with two or more active speakers: the definition of
-    :func:`hubbub.simulate.sample._overlap_ratio` (not imported: hubbub.simulate loads Ray and
-    pyroomacoustics, a second on import)."""
+    :func:`hubbub.simulate.sample._overlap_ratio`, here in float64 (not imported: a private
+    helper of the simulator, whose float32 version may round differently)."""
     frame = max(1, sample_rate_hz // 50)
     n = sources.shape[1] // frame
     if n == 0:

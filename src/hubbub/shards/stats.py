@@ -39,6 +39,7 @@ def iter_split_json(corpus_dir: str | Path, split: str, shard_names: list[str]) 
     """The sample JSONs of a split in shard order, reading nothing else: by their byte ranges
     (:func:`hubbub.shards.reader.read_members`), or shard by shard from the tar headers for
     corpora without ranges."""
+    # Here, not at the top: the reader loads torch and webdataset (1.5 s).
     from hubbub.shards.reader import read_members
 
     members = read_members(corpus_dir, split, "json")

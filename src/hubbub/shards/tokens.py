@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from hubbub.codec import Codec
@@ -114,8 +115,6 @@ def add_codec_tokens(corpus_dir: str | Path, codec: Codec, *, source_target: str
     if "codec" in index and not _same_tokens(index["codec"], entry):
         del index["codec"]  # overwrite: the corpus no longer holds one codec's tokens throughout
         atomic_write_json(corpus_dir / INDEX_NAME, index)
-
-    from tqdm import tqdm
 
     done: set[str] = set()
     processed = skipped = samples = 0

@@ -450,6 +450,7 @@ def _check_codes(m: str, codes: np.ndarray, num_samples: int, sample_rate_hz: in
     codec = codec or {}
     faults = []
     if "num_codebooks" in codec and "frame_rate_hz" in codec:
+        # Here, not at the top: hubbub.codec adds 0.7 s (scipy), and only tokenised corpora need it.
         from hubbub.codec import frame_count
 
         expected = (codec["num_codebooks"], frame_count(num_samples, sample_rate_hz, codec["frame_rate_hz"]))

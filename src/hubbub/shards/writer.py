@@ -24,11 +24,13 @@ import shutil
 import tarfile
 import tempfile
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 import numpy as np
+from tqdm import tqdm
 
 from hubbub import storage
 from hubbub.shards.format import DEFAULT_STORAGE, shard_name
@@ -254,6 +256,31 @@ def check_same_corpus(out_dir: str | Path, identity: dict, labels: Mapping[str, 
                              f"{identity.get(key)!r}): use another output folder, or delete it to start over")
 
 
+def fingerprint(obj) -> str:
+    """16 hex digits of the sha256 of ``obj`` as sorted-key JSON: the ``recipe_hash`` and
+    ``sources_hash`` an ingested corpus records (its identity, which a rerun must match)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def count_reasons(skipped: Iterable[Mapping]) -> str:
+    """The ``reason`` of each skipped item, counted for a one-line message: ``"2 silent, 1 unreadable"``."""
+    counts = Counter(s["reason"] for s in skipped)
+    return ", ".join(f"{n} {r}" for r, n in sorted(counts.items())) or "none"
+
+
+def remove_written(out_dir: str | Path, plans: Mapping[str, list[ShardPlan]], created: bool) -> None:
+    """Undo a run that found nothing usable, so that it leaves nothing behind: the folder itself
+    where the run created it on a local disk, else the planned shards, their sidecars and
+    ``recipe.json``."""
+    if created and storage.is_local(out_dir):
+        shutil.rmtree(storage.local_path(out_dir))
+        return
+    for p in (p for ps in plans.values() for p in ps):
+        storage.remove(storage.join(out_dir, p.name))
+        storage.remove(storage.join(out_dir, sidecar_name(p.name)))
+    storage.remove(storage.join(out_dir, "recipe.json"))
+
+
 def write_sidecar(record: ShardRecord, out_dir: str | Path, writer: ShardWriter | None = None) -> str | Path:
     """The sidecar of a finished shard in ``out_dir`` (a folder or URL); its size, sha256 and
     member ranges from ``writer`` (which recorded them as it wrote the shard) or, without one,
@@ -421,8 +448,6 @@ def index_members(corpus_dir: str | Path, *, progress: bool = False) -> dict:
     header reads only), then each split's members table is written and ``index.json`` says
     format version 2. Also rebuilds stale tables after shards were rewritten (codec tokens).
     Refuses a shard whose size differs from its sidecar's. Returns the new index."""
-    from tqdm import tqdm
-
     index = load_index(corpus_dir)
     records: dict[str, list[ShardRecord]] = {}
     for entry in tqdm(index["shards"], desc="shards", unit="shard", disable=not progress):

@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubbub import storage
+from hubbub.shards.stats import iter_split_json
+from hubbub.shards.writer import load_index
 from hubbub.sources.speech import index_speech
 
 SPLIT_FILE = "split.json"
@@ -331,9 +333,6 @@ def check_split(split_dir: str | Path, corpora: list[str | Path] = ()) -> SplitC
 
 
 def _check_corpus(corpus: str, split_dir: Path, split: dict, rels: dict, report: SplitCheck) -> None:
-    from hubbub.shards.stats import iter_split_json
-    from hubbub.shards.writer import load_index
-
     index = load_index(corpus)
     recordings = index.get("kind") == "recordings"
     source = Path(split["folder"])

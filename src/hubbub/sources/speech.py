@@ -90,7 +90,7 @@ class SpeechIndex:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("HUBBUB_CACHE", Path.home() / ".cache" / "hubbub"))
+    return storage.cache_dir()
 
 
 @dataclass

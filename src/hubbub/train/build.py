@@ -7,6 +7,9 @@ from pathlib import Path
 
 from hubbub import rundir, storage
 from hubbub.config import ConfigError
+from hubbub.models import build_model, load_backbone, model_config
+from hubbub.models.factory import BACKBONE_OF
+from hubbub.models.io import hub_snapshot, read_config
 from hubbub.shards.writer import load_index
 from hubbub.train.config import TrainConfig
 
@@ -25,8 +28,6 @@ def resolve_model_dir(path: str | Path) -> Path:
             return candidate
     if path.exists():
         raise FileNotFoundError(f"{path} holds no model (config.json + model.safetensors), nor does {path}/model")
-    from hubbub.models.io import hub_snapshot
-
     return hub_snapshot(str(path), ["config.json", "model.safetensors", "*.md", "*.json"])
 
 
@@ -48,10 +49,6 @@ def build_separator(cfg: TrainConfig, num_sources: int):
     (:data:`hubbub.models.factory.BACKBONE_OF`: ``avextractor`` on a ``glaunet``) takes the
     pretrained backbone's kwargs and the rest (video encoder, fusion) from ``cfg.model``.
     """
-    from hubbub.models import build_model, load_backbone, model_config
-    from hubbub.models.factory import BACKBONE_OF
-    from hubbub.models.io import read_config
-
     m = cfg.model
     own = {**model_config(m.name, m.size), **m.kwargs}
     if not cfg.init:

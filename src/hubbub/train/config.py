@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hubbub.config import ConfigError, apply_overrides, from_dict, load_with_base
+from hubbub.models import MODELS
+from hubbub.models.factory import AUDIO_VISUAL
 
 
 @dataclass
@@ -22,8 +24,6 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)   # changes on top of the size's config
 
     def validate(self):
-        from hubbub.models import MODELS
-
         if self.name not in MODELS:
             raise ConfigError("model.name", f"unknown model {self.name!r} (known: {', '.join(sorted(MODELS))})")
         if not 1 <= self.num_sources <= 16:
@@ -178,8 +178,6 @@ class TrainConfig:
         for name in ("log_every", "ckpt_every", "keep_checkpoints"):  # keeping none would delete each as written
             if getattr(self, name) < 1:
                 raise ConfigError(name, "must be >= 1")
-        from hubbub.models.factory import AUDIO_VISUAL
-
         if (self.model.name in AUDIO_VISUAL) != (self.stage == "av"):
             raise ConfigError("model.name", f"{self.model.name!r} cannot be trained by the {self.stage!r} stage: "
                                             "audio-visual extractors (model(mix, lips)) train with `hubbub finetune av`, "
