@@ -70,9 +70,15 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from tqdm import tqdm
 
 from hubbub import rundir, storage
 from hubbub.config import ConfigError, to_dict
+from hubbub.models import save_model
+from hubbub.models.io import save_weights
+from hubbub.shards.reader import ShardLoader, collate_mixtures
 from hubbub.shards.writer import LOCK_NAME, atomic_write_json
 from hubbub.train.config import TrainConfig
 
@@ -147,8 +153,6 @@ class Solver:
     def build_loader(self, train_ds):
         """The training loader over ``train_ds`` for this process: anything with ``__iter__``,
         ``set_epoch``, ``state_dict`` and ``load_state_dict`` (semi-supervised stages zip two)."""
-        from hubbub.shards.reader import ShardLoader
-
         train_ds.rank, train_ds.world_size = self.accelerator.process_index, self.accelerator.num_processes
         return ShardLoader(train_ds, num_workers=self.cfg.data.num_workers)
 
@@ -205,10 +209,8 @@ class Solver:
     def _run(self) -> dict[str, Any]:
         from accelerate import Accelerator
         from accelerate.utils import send_to_device, set_seed
-        from tqdm import tqdm
 
-        from hubbub.models import save_model
-
+    
         cfg = self.cfg
         if _is_main_process():
             for stale in (self.out_dir / "checkpoints").glob("step_*.tmp"):  # what a killed run was writing
@@ -508,8 +510,6 @@ class Solver:
         return replace(self.cfg, **{s: replace(getattr(self.cfg, s), **kw) for s, kw in sections.items()})
 
     def _load_checkpoint(self, ckpt: Path, trainer: dict, acc, model, optimizer, scheduler, loader) -> dict:
-        from safetensors.torch import load_file
-
         # Launched CPU ranks are on "cpu:{local rank}", a device torch.load and safetensors refuse.
         device = "cpu" if acc.device.type == "cpu" else str(acc.device)
         acc.unwrap_model(model).load_state_dict(load_file(str(ckpt / "model.safetensors"), device=device))
@@ -529,8 +529,6 @@ class Solver:
 def _valid_batches(items: Iterable[dict], batch_size: int) -> Iterator[dict]:
     """Valid items collated in batches of up to ``batch_size``, a new batch wherever the length
     changes: whole samples are scored unpadded, so a batch scores each as it would alone."""
-    from hubbub.shards.reader import collate_mixtures
-
     batch: list[dict] = []
     for item in items:
         if batch and (len(batch) == batch_size or item["mix"].shape[-1] != batch[0]["mix"].shape[-1]):
@@ -544,9 +542,6 @@ def _valid_batches(items: Iterable[dict], batch_size: int) -> Iterator[dict]:
 def _save_state(model: torch.nn.Module, directory: Path) -> None:
     """The trained module's weights: a registered model as a model directory (config.json too),
     a stage's training wrapper (extra heads around a separator) as its bare state dict."""
-    from hubbub.models import save_model
-    from hubbub.models.io import save_weights
-
     if getattr(model, "spec", None) is not None:
         save_model(model, directory)
     else:
@@ -588,8 +583,6 @@ def _check_weights(acc, model, step: int, out_dir: Path) -> None:
 
 def _checkpoint_problem(ckpt: Path) -> str | None:
     """What is wrong with a checkpoint's files ("FILE: reason"), or None if each reads back."""
-    from safetensors import safe_open
-
     def json_file(name: str) -> None:
         json.loads((ckpt / name).read_text())
 
