@@ -64,27 +64,26 @@ def _walk(folder: Path):
             yield path
 
 
-def _remote_files(url: str) -> dict[str, int]:
-    """Relative name -> size of every object under ``url`` (one recursive listing)."""
+def _listing(url: str) -> dict[str, dict]:
+    """Relative name -> fsspec's details of every object under ``url`` (one recursive listing)."""
     fs, root = storage.filesystem(url)
     try:
         found = fs.find(root, detail=True, withdirs=False)
     except FileNotFoundError:
         return {}
     root = root.rstrip("/") + "/"
-    return {name[len(root):]: int(info.get("size") or 0) for name, info in found.items() if name.startswith(root)}
+    return {name[len(root):]: info for name, info in found.items() if name.startswith(root)}
+
+
+def _remote_files(url: str) -> dict[str, int]:
+    """Relative name -> size of every object under ``url``."""
+    return {name: int(info.get("size") or 0) for name, info in _listing(url).items()}
 
 
 def _versions(url: str) -> dict[str, str]:
     """Relative name -> what tells one version of the object from another (size, ETag or mtime)."""
-    fs, root = storage.filesystem(url)
-    try:
-        found = fs.find(root, detail=True, withdirs=False)
-    except FileNotFoundError:
-        return {}
-    root = root.rstrip("/") + "/"
-    return {name[len(root):]: f"{info.get('size')}:{info.get('ETag') or info.get('etag') or info.get('mtime') or ''}"
-            for name, info in found.items() if name.startswith(root)}
+    return {name: f"{info.get('size')}:{info.get('ETag') or info.get('etag') or info.get('mtime') or ''}"
+            for name, info in _listing(url).items()}
 
 
 def push_checkpoint(ckpt: Path, url: str) -> None:

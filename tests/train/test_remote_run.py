@@ -36,6 +36,14 @@ def _losses(rows_text: str):
     return [(r["step"], r["loss"]) for r in map(json.loads, rows_text.splitlines()) if "loss" in r]
 
 
+def _count_steps(monkeypatch) -> list[bool]:
+    """The PIT stage's run_step calls from now on: True for a training step."""
+    calls, real_step = [], PITStage.run_step
+    monkeypatch.setattr(PITStage, "run_step", lambda self, m, b, train: calls.append(train) or real_step(self, m, b,
+                                                                                                          train))
+    return calls
+
+
 def _objects(url: str) -> set[str]:
     fs = fsspec.filesystem("s3")
     root = fs._strip_protocol(url).rstrip("/") + "/"
@@ -60,10 +68,7 @@ def test_a_run_in_s3_holds_what_a_run_on_disk_holds_and_resumes_on_a_fresh_machi
 
     # Another machine (no local mirror) trains on to step 10: it starts from the store's step 7.
     shutil.rmtree(rundir.local_mirror(url))
-    steps = []
-    real_step = PITStage.run_step
-    monkeypatch.setattr(PITStage, "run_step", lambda self, m, b, train: steps.append(train) or real_step(self, m, b,
-                                                                                                          train))
+    steps = _count_steps(monkeypatch)
     finetune_pit(_cfg(corpus, 10), url)
     assert sum(steps) == 3
     rows = _losses(storage.read_bytes(f"{url}/metrics.jsonl").decode())
@@ -84,10 +89,7 @@ def test_an_incomplete_checkpoint_in_the_store_is_passed_over(tmp_path, corpus, 
     assert rundir.remote_checkpoints(url) == {}
     storage.write_json(f"{url}/checkpoints/step_00000003/files.json", manifest)
     shutil.rmtree(rundir.local_mirror(url))
-    steps = []
-    real_step = PITStage.run_step
-    monkeypatch.setattr(PITStage, "run_step", lambda self, m, b, train: steps.append(train) or real_step(self, m, b,
-                                                                                                          train))
+    steps = _count_steps(monkeypatch)
     finetune_pit(_cfg(corpus, 6), url)
     assert sum(steps) == 3  # steps 4..6 again
     assert sorted(rundir.remote_checkpoints(url)) == ["step_00000003", "step_00000006"]

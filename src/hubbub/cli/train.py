@@ -42,7 +42,7 @@ def _add_finetune_pit(ft) -> None:
     fp.add_argument("--config", default=None,
                     help="built-in config (pit, pit_small, pit_debug) or YAML (default pit_small)")
     fp.add_argument("--init", default=None, help="a pretrained run or model dir: its backbone starts this run")
-    fp.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    fp.add_argument("--out", required=True, help="run directory or object-store URL (rerun the same command to resume)")
     fp.add_argument("--unlabelled", default=None,
                     help="semi-supervised: a corpus of unlabelled mixtures for MixIT in the same step")
     fp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -63,7 +63,7 @@ def _add_finetune_av(ft) -> None:
                     help="built-in config (av, av_small, av_debug) or YAML (default av_small)")
     fa.add_argument("--init", default=None, help="a pretrained glaunet run or model dir (its backbone is the "
                                                  "audio path), or an AV run")
-    fa.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    fa.add_argument("--out", required=True, help="run directory or object-store URL (rerun the same command to resume)")
     fa.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     fa.set_defaults(func=_cmd_finetune_av, model=None)
 
@@ -88,7 +88,7 @@ def _add_pretrain_mixit(pt) -> None:
     pm.add_argument("--config", default=None,
                     help="built-in config (mixit, mixit_small, mixit_debug) or YAML (default mixit_small)")
     pm.add_argument("--init", default=None, help="a run or model dir whose backbone starts this run")
-    pm.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    pm.add_argument("--out", required=True, help="run directory or object-store URL (rerun the same command to resume)")
     pm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     pm.set_defaults(func=_cmd_pretrain_mixit)
 
@@ -110,7 +110,7 @@ def _add_pretrain_codec(pt) -> None:
     pc.add_argument("--config", default=None,
                     help="built-in config (codec, codec_small, codec_debug) or YAML (default codec_small)")
     pc.add_argument("--init", default=None, help="a run or model dir whose backbone starts this run")
-    pc.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    pc.add_argument("--out", required=True, help="run directory or object-store URL (rerun the same command to resume)")
     pc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     pc.set_defaults(func=_cmd_pretrain_codec)
 
