@@ -140,8 +140,12 @@ def push_files(local: Path, url: str, include_tensorboard: bool = True) -> None:
         if (local / name).is_file():
             storage.put_file(local / name, storage.join(url, name))
     if include_tensorboard and (local / "tensorboard").is_dir():
+        # event files only grow: one listing, and only those whose size changed go up again
+        stored = _remote_files(storage.join(url, "tensorboard"))
         for path in _walk(local / "tensorboard"):
-            storage.put_file(path, storage.join(url, path.relative_to(local).as_posix()))
+            name = path.relative_to(local / "tensorboard").as_posix()
+            if stored.get(name) != path.stat().st_size:
+                storage.put_file(path, storage.join(url, "tensorboard", name))
 
 
 def push_model(local: Path, url: str, name: str = "model") -> None:
