@@ -36,11 +36,12 @@ def dummy_speech(rng: np.random.Generator, seconds: float, sample_rate_hz: int =
 
 def make_dummy_sample(split: str, index: int, *, num_speakers: int = 2, num_mics: int = 1,
                       seconds: float = 1.0, sample_rate_hz: int = 8000, seed: int = 0,
-                      lips: bool = False) -> dict:
+                      lips: bool = False, codec: str = "flac", bits: int = 24) -> dict:
     """One sample in shard member form (``__key__`` + member bytes), without room simulation.
 
     Reverberant images are the dry sources through a random short decaying filter, so the sample
-    satisfies the format's invariants (mix == sum of reverberant images + noise, exactly).
+    satisfies the format's invariants (mix == sum of reverberant images + noise, exactly). Audio is
+    stored as ``codec`` (flac, wav) in ``bits`` (24, 16) bits, as a recipe's ``storage`` says.
     ``lips=True`` adds the target "lips": ``s{k}.lips.npy.zst`` (F, 96, 96) uint8 mouths that open
     where source k is loud, and their ``sources[k]["lips"]`` entries (the rest is unchanged).
     """
@@ -58,18 +59,18 @@ def make_dummy_sample(split: str, index: int, *, num_speakers: int = 2, num_mics
         rir[:, 0] = 1.0
         rev = np.stack([np.convolve(dry, rir[m])[:n] for m in range(num_mics)]) * 0.5
         direct = np.stack([dry] * num_mics) * 0.5
-        members[member_name("dry", s)] = encode_audio(quantize(dry), sample_rate_hz)
-        members[member_name("direct", s)] = encode_audio(quantize(direct), sample_rate_hz)
-        members[member_name("early", s)] = encode_audio(quantize(direct), sample_rate_hz)
-        q = quantize(rev)
+        members[member_name("dry", s)] = encode_audio(quantize(dry, bits), sample_rate_hz, codec, bits)
+        members[member_name("direct", s)] = encode_audio(quantize(direct, bits), sample_rate_hz, codec, bits)
+        members[member_name("early", s)] = encode_audio(quantize(direct, bits), sample_rate_hz, codec, bits)
+        q = quantize(rev, bits)
         q_rev.append(q)
-        members[member_name("reverberant", s)] = encode_audio(q, sample_rate_hz)
+        members[member_name("reverberant", s)] = encode_audio(q, sample_rate_hz, codec, bits)
         members[member_name("rir", s)] = encode_npy(rir)
         sources_meta.append({"speaker": f"spk{rng.integers(100):03d}", "sir_db": float(rng.uniform(-5, 5)),
                              "offset_s": 0.0, "path": f"dummy/{index}_{s}.wav", "licence": "CC0-1.0"})
-    q_noise = quantize(0.01 * rng.standard_normal((num_mics, n)))
-    members[member_name("noise")] = encode_audio(q_noise, sample_rate_hz)
-    members[member_name("mix")] = encode_audio(sum(q_rev) + q_noise, sample_rate_hz)
+    q_noise = quantize(0.01 * rng.standard_normal((num_mics, n)), bits)
+    members[member_name("noise")] = encode_audio(q_noise, sample_rate_hz, codec, bits)
+    members[member_name("mix")] = encode_audio(sum(q_rev) + q_noise, sample_rate_hz, codec, bits)
     meta = {
         "key": key, "split": split, "index": index, "sample_rate_hz": sample_rate_hz,
         "num_samples": n, "duration_s": n / sample_rate_hz, "num_speakers": num_speakers,
@@ -79,6 +80,8 @@ def make_dummy_sample(split: str, index: int, *, num_speakers: int = 2, num_mics
         "mixing": {"overlap_ratio": float(rng.uniform(0, 1))},
         "sources": sources_meta,
     }
+    if (codec, bits) != ("flac", 24):
+        meta["storage"] = {"codec": codec, "bits": bits}
     if lips:  # after every draw from rng: samples without lips stay as they were
         meta["targets"].append("lips")
         num_frames = num_video_frames(n, sample_rate_hz)
@@ -150,11 +153,11 @@ def _duration_s(meta: dict) -> float:
 def make_dummy_corpus(out_dir: str | Path, *, splits: dict[str, int] | None = None,
                       samples_per_shard: int = 4, num_speakers: int | list[int] = 2, num_mics: int = 1,
                       seconds: float = 1.0, sample_rate_hz: int = 8000, seed: int = 0,
-                      lips: bool = False) -> Path:
+                      lips: bool = False, codec: str = "flac", bits: int = 24) -> Path:
     """A small corpus in hubbub's shard format (shards, sidecars, index.json) with no simulation.
 
     ``num_speakers`` may be a list to cycle through (variable speaker counts); ``lips`` adds a lip
-    stream per source (see :func:`make_dummy_sample`).
+    stream per source, ``codec`` and ``bits`` how audio is stored (see :func:`make_dummy_sample`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +172,8 @@ def make_dummy_corpus(out_dir: str | Path, *, splits: dict[str, int] | None = No
                 for i in range(first, first + rec.num_planned):
                     members = make_dummy_sample(split, i, num_speakers=counts[i % len(counts)],
                                                 num_mics=num_mics, seconds=seconds,
-                                                sample_rate_hz=sample_rate_hz, seed=seed, lips=lips)
+                                                sample_rate_hz=sample_rate_hz, seed=seed, lips=lips,
+                                                codec=codec, bits=bits)
                     w.write(members)
                     rec.keys.append(members["__key__"])
                     rec.durations_s.append(seconds)

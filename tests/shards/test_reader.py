@@ -362,3 +362,51 @@ def test_a_damaged_shard_fails_before_the_first_sample_naming_it(corpus, tmp_pat
     with pytest.raises(StorageError, match=expected):
         ShardDataset(damaged, "train")
     ShardDataset(damaged, "valid")  # the other split is whole and reads
+
+
+def assert_same_batch(got, want):
+    assert got.keys() == want.keys() and got["keys"] == want["keys"] and got["meta"] == want["meta"]
+    for field in ("mix", "num_sources", "source_mask", "num_samples", "start_sample"):
+        assert got[field].dtype == want[field].dtype and torch.equal(got[field], want[field]), field
+    for group in ("sources", "extras"):
+        assert got[group].keys() == want[group].keys()
+        for name, x in want[group].items():
+            assert got[group][name].dtype == x.dtype and torch.equal(got[group][name], x), (group, name)
+
+
+@pytest.fixture(scope="module")
+def wav_corpora(tmp_path_factory):
+    # 16-bit WAV is decoded straight into the batch; 24-bit WAV and FLAC go through arrays.
+    return {f"{codec}{bits}": make_dummy_corpus(tmp_path_factory.mktemp(f"{codec}{bits}"), splits={"train": 7},
+                                                samples_per_shard=3, num_speakers=[2, 1, 3], num_mics=2,
+                                                seconds=0.5, codec=codec, bits=bits)
+            for codec, bits in (("wav", 16), ("wav", 24))}
+
+
+@pytest.mark.parametrize("settings", [
+    dict(),
+    dict(crop_s=0.2, mic=None, targets=("reverberant", "dry", "rir"), extras=("noise.flac",)),
+    dict(crop_s=0.75, max_sources=3, targets=("early",)),  # longer than the samples: zero-padded
+    dict(targets=(), extras=("noise.wav",), mic=1),
+])
+@pytest.mark.parametrize("stored", ["flac24", "wav16", "wav24"])
+def test_loader_batches_equal_collated_items(corpus, wav_corpora, stored, settings):
+    # ShardLoader builds batches from the decoded arrays (16-bit WAV decoded into the batch):
+    # the same values as collate_mixtures of the dataset's items, whatever is stored and asked.
+    d = corpus if stored == "flac24" else wav_corpora[stored]
+    kwargs = dict(batch_size=3, epoch=1, shuffle_buffer=4, **settings)
+    items = list(ShardDataset(d, **kwargs))
+    batches = list(ShardLoader(ShardDataset(d, **kwargs)))
+    assert len(batches) == math.ceil(len(items) / 3)
+    for b, batch in enumerate(batches):
+        assert_same_batch(batch, collate_mixtures(items[3 * b:3 * b + 3]))
+
+
+def test_loader_batches_equal_collated_items_with_lips(tmp_path):
+    d = make_dummy_corpus(tmp_path, splits={"train": 4}, num_speakers=[1, 2], seconds=0.4, lips=True,
+                          codec="wav", bits=16)
+    for settings in (dict(crop_s=0.24, roi_crop="random"), dict(roi_crop=None)):
+        kwargs = dict(batch_size=2, targets=("reverberant", "lips"), **settings)
+        items = list(ShardDataset(d, **kwargs))
+        for b, batch in enumerate(ShardLoader(ShardDataset(d, **kwargs))):
+            assert_same_batch(batch, collate_mixtures(items[2 * b:2 * b + 2]))

@@ -140,25 +140,43 @@ def _wav_layout(data: bytes) -> tuple[int, int, int, int] | None:
     return None
 
 
+def pcm16_crop(data: bytes, start: int, length: int) -> np.ndarray | None:
+    """Frames ``[start, start + length)`` (fewer at the end) of 16-bit PCM WAV bytes as an int16
+    view of ``data``, shaped as :func:`decode_audio_crop` gives them ((T,) or (C, T)), nothing
+    decoded or copied; None for any other format. ``crop * 2**-15`` is the decoded float32."""
+    layout = _wav_layout(data)
+    if layout is None or layout[3] != 2:
+        return None
+    offset, size, channels, _ = layout
+    frames = size // (channels * 2)
+    first, last = min(start, frames), min(start + length, frames)
+    q = np.frombuffer(data, "<i2", count=(last - first) * channels, offset=offset + first * channels * 2)
+    return q if channels == 1 else q.reshape(-1, channels).T
+
+
+def decode_pcm16(q: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """int16 codes -> float32 ``q / 2**15`` (exact), into ``out`` (any layout) when given."""
+    if out is None:
+        out = np.empty(q.shape, np.float32)
+    return np.multiply(q, np.float32(2**-15), out=out, casting="unsafe")
+
+
 def decode_audio_crop(data: bytes, start: int, length: int) -> np.ndarray:
     """Frames ``[start, start + length)`` of FLAC or WAV bytes as :func:`decode_audio` gives them
     (fewer at the end), decoding only those: WAV is sliced where its frames lie, FLAC decodes from
     the nearest seek point (libsndfile), not from the start of the member."""
+    q = pcm16_crop(data, start, length)
+    if q is not None:
+        return decode_pcm16(q)  # ~20x faster than libsndfile through Python's file callbacks
     layout = _wav_layout(data)
-    if layout is not None:
-        # ~20x faster than libsndfile through Python's file callbacks for these small crops
+    if layout is not None:  # 24-bit
         offset, size, channels, width = layout
         frames = size // (channels * width)
         first, last = min(start, frames), min(start + length, frames)
-        raw = np.frombuffer(data, np.uint8, count=(last - first) * channels * width,
-                            offset=offset + first * channels * width)
-        if width == 2:
-            x = raw.view("<i2").astype(np.float32) / np.float32(2**15)
-        else:
-            b = raw.reshape(-1, 3)
-            q = b[:, 0].astype(np.int32) | (b[:, 1].astype(np.int32) << 8) | (b[:, 2].view(np.int8).astype(np.int32) << 16)
-            x = q.astype(np.float32) / np.float32(FULL_SCALE)
-        x = x.reshape(-1, channels)
+        b = np.frombuffer(data, np.uint8, count=(last - first) * channels * width,
+                          offset=offset + first * channels * width).reshape(-1, 3)
+        q = b[:, 0].astype(np.int32) | (b[:, 1].astype(np.int32) << 8) | (b[:, 2].view(np.int8).astype(np.int32) << 16)
+        x = (q.astype(np.float32) / np.float32(FULL_SCALE)).reshape(-1, channels)
         return x.T.copy() if channels > 1 else x[:, 0]
     with sf.SoundFile(io.BytesIO(data)) as f:
         f.seek(min(start, f.frames))
