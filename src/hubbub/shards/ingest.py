@@ -38,7 +38,8 @@ Choices, and why:
 
 Next to the shards: ``recipe.json`` (the identity of the corpus: a rerun with other settings or
 other files is refused), ``report.json`` (skipped files and segments, each with its reason) and
-``index.json`` (recipe ``{"kind": "recordings", ...}`` and a data card).
+``index.json`` (recipe ``{"kind": "recordings", ...}`` and a data card), written as every corpus
+is (:func:`hubbub.shards.build.build_corpus`).
 """
 from __future__ import annotations
 
@@ -60,9 +61,9 @@ from hubbub.audio import AudioError, probe, resample
 from hubbub.schema import member_name
 from hubbub.shards.format import BITS, CODECS, encode_audio, encode_json, quantize, sample_key, shard_name
 from hubbub.shards.layouts import LAYOUTS, LayoutError, detect_layout, ingest_dataset
-from hubbub.shards.writer import (LOCK_NAME, ShardPlan, ShardRecord, atomic_write_json, build_index,
-                                  check_same_corpus, complete_shards, count_reasons, fingerprint, plan_split,
-                                  read_sidecar, remove_written, sidecar_name, write_sidecar, writing_shard)
+from hubbub.shards.build import build_corpus
+from hubbub.shards.writer import (ShardPlan, ShardRecord, count_reasons, fingerprint, plan_split, write_sidecar,
+                                  writing_shard)
 from hubbub.sources.speech import _walk_audio, assign_splits, resolve_folder
 
 log = logging.getLogger(__name__)
@@ -205,49 +206,41 @@ def ingest_recordings(folder, out_dir, *, segment_s: float = 4.0, min_segment_s:
     # Storage changes the bytes, not the segments: not in the recipe hash, but a rerun keeps it.
     identity = {"kind": KIND, "recipe_hash": recipe_hash, "sources_hash": sources_hash, "seed": seed,
                 "samples_per_shard": samples_per_shard, "splits": splits, "storage": stored_as, "recipe": recipe}
-    created = not storage.list_sizes(out_dir)
-    storage.makedirs(out_dir)
-    with storage.exclusive(storage.join(out_dir, LOCK_NAME), "hubbub shards ingest"):
-        check_same_corpus(out_dir, identity, labels={"sources_hash": "recordings"})
-        atomic_write_json(storage.join(out_dir, "recipe.json"), identity)
-        if storage.is_local(out_dir):
-            storage.remove_stale_temporaries(out_dir)  # partial shards of killed runs
+    plans = {split: plan_split(split, sum(f.num_segments for f in fs), samples_per_shard)
+             for split, fs in by_split.items()}
 
-        plans = {split: plan_split(split, sum(f.num_segments for f in fs), samples_per_shard)
-                 for split, fs in by_split.items()}
-        done = complete_shards(out_dir, {p.name: p.num_samples for ps in plans.values() for p in ps})
-        pending = {p.name for ps in plans.values() for p in ps if p.name not in done}
+    def write(pending: list[ShardPlan]) -> list[ShardRecord]:
+        names = {p.name for p in pending}
         to_decode = [f for fs in by_split.values() for f in fs
-                     if any(shard_name(f.split, k) in pending for k in _shards_of(f, samples_per_shard))]
-        bar = tqdm(total=len(to_decode), desc="recordings", unit="file", disable=not progress)
-        for split, fs in by_split.items():
-            _write_split(fs, plans[split], pending, out_dir, bar, sample_rate_hz, segment_len, min_len,
-                         samples_per_shard, stored_as)
-        bar.close()
+                     if any(shard_name(f.split, k) in names for k in _shards_of(f, samples_per_shard))]
+        with tqdm(total=len(to_decode), desc="recordings", unit="file", disable=not progress) as bar:
+            return [rec for split, fs in by_split.items()
+                    for rec in _write_split(fs, plans[split], names, out_dir, bar, sample_rate_hz, segment_len,
+                                            min_len, samples_per_shard, stored_as)]
 
-        records = [done.get(p.name) or read_sidecar(storage.join(out_dir, sidecar_name(p.name)))
-                   for ps in plans.values() for p in ps]
+    def report(records: list[ShardRecord]) -> dict:
         decode_skipped, skipped_segments = _failures(records, files)
         skipped_files = header_skipped + decode_skipped
-        if not any(r.keys for r in records):
-            remove_written(out_dir, plans, created)
-            raise ValueError(f"no usable audio under {folder}: every segment of {len(files)} file(s) was "
-                             f"skipped ({count_reasons(skipped_files)}); nothing written")
-        empty = [s for s in plans if not any(r.keys for r in records if r.split == s)]
-        for s in empty:
-            log.warning("split %s holds no usable segment: all its files were skipped (see report.json)", s)
-        atomic_write_json(storage.join(out_dir, "report.json"), {
-            "folder": str(folder), "skipped_files": skipped_files, "skipped_segments": skipped_segments,
-            "summary": {"files_found": len(files) + len(header_skipped), "skipped_files": len(skipped_files),
-                        "skipped_segments": len(skipped_segments), "empty_splits": empty}})
-        index = build_index(out_dir, records, recipe=recipe, extra={
+        return {"folder": str(folder), "skipped_files": skipped_files, "skipped_segments": skipped_segments,
+                "summary": {"files_found": len(files) + len(header_skipped), "skipped_files": len(skipped_files),
+                            "skipped_segments": len(skipped_segments),
+                            "empty_splits": [s for s in plans if not any(r.keys for r in records if r.split == s)]}}
+
+    built = build_corpus(
+        out_dir, identity, [p for ps in plans.values() for p in ps], write=write, report=report,
+        index_extra=lambda records, content: {
             "kind": KIND, "seed": seed, "recipe_hash": recipe_hash, "sources_hash": sources_hash,
-            "data_card": _data_card(folder, by_split, records, skipped_files, decode_skipped)})
-        written = len(pending)
-        log.info("%d shards written, %d complete kept; %d files skipped", written,
-                 len(records) - written, len(skipped_files))
-    return IngestResult(storage.as_path(out_dir), index, written, len(records) - written, skipped_files,
-                        skipped_segments)
+            "data_card": _data_card(folder, by_split, records, content["skipped_files"])},
+        what="hubbub shards ingest", labels={"sources_hash": "recordings"},
+        nothing_usable=lambda content: (f"no usable audio under {folder}: every segment of {len(files)} file(s) "
+                                        f"was skipped ({count_reasons(content['skipped_files'])}); nothing written"))
+    content = built.report
+    for s in content["summary"]["empty_splits"]:
+        log.warning("split %s holds no usable segment: all its files were skipped (see report.json)", s)
+    log.info("%d shards written, %d complete kept; %d files skipped", built.written, built.kept,
+             len(content["skipped_files"]))
+    return IngestResult(storage.as_path(out_dir), built.index, built.written, built.kept, content["skipped_files"],
+                        content["skipped_segments"])
 
 
 def _check_settings(segment_s, min_segment_s, sample_rate_hz, splits, samples_per_shard) -> None:
@@ -322,12 +315,17 @@ def _shards_of(f: _File, per: int) -> set[int]:
 
 
 def _write_split(files: list[_File], plans: list[ShardPlan], pending: set[str], out_dir: str, bar,
-                 sample_rate_hz: int, segment_len: int, min_len: int, per: int, stored_as: dict) -> None:
-    """Write the pending shards of one split, decoding only the files that fill them.
+                 sample_rate_hz: int, segment_len: int, min_len: int, per: int, stored_as: dict
+                 ) -> list[ShardRecord]:
+    """Write the pending shards of one split, decoding only the files that fill them, and return
+    their records.
 
-    Sample indices only grow along the split's files, so one shard is open at a time.
+    Sample indices only grow along the split's files, so one shard is open at a time. A file
+    whose segments straddle two pending shards is decoded once, for both: why the recordings are
+    written a split at a time rather than a shard at a time.
     """
     current = None  # (context manager, ShardWriter, ShardRecord) of the open shard
+    written: list[ShardRecord] = []
 
     def close(exc_info=(None, None, None)):
         nonlocal current
@@ -337,6 +335,7 @@ def _write_split(files: list[_File], plans: list[ShardPlan], pending: set[str], 
             opened.__exit__(*exc_info)
             if exc_info[0] is None:
                 write_sidecar(rec, out_dir, writer)
+                written.append(rec)
 
     try:
         for f in files:
@@ -370,6 +369,7 @@ def _write_split(files: list[_File], plans: list[ShardPlan], pending: set[str], 
     except BaseException:
         close(sys.exc_info())  # the open shard's .tmp is removed, never renamed
         raise
+    return written
 
 
 def _members(f: _File, key: str, index: int, segment: np.ndarray, offset_samples: int,
@@ -483,8 +483,8 @@ def _failures(records: list[ShardRecord], files: list[_File]) -> tuple[list[dict
 
 
 def _data_card(folder: str, by_split: dict[str, list[_File]], records: list[ShardRecord],
-               skipped_files: list[dict], decode_skipped: list[dict]) -> dict:
-    unusable = {s["path"] for s in decode_skipped}
+               skipped_files: list[dict]) -> dict:
+    unusable = {s["path"] for s in skipped_files}  # a file skipped from its header is in no split
     return {
         "kind": KIND, "source": storage.name_of(folder), "licence": LICENCE,
         "files": sum(f.rel not in unusable for fs in by_split.values() for f in fs),

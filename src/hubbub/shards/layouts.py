@@ -53,7 +53,8 @@ Choices, and why:
   redistributed, which the card says.
 
 Like the recordings ingest (:mod:`hubbub.shards.ingest`) the plan is made from the listings
-alone, so a rerun keeps complete shards and a rerun with other settings or files is refused.
+alone, so a rerun keeps complete shards and a rerun with other settings or files is refused
+(:func:`hubbub.shards.build.build_corpus`).
 """
 from __future__ import annotations
 
@@ -73,9 +74,9 @@ from hubbub import storage
 from hubbub.audio import probe
 from hubbub.schema import member_name
 from hubbub.shards.format import BITS, CODECS, encode_audio, encode_json, quantize, sample_key
-from hubbub.shards.writer import (LOCK_NAME, ShardRecord, atomic_write_json, build_index, check_same_corpus,
-                                  complete_shards, count_reasons, fingerprint, plan_split, read_sidecar,
-                                  remove_written, sidecar_name, write_sidecar, writing_shard)
+from hubbub.shards.build import build_corpus
+from hubbub.shards.writer import (ShardPlan, ShardRecord, count_reasons, fingerprint, plan_split, write_sidecar,
+                                  writing_shard)
 from hubbub.sources.speech import ListedFile, _walk_audio, resolve_folder
 
 log = logging.getLogger(__name__)
@@ -543,44 +544,38 @@ def ingest_dataset(folder: str | Path, out_dir: str | Path, *, layout: str = "au
     context = {"tree": tree, "targets": chosen, "stored_as": stored_as, "recipe_hash": recipe_hash,
                "sources_hash": sources_hash}
 
-    created = not storage.list_sizes(out_dir)
-    storage.makedirs(out_dir)
-    with storage.exclusive(storage.join(out_dir, LOCK_NAME), "hubbub shards ingest"):
-        check_same_corpus(out_dir, identity, labels={"sources_hash": "files", "recipe_hash": "settings"})
-        atomic_write_json(storage.join(out_dir, "recipe.json"), identity)
-        if storage.is_local(out_dir):
-            storage.remove_stale_temporaries(out_dir)
-        plans = {split: plan_split(split, len(samples), samples_per_shard) for split, samples in by_split.items()}
-        done = complete_shards(out_dir, {p.name: p.num_samples for ps in plans.values() for p in ps})
-        pending = [p for ps in plans.values() for p in ps if p.name not in done]
+    plans = [p for split, samples in by_split.items() for p in plan_split(split, len(samples), samples_per_shard)]
+
+    def write(pending: list[ShardPlan]) -> list[ShardRecord]:
         with tqdm(total=sum(p.num_samples for p in pending), desc=tree.name, unit="sample",
                   disable=not progress) as bar:
-            for plan in pending:
-                samples = by_split[plan.split][plan.first_sample:plan.first_sample + plan.num_samples]
-                _write_shard(plan, samples, out_dir, context, bar)
+            return [_write_shard(plan, by_split[plan.split][plan.first_sample:plan.first_sample + plan.num_samples],
+                                 out_dir, context, bar) for plan in pending]
 
-        records = [done.get(p.name) or read_sidecar(storage.join(out_dir, sidecar_name(p.name)))
-                   for ps in plans.values() for p in ps]
-        skipped += [{"split": e["dataset_split"], "id": e["id"], "reason": e["reason"], "detail": e["detail"]}
-                    for r in records for e in r.failed]
-        if not any(r.keys for r in records):
-            remove_written(out_dir, plans, created)
-            raise ValueError(f"no usable sample under {tree.variant}: all {len(skipped)} skipped "
-                             f"({count_reasons(skipped)}); nothing written")
-        atomic_write_json(storage.join(out_dir, "report.json"), {
-            "folder": str(tree.root), "layout": tree.layout.name, "variant": tree.variant_rel,
-            "mixture": tree.mixture, "skipped_samples": skipped,
-            "summary": {"samples_skipped": len(skipped), "reasons": count_reasons(skipped),
-                        "files_without_mixture": orphans}})
-        index = build_index(out_dir, records, recipe=recipe, extra={
+    def report(records: list[ShardRecord]) -> dict:
+        # left out from the listing (missing files), then by the shards' sidecars (a rerun reports them too)
+        left_out = skipped + [{"split": e["dataset_split"], "id": e["id"], "reason": e["reason"],
+                               "detail": e["detail"]} for r in records for e in r.failed]
+        return {"folder": str(tree.root), "layout": tree.layout.name, "variant": tree.variant_rel,
+                "mixture": tree.mixture, "skipped_samples": left_out,
+                "summary": {"samples_skipped": len(left_out), "reasons": count_reasons(left_out),
+                            "files_without_mixture": orphans}}
+
+    built = build_corpus(
+        out_dir, identity, plans, write=write, report=report,
+        index_extra=lambda records, content: {
             "kind": KIND, "recipe_hash": recipe_hash, "sources_hash": sources_hash,
-            "data_card": _data_card(tree, chosen, records, skipped, by_split)})
-        log.info("%d shards written, %d complete kept; %d samples skipped", len(pending),
-                 len(records) - len(pending), len(skipped))
-    return DatasetResult(storage.as_path(out_dir), index, tree, len(pending), len(records) - len(pending), skipped)
+            "data_card": _data_card(tree, chosen, records, content["skipped_samples"], by_split)},
+        what="hubbub shards ingest", labels={"sources_hash": "files", "recipe_hash": "settings"},
+        nothing_usable=lambda content: (f"no usable sample under {tree.variant}: all "
+                                        f"{len(content['skipped_samples'])} skipped "
+                                        f"({content['summary']['reasons']}); nothing written"))
+    left_out = built.report["skipped_samples"]
+    log.info("%d shards written, %d complete kept; %d samples skipped", built.written, built.kept, len(left_out))
+    return DatasetResult(storage.as_path(out_dir), built.index, tree, built.written, built.kept, left_out)
 
 
-def _write_shard(plan, samples: list[_Sample], out_dir: str, context: dict, bar) -> None:
+def _write_shard(plan: ShardPlan, samples: list[_Sample], out_dir: str, context: dict, bar) -> ShardRecord:
     rec = ShardRecord(name=plan.name, split=plan.split, shard_index=plan.shard_index,
                       first_sample=plan.first_sample, num_planned=plan.num_samples)
     with writing_shard(out_dir, plan.name) as writer:
@@ -598,6 +593,7 @@ def _write_shard(plan, samples: list[_Sample], out_dir: str, context: dict, bar)
                 rec.durations_s.append(seconds)
             bar.update(1)
     write_sidecar(rec, out_dir, writer)
+    return rec
 
 
 def _fetched(samples: list[_Sample]) -> Iterator[tuple[_Sample, dict[str, bytes]]]:

@@ -268,19 +268,6 @@ def count_reasons(skipped: Iterable[Mapping]) -> str:
     return ", ".join(f"{n} {r}" for r, n in sorted(counts.items())) or "none"
 
 
-def remove_written(out_dir: str | Path, plans: Mapping[str, list[ShardPlan]], created: bool) -> None:
-    """Undo a run that found nothing usable, so that it leaves nothing behind: the folder itself
-    where the run created it on a local disk, else the planned shards, their sidecars and
-    ``recipe.json``."""
-    if created and storage.is_local(out_dir):
-        shutil.rmtree(storage.local_path(out_dir))
-        return
-    for p in (p for ps in plans.values() for p in ps):
-        storage.remove(storage.join(out_dir, p.name))
-        storage.remove(storage.join(out_dir, sidecar_name(p.name)))
-    storage.remove(storage.join(out_dir, "recipe.json"))
-
-
 def write_sidecar(record: ShardRecord, out_dir: str | Path, writer: ShardWriter | None = None) -> str | Path:
     """The sidecar of a finished shard in ``out_dir`` (a folder or URL); its size, sha256 and
     member ranges from ``writer`` (which recorded them as it wrote the shard) or, without one,

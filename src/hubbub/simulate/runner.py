@@ -15,7 +15,8 @@ unreachable) fails the whole task instead, which Ray retries, and no shard is wr
 
 Files next to the shards: ``recipe.json`` (the resolved recipe, seed and hash: a rerun with a
 different recipe into the same folder is refused), ``report.json`` (skipped source files and
-failed samples, each with its reason) and ``index.json`` (see :mod:`hubbub.shards.writer`).
+failed samples, each with its reason) and ``index.json`` (see :mod:`hubbub.shards.writer`),
+written in the sequence every corpus is built by (:func:`hubbub.shards.build.build_corpus`).
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ from tqdm import tqdm
 
 from hubbub import audio, storage
 from hubbub.config import to_dict
-from hubbub.shards.writer import (LOCK_NAME, ShardPlan, ShardRecord, atomic_write_json, build_index,
-                                  check_same_corpus, complete_shards, plan_split, write_sidecar, writing_shard)
+from hubbub.shards.build import build_corpus
+from hubbub.shards.writer import ShardPlan, ShardRecord, plan_split, write_sidecar, writing_shard
 from hubbub.simulate.bank import BANK_KIND, RirBankJob
 from hubbub.simulate.recipe import Recipe
 from hubbub.simulate.sample import Simulator, SplitPool
@@ -260,13 +261,12 @@ def simulate(recipe: Recipe, *, num: int, out_dir: str | Path, seed: int = 0, wo
     identity = {"recipe_hash": simulator.recipe_hash, "sources_hash": simulator.sources_hash, "seed": seed,
                 "samples_per_shard": recipe.samples_per_shard, "splits": recipe.splits,
                 "storage": to_dict(recipe.storage), "recipe": to_dict(recipe)}
-    return build_corpus(simulator, out_dir, identity, all_plans, run_plans, what=f"hubbub simulate (seed {seed})",
-                        skipped_files=skipped_files, recipe=to_dict(recipe),
-                        index_extra={"seed": seed, "recipe_hash": identity["recipe_hash"],
-                                     "sources_hash": identity["sources_hash"], "num_requested": num,
-                                     "data_card": card},
-                        workers=workers, address=address, progress=progress, max_retries=max_retries,
-                        shared_disk=shared_disk)
+    return _build(simulator, out_dir, identity, all_plans, run_plans, what=f"hubbub simulate (seed {seed})",
+                  skipped_files=skipped_files,
+                  index_extra={"seed": seed, "recipe_hash": identity["recipe_hash"],
+                               "sources_hash": identity["sources_hash"], "num_requested": num, "data_card": card},
+                  workers=workers, address=address, progress=progress, max_retries=max_retries,
+                  shared_disk=shared_disk)
 
 
 def simulate_rir_bank(recipe: Recipe, *, num_rooms: int, positions: int, out_dir: str | Path, seed: int = 0,
@@ -284,65 +284,47 @@ def simulate_rir_bank(recipe: Recipe, *, num_rooms: int, positions: int, out_dir
     identity = {"kind": BANK_KIND, "recipe_hash": recipe.content_hash(), "seed": seed,
                 "samples_per_shard": recipe.samples_per_shard, "splits": recipe.splits, "positions": positions,
                 "recipe": to_dict(recipe)}
-    return build_corpus(RirBankJob(recipe, seed, positions), out_dir, identity, plans, plans,
-                        what=f"hubbub rirs (seed {seed})", skipped_files=[], recipe=to_dict(recipe),
-                        index_extra={"kind": BANK_KIND, "seed": seed, "recipe_hash": identity["recipe_hash"],
-                                     "positions": positions, "num_requested": num_rooms},
-                        workers=workers, address=address, progress=progress, max_retries=max_retries,
-                        shared_disk=shared_disk)
+    return _build(RirBankJob(recipe, seed, positions), out_dir, identity, plans, plans,
+                  what=f"hubbub rirs (seed {seed})", skipped_files=[],
+                  index_extra={"kind": BANK_KIND, "seed": seed, "recipe_hash": identity["recipe_hash"],
+                               "positions": positions, "num_requested": num_rooms},
+                  workers=workers, address=address, progress=progress, max_retries=max_retries,
+                  shared_disk=shared_disk)
 
 
-def build_corpus(job, out_dir: str, identity: dict, all_plans: list[ShardPlan], run_plans: list[ShardPlan], *,
-                 what: str, skipped_files: list[dict], recipe: dict, index_extra: dict, workers: int | None,
-                 address: str | None, progress: bool, max_retries: int,
-                 shared_disk: bool | None) -> SimulateResult:
-    """The skeleton every corpus is built by (mixtures, RIR banks): under the corpus lock, check
-    the identity against ``recipe.json`` (a rerun must be the same corpus) and record it, write the
-    planned shards not yet complete (``run_plans``: all of them, or the splits asked for), then
-    ``report.json`` and, last, ``index.json`` over every complete shard of ``all_plans``, so a run
-    of some splits keeps the others listed. Two runs into one folder or prefix at once: the second
-    is refused (:func:`hubbub.storage.exclusive`) before it writes anything."""
-    storage.makedirs(out_dir)
-    with storage.exclusive(storage.join(out_dir, LOCK_NAME), what):
-        check_same_corpus(out_dir, identity)
-        atomic_write_json(storage.join(out_dir, "recipe.json"), identity)
-        records, written, kept = run_shards(job, run_plans, out_dir, workers=workers, address=address,
-                                            progress=progress, max_retries=max_retries, shared_disk=shared_disk)
-        ran = {p.name for p in run_plans}
-        others = complete_shards(out_dir, {p.name: p.num_samples for p in all_plans if p.name not in ran})
-        records = sorted(records + list(others.values()), key=lambda r: (r.split, r.shard_index))
-        failed = [f for r in records for f in r.failed]
-        for f in failed:
-            log.warning("sample %s/%d skipped: %s", f["split"], f["index"], f["error"])
-        atomic_write_json(storage.join(out_dir, "report.json"), {
-            "skipped_files": skipped_files, "failed_samples": failed,
-            "summary": {"skipped_files": len(skipped_files), "failed_samples": len(failed)}})
-        index = build_index(out_dir, records, recipe=recipe, extra=index_extra)
-    return SimulateResult(storage.as_path(out_dir), index, written, kept, failed, skipped_files)
+def _build(job, out_dir: str, identity: dict, all_plans: list[ShardPlan], run_plans: list[ShardPlan], *,
+           what: str, skipped_files: list[dict], index_extra: dict, workers: int | None, address: str | None,
+           progress: bool, max_retries: int, shared_disk: bool | None) -> SimulateResult:
+    """A simulated corpus (mixtures, RIR banks) through :func:`hubbub.shards.build.build_corpus`:
+    its shards written by :func:`write_pending`, its report the skipped source files and the
+    failed samples."""
+
+    def report(records: list[ShardRecord]) -> dict:
+        failed = [f for r in sorted(records, key=lambda r: (r.split, r.shard_index)) for f in r.failed]
+        return {"skipped_files": skipped_files, "failed_samples": failed,
+                "summary": {"skipped_files": len(skipped_files), "failed_samples": len(failed)}}
+
+    built = build_corpus(out_dir, identity, all_plans, run_plans=run_plans, what=what, report=report,
+                         index_extra=lambda records, content: index_extra,
+                         write=lambda pending: write_pending(job, pending, out_dir, workers=workers, address=address,
+                                                             progress=progress, max_retries=max_retries,
+                                                             shared_disk=shared_disk))
+    failed = built.report["failed_samples"]
+    for f in failed:
+        log.warning("sample %s/%d skipped: %s", f["split"], f["index"], f["error"])
+    return SimulateResult(storage.as_path(out_dir), built.index, built.written, built.kept, failed, skipped_files)
 
 
-def run_shards(job, plans: list[ShardPlan], out_dir: str, *, workers: int | None, address: str | None,
-               progress: bool, max_retries: int, shared_disk: bool | None = None
-               ) -> tuple[list[ShardRecord], int, int]:
-    """Write every planned shard that is not complete; returns (all records, written, kept).
-
-    What is complete comes from one listing and the sidecars (:func:`complete_shards`); the
-    records of the shards written now come back from their tasks, so the index needs no read of
-    what was just written.
-    """
-    if storage.is_local(out_dir):
-        storage.remove_stale_temporaries(out_dir)  # partial shards of killed runs, not of live ones
-    done = complete_shards(out_dir, {p.name: p.num_samples for p in plans})
-    pending = [p for p in plans if p.name not in done]
-    log.info("%d shards planned, %d complete, %d to write", len(plans), len(done), len(pending))
-    written: list[dict] = []
-    if pending:
-        if workers == 0:
-            written = _drain((write_shard(job, p, out_dir) for p in pending), len(pending), progress)
-        else:
-            written = _run_on_ray(job, pending, out_dir, workers, address, progress, max_retries, shared_disk)
-    records = {**done, **{r["name"]: ShardRecord(**r) for r in written}}
-    return [records[p.name] for p in plans], len(pending), len(done)
+def write_pending(job, pending: list[ShardPlan], out_dir: str, *, workers: int | None, address: str | None,
+                  progress: bool, max_retries: int, shared_disk: bool | None = None) -> list[ShardRecord]:
+    """Write the shards of ``pending`` (:func:`write_shard`) and return their records: in this
+    process with ``workers=0``, else one Ray task each. The records come back from the tasks,
+    so the index needs no read of what was just written."""
+    if workers == 0:
+        written = _drain((write_shard(job, p, out_dir) for p in pending), len(pending), progress)
+    else:
+        written = _run_on_ray(job, pending, out_dir, workers, address, progress, max_retries, shared_disk)
+    return [ShardRecord(**r) for r in written]
 
 
 def _drain(iterator, total: int, progress: bool) -> list:
