@@ -144,3 +144,26 @@ def test_two_processes_train_into_s3_and_one_on_another_machine_resumes(tmp_path
     # resumed, not started afresh: one process keeps the checkpoint's global batch of 2 x 2
     assert run["state"]["step"] == 6 and run["config"]["data"]["batch_size"] == 4
     assert [s for s, _ in _losses(storage.read_bytes(f"{url}/metrics.jsonl").decode())] == list(range(1, 7))
+
+
+def test_a_diverged_remote_run_names_its_checkpoints_in_the_store(tmp_path, corpus, s3_bucket, monkeypatch):
+    # the user knows the run by its URL: the message points there, not at the local mirror
+    from hubbub.train.solver import NonFiniteWeights
+    import torch
+
+    real, calls = PITStage.run_step, {"n": 0}
+
+    def diverge(self, model, batch, train):
+        calls["n"] += train
+        if train and calls["n"] == 4:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("inf"))
+        return real(self, model, batch, train)
+
+    monkeypatch.setattr(PITStage, "run_step", diverge)
+    monkeypatch.setenv("HUBBUB_CACHE", str(tmp_path / "cache"))
+    url = f"{s3_bucket}/runs/diverged"
+    with pytest.raises(NonFiniteWeights, match="no longer finite at step 4") as caught:
+        finetune_pit(_cfg(corpus, 6, "ckpt_every=2"), url)
+    assert f"{url}/checkpoints" in str(caught.value) and str(tmp_path / "cache") not in str(caught.value)
+    assert "checkpoints/step_00000002/files.json" in _objects(url)

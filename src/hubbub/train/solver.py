@@ -308,12 +308,12 @@ class Solver:
                         raise NonFiniteWeights(
                             f"the loss or gradients were not finite in {nonfinite_run} steps in a row (up to step "
                             f"{state['step']}): training diverged or the data is broken; nothing was saved, the "
-                            f"checkpoints in {self.out_dir / 'checkpoints'} are as they were; lower optim.lr (or "
+                            f"checkpoints in {self._checkpoints_where()} are as they were; lower optim.lr (or "
                             "check the corpus with `hubbub shards verify`) and rerun, which resumes from the last one")
                     bar.update(1)
                     step = state["step"]
                     if step % cfg.log_every == 0 or step % cfg.ckpt_every == 0 or step == cfg.steps:
-                        _check_weights(acc, model, step, self.out_dir)  # before anything logs or saves them
+                        _check_weights(acc, model, step, self._checkpoints_where())  # before anything logs or saves them
                     if step % cfg.log_every == 0 or step == cfg.steps:
                         # note: a CPU-GPU sync point; only on logging steps
                         row = {"step": step, "epoch": state["epoch"], "loss": acc.reduce(loss.detach(), "mean").item(),
@@ -423,6 +423,10 @@ class Solver:
             log.warning("%s: %s changed from %r to %r at step %d (recorded in run.json)", self.out_dir, r["field"],
                         r["was"], r["now"], step)
         return list(previous.get("config_changes") or []) + records
+
+    def _checkpoints_where(self) -> str:
+        """Where the user finds this run's checkpoints: in the store for a remote run (not its mirror)."""
+        return storage.join(self.url, "checkpoints") if self.url else str(self.out_dir / "checkpoints")
 
     def _latest_checkpoint(self) -> Path | None:
         """The newest checkpoint whose files all read back; a damaged newer one (a truncated file
@@ -571,13 +575,13 @@ def _finite_gradients(acc, model, grad_clip: float) -> bool:
     return bool(acc.gather(torch.isfinite(norm.detach()).float().reshape(1)).min() > 0)
 
 
-def _check_weights(acc, model, step: int, out_dir: Path) -> None:
+def _check_weights(acc, model, step: int, checkpoints: str) -> None:
     """Stop the run, saving nothing, once the weights themselves are no longer finite (a learning
     rate that overflows them): every checkpoint written so far stays as it was."""
     if all(bool(torch.isfinite(p.detach()).all()) for p in acc.unwrap_model(model).parameters()):
         return
     raise NonFiniteWeights(f"the model's weights are no longer finite at step {step}: nothing was saved, the "
-                       f"checkpoints in {out_dir / 'checkpoints'} are as they were; lower optim.lr (or set "
+                       f"checkpoints in {checkpoints} are as they were; lower optim.lr (or set "
                        "optim.grad_clip) and rerun, which resumes from the last checkpoint")
 
 
