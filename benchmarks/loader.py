@@ -105,24 +105,18 @@ def folder_bytes(path: Path) -> int:
 
 # ---- the three readers --------------------------------------------------------------------------
 
-def _opened(file):
-    """A path or file object as soundfile takes it; a URL (``s3://``) opened through fsspec."""
-    return storage.open_file(file) if isinstance(file, str) and "://" in file else file
-
-
 def random_crop(files: list, crop_s: float) -> dict:
-    """The same random ``crop_s`` window of a mixture and its sources (paths, URLs or file
-    objects), zero-padded when shorter, as {"mix": (1, T), "sources": (S, T)} float32. Only the
-    window's frames are read. The start comes from torch's generator, which DataLoader seeds per
-    worker."""
-    with sf.SoundFile(_opened(files[0])) as f:
+    """The same random ``crop_s`` window of a mixture and its sources (paths or file objects),
+    zero-padded when shorter, as {"mix": (1, T), "sources": (S, T)} float32. Only the window's
+    frames are read. The start comes from torch's generator, which DataLoader seeds per worker."""
+    with sf.SoundFile(files[0]) as f:
         length = round(crop_s * f.samplerate)
         start = int(torch.randint(0, max(f.frames - length, 0) + 1, ()))
         f.seek(start)
         mix = f.read(length, dtype="float32")
     crops = [mix]
     for source in files[1:]:
-        with sf.SoundFile(_opened(source)) as f:
+        with sf.SoundFile(source) as f:
             f.seek(start)
             crops.append(f.read(length, dtype="float32"))
     out = np.zeros((len(crops), length), np.float32)
@@ -134,15 +128,10 @@ def random_crop(files: list, crop_s: float) -> dict:
 class LooseWavs(Dataset):
     """The plain baseline: one folder per sample (mix.wav, s1.wav, ...) read with soundfile, only
     the crop's frames (``whole=False``, a careful loader) or whole files cropped after reading
-    (``whole=True``, what most recipes' loaders do). ``url``: the same folders in an object store
-    (``s3://bucket/loose``), each file opened through fsspec, as a loader over loose files there does."""
+    (``whole=True``, what most recipes' loaders do)."""
 
-    def __init__(self, folders: list[Path], crop_s: float, whole: bool = False, url: str | None = None):
+    def __init__(self, folders: list[Path], crop_s: float, whole: bool = False):
         self.files = [[f / "mix.wav", *sorted(f.glob("s[0-9]*.wav"))] for f in folders]
-        if url is not None:
-            if whole:
-                raise ValueError("whole=True reads local files only")
-            self.files = [[f"{url}/{p.parent.name}/{p.name}" for p in files] for files in self.files]
         self.crop_s, self.whole = crop_s, whole
 
     def __len__(self) -> int:
@@ -245,22 +234,7 @@ def counting_preads():
         yield counts
 
 
-def s3_throughput(corpus_url: str, folders: list[Path], loose_url: str, workers: list[int]) -> dict:
-    """Samples/s of one epoch read from the S3 server: hubbub's ShardLoader over the corpus beside
-    the loose files read through fsspec by a plain DataLoader (each file opened: a HEAD and a GET)."""
-    hubbub_ds = ShardDataset(corpus_url, SPLIT, targets=(TARGET,), crop_s=CROP_S, batch_size=BATCH_SIZE)
-    loose_ds = LooseWavs(folders, CROP_S, url=loose_url)
-    rates: dict[str, dict[str, float]] = {"hubbub": {}, "loose": {}}
-    for w in workers:
-        # forked workers inherit the open S3 clients' state; fsspec makes new ones after a fork
-        rates["hubbub"][str(w)] = epoch_rate(lambda: ShardLoader(hubbub_ds, num_workers=w))
-        rates["loose"][str(w)] = epoch_rate(lambda: DataLoader(loose_ds, batch_size=BATCH_SIZE, shuffle=True,
-                                                               num_workers=w))
-    return {"samples_per_s": rates, "hubbub_vs_loose": {w: rates["hubbub"][w] / rates["loose"][w] for w in rates["hubbub"]}}
-
-
-def io_per_epoch(corpus: Path, grid: list[tuple[int, int]], work: Path, folders: list[Path] | None = None,
-                 workers: list[int] = ()) -> dict:
+def io_per_epoch(corpus: Path, grid: list[tuple[int, int]], work: Path) -> dict:
     index = load_index(corpus)
     shard_sizes = [s["size_bytes"] for s in index["shards"] if s["split"] == SPLIT]
     corpus_bytes, num_shards = sum(shard_sizes), len(shard_sizes)
@@ -299,12 +273,7 @@ def io_per_epoch(corpus: Path, grid: list[tuple[int, int]], work: Path, folders:
                          "other_requests": len(other),
                          "other_bytes": sum(request_bytes(e, sizes) for e in other if e["method"] == "GET"),
                          **yielded(keys)}
-        s3 = None
-        if folders and workers:
-            loose_url = f"{bucket}/loose"
-            fs.put(str(work / "loose"), storage.filesystem(loose_url)[1], recursive=True)
-            s3 = s3_throughput(url, folders, loose_url, workers)
-    return {"corpus_bytes": corpus_bytes, "num_shards": num_shards, "rows": rows, "s3_throughput": s3}
+    return {"corpus_bytes": corpus_bytes, "num_shards": num_shards, "rows": rows}
 
 
 # ---- report -------------------------------------------------------------------------------------
@@ -360,13 +329,6 @@ def format_report(res: dict) -> str:
     lines.append(f"goal: hubbub >= 3x the loose files on {m['cores']} cores; at {most} workers it is "
                  f"{t['hubbub_vs_loose'][most]:.2f}x the crop-reading loader, "
                  f"{t['hubbub_vs_loose_whole'][most]:.2f}x the whole-file one")
-    s3 = res["io"].get("s3_throughput")
-    if s3:
-        lines += ["", "The same from the S3 server on 127.0.0.1 (moto), one epoch each: the shards beside the loose files read",
-                  "through fsspec (s3fs) by a plain DataLoader",
-                  f"{'workers':>7} {'hubbub':>9} {'loose':>9} {'hubbub/loose':>13}"]
-        for w, rate in s3["samples_per_s"]["hubbub"].items():
-            lines.append(f"{w:>7} {rate:9.1f} {s3['samples_per_s']['loose'][w]:9.1f} {s3['hubbub_vs_loose'][w]:13.2f}")
     rows = res["io"]["rows"]
     lines += [
         "",
@@ -428,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "bytes": folder_bytes(work / "loose")}
         res["throughput"] = throughput(corpus, folders, [int(w) for w in args.workers.split(",")], PASSES)
         res["load_average"]["after_throughput"] = os.getloadavg()[0]
-        res["io"] = io_per_epoch(corpus, parse_grid(args.grid), work, folders, [int(w) for w in args.workers.split(",")])
+        res["io"] = io_per_epoch(corpus, parse_grid(args.grid), work)
     print(json.dumps(res, indent=1) if args.json else format_report(res))
     return res
 

@@ -38,12 +38,6 @@ def test_the_loader_benchmark_reports_every_path_and_its_io(tmp_path, capsys):
         assert t["hubbub_vs_loose"][w] == pytest.approx(rates["hubbub"][w] / rates["loose"][w])
         assert t["hubbub_vs_webdataset"][w] == pytest.approx(rates["hubbub"][w] / rates["webdataset"][w])
 
-    # the same two readers from the S3 server
-    s3 = res["io"]["s3_throughput"]
-    for reader in ("hubbub", "loose"):
-        assert set(s3["samples_per_s"][reader]) == {"0", "2"} and all(r > 0 for r in s3["samples_per_s"][reader].values())
-    assert s3["hubbub_vs_loose"]["0"] == pytest.approx(s3["samples_per_s"]["hubbub"]["0"] / s3["samples_per_s"]["loose"]["0"])
-
     # hubbub reads what it yields, whatever W x N, locally and from S3; the others read whole shards
     rows = res["io"]["rows"]
     assert [(r["world_size"], r["workers"]) for r in rows] == [(1, 0), (1, 2), (2, 2), (4, 2)]
@@ -62,5 +56,5 @@ def test_the_loader_benchmark_reports_every_path_and_its_io(tmp_path, capsys):
         assert r["local"]["bytes"] < corpus_bytes / 2  # mix + 2 of the 8 audio members
 
     text = bench.format_report(res)
-    for heading in ("hubbub/loose", "webdataset", "S3 GETs", "stream-all", "S3 server on 127.0.0.1"):
+    for heading in ("hubbub/loose", "webdataset", "S3 GETs", "stream-all"):
         assert heading in text

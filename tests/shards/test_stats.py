@@ -94,3 +94,14 @@ def test_a_damaged_shard_is_one_error_naming_it(corpus, tmp_path, damage):
         tar.write_bytes((corpus / tar.name).read_bytes()[: size // 3])
     with pytest.raises(StorageError, match=r"train-000001\.tar: .*run `hubbub shards verify`"):
         corpus_stats(damaged)
+
+
+def test_stats_starts_without_torch():
+    # `hubbub shards stats` reads one member per sample by byte range: nothing of torch (1.5 s to load)
+    import subprocess
+    import sys
+
+    code = ("import sys, hubbub.shards.stats, hubbub.shards.ranges; "
+            "print(sorted(m for m in ('torch', 'webdataset') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

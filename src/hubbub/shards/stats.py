@@ -19,6 +19,7 @@ import numpy as np
 
 from hubbub import storage
 from hubbub.schema import SampleMeta, SchemaError
+from hubbub.shards.ranges import read_members
 from hubbub.shards.writer import load_index
 
 # Metric name -> how to read it from one sample (a list: sir_db has one value per further source;
@@ -37,11 +38,8 @@ HISTOGRAM_BINS = 20
 
 def iter_split_json(corpus_dir: str | Path, split: str, shard_names: list[str]) -> Iterator[dict]:
     """The sample JSONs of a split in shard order, reading nothing else: by their byte ranges
-    (:func:`hubbub.shards.reader.read_members`), or shard by shard from the tar headers for
+    (:func:`hubbub.shards.ranges.read_members`), or shard by shard from the tar headers for
     corpora without ranges."""
-    # Here, not at the top: the reader loads torch and webdataset (1.5 s).
-    from hubbub.shards.reader import read_members
-
     members = read_members(corpus_dir, split, "json")
     if members is not None:
         for key, data in members:
