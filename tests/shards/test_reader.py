@@ -390,13 +390,15 @@ def wav_corpora(tmp_path_factory):
     dict(targets=(), extras=("noise.wav",), mic=1),
 ])
 @pytest.mark.parametrize("stored", ["flac24", "wav16", "wav24"])
-def test_loader_batches_equal_collated_items(corpus, wav_corpora, stored, settings):
-    # ShardLoader builds batches from the decoded arrays (16-bit WAV decoded into the batch):
-    # the same values as collate_mixtures of the dataset's items, whatever is stored and asked.
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_loader_batches_equal_collated_items(corpus, wav_corpora, stored, settings, num_workers):
+    # ShardLoader builds batches from the decoded arrays (16-bit WAV decoded into the batch; in
+    # workers, in shared memory): the same values as collate_mixtures of the dataset's items,
+    # whatever is stored and asked.
     d = corpus if stored == "flac24" else wav_corpora[stored]
     kwargs = dict(batch_size=3, epoch=1, shuffle_buffer=4, **settings)
     items = list(ShardDataset(d, **kwargs))
-    batches = list(ShardLoader(ShardDataset(d, **kwargs)))
+    batches = list(ShardLoader(ShardDataset(d, **kwargs), num_workers=num_workers))
     assert len(batches) == math.ceil(len(items) / 3)
     for b, batch in enumerate(batches):
         assert_same_batch(batch, collate_mixtures(items[3 * b:3 * b + 3]))

@@ -465,17 +465,18 @@ class ShardDataset(IterableDataset):
         of ``batch_size`` positions of the rank sequence, less the samples ``skip_damaged`` skips;
         after a resume inside a batch the first is that batch's rest. :class:`ShardLoader` reads
         these when it collates with :func:`collate_mixtures`."""
+        shared = get_worker_info() is not None  # then ShardLoader makes the small fields tensors
         chunk, current = None, []
         for position, arrays in self._decoded(with_skipped=True):
             k = (position - self.sampler.start) // self.batch_size
             if k != chunk and current:
-                yield collate_arrays(current)
+                yield collate_arrays(current, shared=shared)
                 current = []
             chunk = k
             if arrays is not None:
                 current.append(arrays)
         if current:
-            yield collate_arrays(current)
+            yield collate_arrays(current, shared=shared)
 
     def _decoded(self, with_skipped: bool = False) -> Iterator[tuple[int, dict | None]]:
         """(rank-sequence position, decoded arrays) of this process's samples, in order; a sample
@@ -785,15 +786,17 @@ def collate_mixtures(batch: Sequence[dict]) -> dict:
     }
 
 
-def _stack_into(groups: Sequence[Sequence[np.ndarray | _Pcm16]], lengths: Sequence[int | None]) -> torch.Tensor:
-    """(B, S, *shape) from B groups of up to S arrays of one rank, every axis zero-padded at its
-    end to the largest size (the last also to each group's ``lengths``, when given), and the
-    groups to S arrays with all-zero ones: what stacking each group, then the groups, with
-    :func:`stack_padded` gives, each array copied once."""
-    first = next(a for g in groups for a in g)
+def _stacked_shape(groups: Sequence[Sequence[np.ndarray | _Pcm16]], lengths: Sequence[int | None]) -> tuple:
+    """(B, S, *shape) of :func:`_stack_into`'s result."""
     shape = [max(sizes) for sizes in zip(*(a.shape for g in groups for a in g))]
     shape[-1] = max([shape[-1], *(n for n in lengths if n is not None)])
-    out = np.empty((len(groups), max(len(g) for g in groups), *shape), dtype=first.dtype)
+    return (len(groups), max(len(g) for g in groups), *shape)
+
+
+def _stack_into(out: np.ndarray, groups: Sequence[Sequence[np.ndarray | _Pcm16]]) -> None:
+    """Fill ``out`` (B, S, *shape) with B groups of up to S arrays, every axis zero-padded at its
+    end, and the groups to S arrays with all-zero ones: what stacking each group, then the groups,
+    with :func:`stack_padded` gives, each array copied once."""
     for b, group in enumerate(groups):
         for s, a in enumerate(group):
             slot = out[b, s]
@@ -805,36 +808,81 @@ def _stack_into(groups: Sequence[Sequence[np.ndarray | _Pcm16]], lengths: Sequen
             else:
                 slot[...] = a
         out[b, len(group):] = 0
-    return torch.from_numpy(out)
 
 
-def collate_arrays(samples: Sequence[dict]) -> dict:
+def _allocate(specs: Sequence[tuple[tuple, np.dtype]], shared: bool) -> list[torch.Tensor]:
+    """An uninitialised tensor per (shape, dtype), those of one dtype views of one storage; with
+    ``shared``, the storage is in shared memory from the start, as torch's own collation does in
+    DataLoader workers: a batch then crosses to the main process as one segment per dtype, not
+    copied into one per tensor."""
+    out: list = [None] * len(specs)
+    by_dtype: dict[np.dtype, list[int]] = {}
+    for i, (_, dtype) in enumerate(specs):
+        by_dtype.setdefault(np.dtype(dtype), []).append(i)
+    for dtype, indices in by_dtype.items():
+        sizes = [math.prod(specs[i][0]) for i in indices]
+        torch_dtype = torch.from_numpy(np.empty(0, dtype)).dtype
+        if shared:
+            storage = torch.UntypedStorage._new_shared(max(sum(sizes), 1) * dtype.itemsize)
+            flat = torch.empty(0, dtype=torch_dtype).set_(storage, 0, (sum(sizes),), (1,))
+        else:
+            flat = torch.empty(sum(sizes), dtype=torch_dtype)
+        offset = 0
+        for i, n in zip(indices, sizes):
+            out[i] = flat[offset:offset + n].view(specs[i][0])
+            offset += n
+    return out
+
+
+def collate_arrays(samples: Sequence[dict], *, shared: bool = False) -> dict:
     """:func:`collate_mixtures` of the items of decoded samples (:meth:`ShardDataset._decode`),
-    the same values built straight from their arrays: the loader's batch path."""
+    the same values built straight from their arrays: the loader's batch path. ``shared``: for
+    a DataLoader worker, the signals go in shared memory (:func:`_allocate`) and the small
+    per-sample fields stay numpy arrays, which travel inside the batch's pickle
+    (:class:`ShardLoader` makes them tensors)."""
     lengths = [s["length"] for s in samples]
 
     def field_lengths(field: tuple[str, str]) -> list[int | None]:
         return [n if field in s["audio"] else None for s, n in zip(samples, lengths)]
 
-    num_sources = torch.tensor([s["num_sources"] for s in samples], dtype=torch.int64)
-    sources = {t: _stack_into([s["sources"][t] for s in samples], field_lengths(("sources", t)))
-               for t in samples[0]["sources"]}
-    mix = _stack_into([[s["mix"]] for s in samples], lengths)[:, 0]
+    # (where, groups, lengths) of every stacked field: mix, then each target, then each extra
+    fields = [(("mix",), [[s["mix"]] for s in samples], lengths)]
+    fields += [(("sources", t), [s["sources"][t] for s in samples], field_lengths(("sources", t)))
+               for t in samples[0]["sources"]]
+    fields += [(("extras", m), [[s["extras"][m]] for s in samples], field_lengths(("extras", m)))
+               for m in samples[0]["extras"]]
+    specs = [(_stacked_shape(groups, n), next(a for g in groups for a in g).dtype) for _, groups, n in fields]
+    stacked = {}
+    for (where, groups, _), out in zip(fields, _allocate(specs, shared)):
+        _stack_into(out.numpy(), groups)
+        stacked[where] = out if where[0] == "sources" else out[:, 0]
+    num_sources = np.array([s["num_sources"] for s in samples], dtype=np.int64)
+    sources = {t: stacked[("sources", t)] for t in samples[0]["sources"]}
     width = max((v.shape[1] for v in sources.values()), default=int(num_sources.max()))
-    extras = {m: _stack_into([[s["extras"][m]] for s in samples], field_lengths(("extras", m)))[:, 0]
-              for m in samples[0]["extras"]}
+    small = {
+        "num_sources": num_sources,
+        "source_mask": np.arange(width)[None, :] < num_sources[:, None],
+        "num_samples": np.array([max(s["mix"].shape[-1], n or 0) for s, n in zip(samples, lengths)], dtype=np.int64),
+        "start_sample": np.array([s["start_sample"] for s in samples], dtype=np.int64),
+    }
+    if not shared:
+        small = _small_tensors(small)
     return {
         "keys": [s["key"] for s in samples],
-        "mix": mix,
+        "mix": stacked[("mix",)],
         "sources": sources,
-        "num_sources": num_sources,
-        "source_mask": torch.arange(width)[None, :] < num_sources[:, None],
-        "num_samples": torch.tensor([max(s["mix"].shape[-1], n or 0) for s, n in zip(samples, lengths)],
-                                    dtype=torch.int64),
-        "start_sample": torch.tensor([s["start_sample"] for s in samples], dtype=torch.int64),
-        "extras": extras,
+        **small,
+        "extras": {m: stacked[("extras", m)] for m in samples[0]["extras"]},
         "meta": [s["meta"] for s in samples],
     }
+
+
+_SMALL_FIELDS = ("num_sources", "source_mask", "num_samples", "start_sample")
+
+
+def _small_tensors(batch: dict) -> dict:
+    """The per-sample fields of a batch from :func:`collate_arrays`, numpy arrays as tensors."""
+    return {**batch, **{k: torch.from_numpy(batch[k]) for k in _SMALL_FIELDS if isinstance(batch.get(k), np.ndarray)}}
 
 
 def _as_is(batch):
@@ -895,6 +943,8 @@ class ShardLoader:
         # resume inside a batch, so the count is exact without looking inside the (user-collated)
         # batches.
         for batch in DataLoader(_Batches(ds) if self._batched else ds, **self._loader_kwargs):
+            if self._batched:
+                batch = _small_tensors(batch)
             self._consumed = min(self._consumed + ds.batch_size, ds.num_samples)
             yield batch
 
