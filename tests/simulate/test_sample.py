@@ -1,4 +1,6 @@
 """Properties of one rendered mixture: exact sums, re-rendering from metadata, alignment, levels."""
+import json
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,24 @@ def test_overlap_modes_place_speakers_as_asked(speech):
     full = make_simulator(speech, "debug", "speakers.distribution={2: 1.0}", "duration.mode=min").draw("train", 0)
     assert all(s["start_sample"] == 0 for s in full["sources"])
     assert full["num_samples"] == min(s["num_samples"] for s in full["sources"])
+
+
+def test_a_noise_target_without_noise_is_not_claimed(tmp_path):
+    # targets [.., noise] with noise.kind=none: the samples store no noise member, so their JSON
+    # does not list the target and the corpus verifies (it used to report the member missing)
+    from hubbub.shards.verify import verify_corpus
+    from hubbub.simulate import load_recipe, simulate
+    from hubbub.testing import make_speech_folder
+
+    speech = make_speech_folder(tmp_path / "speech", num_speakers=4, utterances_per_speaker=2)
+    recipe = load_recipe("librimix", [f"speech.corpus={speech}", "noise.kind=none", "sample_rate_hz=8000",
+                                      "splits={train: 1.0}"])
+    res = simulate(recipe, num=2, out_dir=tmp_path / "c", workers=0, progress=False)
+    assert res.failed_samples == []
+    report = verify_corpus(tmp_path / "c")
+    assert report.ok, report
+    import tarfile
+    with tarfile.open(tmp_path / "c" / "train-000000.tar") as tar:
+        names = tar.getnames()
+        meta = json.loads(tar.extractfile(next(n for n in names if n.endswith(".json"))).read())
+    assert "noise" not in meta["targets"] and not any(".noise." in n or n.endswith("noise.flac") for n in names)

@@ -121,7 +121,9 @@ class Simulator:
         return SampleMeta(
             key=sample_key(split, index), split=split, index=index, seed=self.seed, recipe=r.name,
             recipe_hash=self.recipe_hash, sources_hash=self.sources_hash, sample_rate_hz=fs,
-            num_samples=num_samples, num_speakers=n_spk, num_mics=r.mics.count, targets=tuple(r.targets),
+            num_samples=num_samples, num_speakers=n_spk, num_mics=r.mics.count,
+            # what the sample stores: no noise member where the recipe adds no noise
+            targets=tuple(t for t in r.targets if t != "noise" or noise["kind"] != "none"),
             room=Room.from_dict(room), mics=Mics.from_dict(mics), sources=[Source.from_dict(s) for s in sources],
             noise=Noise.from_dict(noise), mixing=mixing, storage=Storage(codec=r.storage.codec, bits=r.storage.bits),
         ).to_dict()
