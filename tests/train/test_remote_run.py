@@ -167,3 +167,29 @@ def test_a_diverged_remote_run_names_its_checkpoints_in_the_store(tmp_path, corp
         finetune_pit(_cfg(corpus, 6, "ckpt_every=2"), url)
     assert f"{url}/checkpoints" in str(caught.value) and str(tmp_path / "cache") not in str(caught.value)
     assert "checkpoints/step_00000002/files.json" in _objects(url)
+
+
+def test_mixit_from_recordings_into_a_run_in_s3_keeps_its_corpus_there(tmp_path, s3_bucket, monkeypatch):
+    # the recordings are cut into RUN_URL/recordings (not a local folder named "s3:"), and a
+    # rerun on a fresh machine finds that corpus complete and resumes from the store
+    from hubbub.testing import make_speech_folder
+
+    folder = make_speech_folder(tmp_path / "recordings", num_speakers=4, utterances_per_speaker=3)
+    url = f"{s3_bucket}/runs/mixit"
+    args = ["pretrain", "mixit", "--recordings", str(folder), "--config", "mixit_debug", "--out", url,
+            "--set", "data.crop_s=0.5", "--set", "mixit.segment_s=1.0", "--set", "data.batch_size=2",
+            "--set", "ckpt_every=2"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HUBBUB_CACHE", str(tmp_path / "cache-a"))
+    assert main([*args, "--set", "steps=2"]) == 0
+    objects = _objects(url)
+    assert {"recordings/index.json", "recordings/recipe.json", "run.json"} <= objects
+    assert not (tmp_path / "s3:").exists()
+    run = json.loads(storage.read_bytes(f"{url}/run.json"))
+    assert run["config"]["data"]["shards"] == f"{url}/recordings"
+    index = storage.read_bytes(f"{url}/recordings/index.json")
+    monkeypatch.setenv("HUBBUB_CACHE", str(tmp_path / "cache-b"))  # another machine
+    assert main([*args, "--set", "steps=4"]) == 0
+    assert storage.read_bytes(f"{url}/recordings/index.json") == index  # the same corpus, its shards kept
+    rows = [json.loads(r) for r in storage.read_bytes(f"{url}/metrics.jsonl").decode().splitlines()]
+    assert max(r.get("step", 0) for r in rows) == 4
