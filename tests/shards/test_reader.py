@@ -412,3 +412,22 @@ def test_loader_batches_equal_collated_items_with_lips(tmp_path):
         items = list(ShardDataset(d, **kwargs))
         for b, batch in enumerate(ShardLoader(ShardDataset(d, **kwargs))):
             assert_same_batch(batch, collate_mixtures(items[2 * b:2 * b + 2]))
+
+
+@pytest.mark.parametrize("private_api", [True, False])
+def test_worker_batches_are_allocated_in_shared_memory(monkeypatch, private_api):
+    # one storage per dtype, in shared memory from the start (torch's private _new_shared, or
+    # the public share_memory_ where a torch lacks it)
+    import numpy as np
+
+    if not private_api:
+        monkeypatch.setattr(torch.UntypedStorage, "_new_shared", None)
+    specs = [((2, 1, 5), np.float32), ((2, 3, 5), np.float32), ((2, 4), np.int16)]
+    out = reader._allocate(specs, shared=True)
+    assert [tuple(t.shape) for t in out] == [s for s, _ in specs]
+    assert [t.dtype for t in out] == [torch.float32, torch.float32, torch.int16]
+    assert all(t.is_shared() for t in out)
+    assert out[0].untyped_storage().data_ptr() == out[1].untyped_storage().data_ptr()
+    out[0].fill_(0.0)
+    out[1].fill_(1.0)  # the views do not overlap
+    assert not out[0].any() and out[1].eq(1.0).all()

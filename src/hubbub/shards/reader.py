@@ -822,9 +822,12 @@ def _allocate(specs: Sequence[tuple[tuple, np.dtype]], shared: bool) -> list[tor
     for dtype, indices in by_dtype.items():
         sizes = [math.prod(specs[i][0]) for i in indices]
         torch_dtype = torch.from_numpy(np.empty(0, dtype)).dtype
-        if shared:
-            storage = torch.UntypedStorage._new_shared(max(sum(sizes), 1) * dtype.itemsize)
+        new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # what torch's default_collate calls
+        if shared and new_shared is not None:
+            storage = new_shared(max(sum(sizes), 1) * dtype.itemsize)
             flat = torch.empty(0, dtype=torch_dtype).set_(storage, 0, (sum(sizes),), (1,))
+        elif shared:  # a torch without it: the public way, one copy of the empty storage
+            flat = torch.empty(sum(sizes), dtype=torch_dtype).share_memory_()
         else:
             flat = torch.empty(sum(sizes), dtype=torch_dtype)
         offset = 0
