@@ -193,3 +193,17 @@ def test_mixit_from_recordings_into_a_run_in_s3_keeps_its_corpus_there(tmp_path,
     assert storage.read_bytes(f"{url}/recordings/index.json") == index  # the same corpus, its shards kept
     rows = [json.loads(r) for r in storage.read_bytes(f"{url}/metrics.jsonl").decode().splitlines()]
     assert max(r.get("step", 0) for r in rows) == 4
+
+
+def test_sample_keys_of_a_remote_run_reach_the_store_and_survive_a_move(tmp_path, corpus, s3_bucket, monkeypatch):
+    # log_sample_keys: each rank's rows go up with each checkpoint and at the end; a run resumed
+    # on another machine starts from the rows in the store
+    url = f"{s3_bucket}/runs/keys"
+    monkeypatch.setenv("HUBBUB_CACHE", str(tmp_path / "cache-a"))
+    finetune_pit(_cfg(corpus, 4, "ckpt_every=2", "log_sample_keys=true"), url)
+    monkeypatch.setenv("HUBBUB_CACHE", str(tmp_path / "cache-b"))
+    finetune_pit(_cfg(corpus, 6, "ckpt_every=2", "log_sample_keys=true"), url)
+    rows = [json.loads(r) for r in storage.read_bytes(f"{url}/samples_rank0.jsonl").decode().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5]
+    first_machine = next((tmp_path / "cache-a").rglob("samples_rank0.jsonl"))
+    assert rows[:4] == [json.loads(r) for r in first_machine.read_text().splitlines()]

@@ -135,6 +135,7 @@ class Solver:
         # and logs are pushed from (hubbub.train.rundir); ``url`` is None for a run on a disk.
         self.url = storage.normalize(out_dir) if rundir.is_remote(out_dir) else None
         self.out_dir = rundir.local_mirror(self.url) if self.url else Path(out_dir)
+        self._keys_file = None  # samples_rank{r}.jsonl while training with log_sample_keys
 
     @property
     def stage(self) -> str:
@@ -262,9 +263,13 @@ class Solver:
                 rundir.push_files(self.out_dir, self.url, include_tensorboard=False)
         acc.init_trackers("hubbub", config={k: str(v) for k, v in _flatten(to_dict(cfg)).items()})
 
-        keys_file = None
+        keys_file = self._keys_file = None
         if cfg.log_sample_keys:
-            keys_file = open(self.out_dir / f"samples_rank{acc.process_index}.jsonl", "a")
+            keys_path = self.out_dir / f"samples_rank{acc.process_index}.jsonl"
+            if self.url and not keys_path.exists() and storage.exists(storage.join(self.url, keys_path.name)):
+                # a remote run resumed on another machine: this rank's rows so far are in the store
+                storage.write_bytes(keys_path, storage.read_bytes(storage.join(self.url, keys_path.name)))
+            keys_file = self._keys_file = open(keys_path, "a")
         bar = tqdm(total=cfg.steps, initial=state["step"], desc=self.stage, disable=not acc.is_local_main_process)
         model.train()
         metrics: dict[str, float] = {}
@@ -334,6 +339,8 @@ class Solver:
             bar.close()  # also when a step raises: a message then starts on a line of its own
         if keys_file:
             keys_file.close()
+            self._keys_file = None
+            self._push_keys(acc)
         metrics = self._evaluate(acc, model, state["step"])
         if acc.is_main_process:
             save_model(self.final_model(acc.unwrap_model(model)), self.out_dir / "model")
@@ -479,7 +486,17 @@ class Solver:
                 rundir.push_checkpoint(final, self.url)
                 rundir.push_files(self.out_dir, self.url)
                 rundir.prune_checkpoints(self.url, self.cfg.keep_checkpoints)
+        if self._keys_file is not None:
+            self._keys_file.flush()
+            self._push_keys(acc)
         acc.wait_for_everyone()
+
+    def _push_keys(self, acc) -> None:
+        """A remote run's ``samples_rank{r}.jsonl`` into the store, by the rank that writes it (the
+        ranks of a multi-node job share no disk)."""
+        if self.url:
+            name = f"samples_rank{acc.process_index}.jsonl"
+            storage.put_file(self.out_dir / name, storage.join(self.url, name))
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop logged rows past ``step``: a resumed run logs them again from the checkpoint."""
