@@ -29,6 +29,16 @@ def _train(stage, args, default: str, *overrides: str) -> int:
     return 0
 
 
+def _add_run_options(parser, stage: str, init_help: str) -> None:
+    """--config, --init, --out and --set, as every training command has them."""
+    parser.add_argument("--config", default=None, help=f"built-in config ({stage}, {stage}_small, {stage}_debug) "
+                                                        f"or YAML (default {stage}_small)")
+    parser.add_argument("--init", default=None, help=init_help)
+    parser.add_argument("--out", required=True,
+                        help="run directory or object-store URL (rerun the same command to resume)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+
 def add_finetune(sub) -> None:
     ft = sub.add_parser("finetune", help="supervised stages").add_subparsers(dest="finetune_cmd", required=True)
     _add_finetune_pit(ft)
@@ -39,13 +49,9 @@ def _add_finetune_pit(ft) -> None:
     fp = ft.add_parser("pit", help="permutation-invariant training on a corpus (alone or under accelerate launch)")
     fp.add_argument("--shards", required=True, help="a corpus made by hubbub simulate")
     fp.add_argument("--model", default=None, help="convtasnet, dprnn, tfgridnet, glaunet")
-    fp.add_argument("--config", default=None,
-                    help="built-in config (pit, pit_small, pit_debug) or YAML (default pit_small)")
-    fp.add_argument("--init", default=None, help="a pretrained run or model dir: its backbone starts this run")
-    fp.add_argument("--out", required=True, help="run directory or object-store URL (rerun the same command to resume)")
+    _add_run_options(fp, "pit", "a pretrained run or model dir: its backbone starts this run")
     fp.add_argument("--unlabelled", default=None,
                     help="semi-supervised: a corpus of unlabelled mixtures for MixIT in the same step")
-    fp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     fp.set_defaults(func=_cmd_finetune_pit)
 
 
@@ -59,12 +65,7 @@ def _cmd_finetune_pit(args) -> int:
 def _add_finetune_av(ft) -> None:
     fa = ft.add_parser("av", help="audio-visual target-speaker extraction from the target's lips (Dolphin-style)")
     fa.add_argument("--shards", required=True, help="a corpus with lip streams (hubbub simulate --recipe av)")
-    fa.add_argument("--config", default=None,
-                    help="built-in config (av, av_small, av_debug) or YAML (default av_small)")
-    fa.add_argument("--init", default=None, help="a pretrained glaunet run or model dir (its backbone is the "
-                                                 "audio path), or an AV run")
-    fa.add_argument("--out", required=True, help="run directory or object-store URL (rerun the same command to resume)")
-    fa.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _add_run_options(fa, "av", "a pretrained glaunet run or model dir (its backbone is the audio path), or an AV run")
     fa.set_defaults(func=_cmd_finetune_av, model=None)
 
 
@@ -85,11 +86,7 @@ def _add_pretrain_mixit(pt) -> None:
     pm.add_argument("--shards", default=None, help="a hubbub corpus (its sources are ignored)")
     pm.add_argument("--recordings", default=None, help="or a folder of unlabelled recordings, cut into segments")
     pm.add_argument("--model", default=None, help="convtasnet, dprnn, tfgridnet, glaunet")
-    pm.add_argument("--config", default=None,
-                    help="built-in config (mixit, mixit_small, mixit_debug) or YAML (default mixit_small)")
-    pm.add_argument("--init", default=None, help="a run or model dir whose backbone starts this run")
-    pm.add_argument("--out", required=True, help="run directory or object-store URL (rerun the same command to resume)")
-    pm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _add_run_options(pm, "mixit", "a run or model dir whose backbone starts this run")
     pm.set_defaults(func=_cmd_pretrain_mixit)
 
 
@@ -107,11 +104,7 @@ def _add_pretrain_codec(pt) -> None:
     pc.add_argument("--shards", required=True, help="a hubbub corpus")
     pc.add_argument("--codec", default=None, help="EnCodec: local directory or hub id (facebook/encodec_24khz)")
     pc.add_argument("--model", default=None, help="convtasnet, dprnn, tfgridnet, glaunet")
-    pc.add_argument("--config", default=None,
-                    help="built-in config (codec, codec_small, codec_debug) or YAML (default codec_small)")
-    pc.add_argument("--init", default=None, help="a run or model dir whose backbone starts this run")
-    pc.add_argument("--out", required=True, help="run directory or object-store URL (rerun the same command to resume)")
-    pc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _add_run_options(pc, "codec", "a run or model dir whose backbone starts this run")
     pc.set_defaults(func=_cmd_pretrain_codec)
 
 
