@@ -145,8 +145,10 @@ def pcm16_crop(data: bytes, start: int, length: int) -> np.ndarray | None:
     view of ``data``, shaped as :func:`decode_audio_crop` gives them ((T,) or (C, T)), nothing
     decoded or copied; None for any other format. ``crop * 2**-15`` is the decoded float32."""
     layout = _wav_layout(data)
-    if layout is None or layout[3] != 2:
-        return None
+    return _pcm16_view(data, layout, start, length) if layout is not None and layout[3] == 2 else None
+
+
+def _pcm16_view(data: bytes, layout: tuple[int, int, int, int], start: int, length: int) -> np.ndarray:
     offset, size, channels, _ = layout
     frames = size // (channels * 2)
     first, last = min(start, frames), min(start + length, frames)
@@ -165,10 +167,9 @@ def decode_audio_crop(data: bytes, start: int, length: int) -> np.ndarray:
     """Frames ``[start, start + length)`` of FLAC or WAV bytes as :func:`decode_audio` gives them
     (fewer at the end), decoding only those: WAV is sliced where its frames lie, FLAC decodes from
     the nearest seek point (libsndfile), not from the start of the member."""
-    q = pcm16_crop(data, start, length)
-    if q is not None:
-        return decode_pcm16(q)  # ~20x faster than libsndfile through Python's file callbacks
     layout = _wav_layout(data)
+    if layout is not None and layout[3] == 2:  # ~20x faster than libsndfile through Python's file callbacks
+        return decode_pcm16(_pcm16_view(data, layout, start, length))
     if layout is not None:  # 24-bit
         offset, size, channels, width = layout
         frames = size // (channels * width)
