@@ -770,20 +770,10 @@ def collate_mixtures(batch: Sequence[dict]) -> dict:
     Example: items with 1 and 3 speakers give ``sources[t].shape[1] == 3`` and
     ``source_mask == [[True, False, False], [True, True, True]]``.
     """
-    num_sources = torch.tensor([item["num_sources"] for item in batch], dtype=torch.int64)
-    sources = {t: stack_padded([item["sources"][t] for item in batch]) for t in batch[0]["sources"]}
-    width = max((s.shape[1] for s in sources.values()), default=int(num_sources.max()))
-    return {
-        "keys": [item["key"] for item in batch],
-        "mix": stack_padded([item["mix"] for item in batch]),
-        "sources": sources,
-        "num_sources": num_sources,
-        "source_mask": torch.arange(width)[None, :] < num_sources[:, None],
-        "num_samples": torch.tensor([item["mix"].shape[-1] for item in batch], dtype=torch.int64),
-        "start_sample": torch.tensor([item["start_sample"] for item in batch], dtype=torch.int64),
-        "extras": {m: stack_padded([item["extras"][m] for item in batch]) for m in batch[0]["extras"]},
-        "meta": [item["meta"] for item in batch],
-    }
+    # the items' tensors as decoded arrays already padded (no crop length to pad to)
+    return collate_arrays([{**item, "mix": item["mix"].numpy(), "length": None, "audio": (),
+                            "sources": {t: list(x.numpy()) for t, x in item["sources"].items()},
+                            "extras": {m: x.numpy() for m, x in item["extras"].items()}} for item in batch])
 
 
 def _stacked_shape(groups: Sequence[Sequence[np.ndarray | _Pcm16]], lengths: Sequence[int | None]) -> tuple:
