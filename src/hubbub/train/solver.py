@@ -263,13 +263,13 @@ class Solver:
                 rundir.push_files(self.out_dir, self.url, include_tensorboard=False)
         acc.init_trackers("hubbub", config={k: str(v) for k, v in _flatten(to_dict(cfg)).items()})
 
-        keys_file = self._keys_file = None
+        self._keys_file = None
         if cfg.log_sample_keys:
             keys_path = self.out_dir / f"samples_rank{acc.process_index}.jsonl"
             if self.url and not keys_path.exists() and storage.exists(storage.join(self.url, keys_path.name)):
                 # a remote run resumed on another machine: this rank's rows so far are in the store
                 storage.write_bytes(keys_path, storage.read_bytes(storage.join(self.url, keys_path.name)))
-            keys_file = self._keys_file = open(keys_path, "a")
+            self._keys_file = open(keys_path, "a")
         bar = tqdm(total=cfg.steps, initial=state["step"], desc=self.stage, disable=not acc.is_local_main_process)
         model.train()
         metrics: dict[str, float] = {}
@@ -279,8 +279,8 @@ class Solver:
             while state["step"] < cfg.steps:
                 loader.set_epoch(state["epoch"])
                 for batch in loader:
-                    if keys_file:
-                        keys_file.write(json.dumps({"step": state["step"], "epoch": state["epoch"],
+                    if self._keys_file:
+                        self._keys_file.write(json.dumps({"step": state["step"], "epoch": state["epoch"],
                                                     "keys": list(batch["keys"])}) + "\n")
                     batch = send_to_device(batch, acc.device, non_blocking=True)
                     # After the batch is fetched: a new epoch's DataLoader draws its workers' seeds
@@ -337,8 +337,8 @@ class Solver:
                     state["epoch"] += 1
         finally:
             bar.close()  # also when a step raises: a message then starts on a line of its own
-        if keys_file:
-            keys_file.close()
+        if self._keys_file:
+            self._keys_file.close()
             self._keys_file = None
             self._push_keys(acc)
         metrics = self._evaluate(acc, model, state["step"])
