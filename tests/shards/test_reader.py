@@ -431,3 +431,49 @@ def test_worker_batches_are_allocated_in_shared_memory(monkeypatch, private_api)
     out[0].fill_(0.0)
     out[1].fill_(1.0)  # the views do not overlap
     assert not out[0].any() and out[1].eq(1.0).all()
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_batch_memory_is_reused_only_once_the_consumer_dropped_the_batch(wav_corpora, num_workers):
+    # Batches are built in reused memory (a few slots per process or worker): a batch the
+    # consumer still holds is never written over, a dropped one's memory is taken again.
+    d = wav_corpora["wav16"]
+    kwargs = dict(batch_size=1, epoch=2, crop_s=0.2, targets=("reverberant",))
+    items = list(ShardDataset(d, **kwargs))
+    held, seen_ptrs, reused = [], [], False
+    loader = ShardLoader(ShardDataset(d, **kwargs), num_workers=num_workers, prefetch_factor=num_workers or None)
+    for b, batch in enumerate(loader):  # 7 batches; a worker has 4 slots with prefetch_factor=1
+        ptr = batch["mix"].data_ptr()
+        reused |= ptr in seen_ptrs
+        seen_ptrs.append(ptr)
+        if b % 2 == 0:
+            held.append((b, batch))  # kept to the end: its memory must stay as it was
+        assert_same_batch(batch, collate_mixtures(items[b:b + 1]))
+        del batch
+    assert reused
+    assert len(held) == 4 and len({batch["mix"].data_ptr() for _, batch in held}) == 4
+    for b, batch in held:
+        assert_same_batch(batch, collate_mixtures(items[b:b + 1]))
+
+
+def test_worker_slots_never_block_a_consumer_that_keeps_every_batch(wav_corpora):
+    # with more batches held than there are slots, workers give each further batch memory of its own
+    d = wav_corpora["wav16"]
+    kwargs = dict(batch_size=1, crop_s=0.2)
+    items = list(ShardDataset(d, **kwargs))
+    batches = list(ShardLoader(ShardDataset(d, **kwargs), num_workers=1, prefetch_factor=1))
+    assert len(batches) == 7 and len({b["mix"].data_ptr() for b in batches}) == 7
+    for b, batch in enumerate(batches):
+        assert_same_batch(batch, collate_mixtures(items[b:b + 1]))
+
+
+def test_worker_slots_reach_spawned_workers(wav_corpora):
+    d = wav_corpora["wav16"]
+    kwargs = dict(batch_size=1, crop_s=0.2)
+    items = list(ShardDataset(d, **kwargs))
+    ptrs = []
+    for b, batch in enumerate(ShardLoader(ShardDataset(d, **kwargs), num_workers=1, prefetch_factor=1,
+                                          multiprocessing_context="spawn")):
+        assert_same_batch(batch, collate_mixtures(items[b:b + 1]))
+        ptrs.append(batch["mix"].data_ptr())
+    assert len(set(ptrs)) < len(ptrs)  # the worker writes in the slots the main process handed back
