@@ -34,6 +34,7 @@ stored value agrees with the computed one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -87,8 +88,15 @@ def stored_members(names: Iterable[str], target: str, source: int | None = None)
     of ``source``, in any encoding a corpus may have it in: FLAC or WAV audio, ``.npy.zst`` or
     ``.npy`` arrays (lip streams of corpora written before they were compressed). One in a sound
     sample, none where the sample lacks it; more is a fault (``verify`` reports it)."""
+    return [name for name in _member_names(target, source) if name in names]
+
+
+@functools.lru_cache(maxsize=None)
+def _member_names(target: str, source: int | None) -> tuple[str, ...]:
+    """Every name a member holding ``target`` of ``source`` may have (what the reader looks up
+    in every sample, so computed once)."""
     stem = _stem(target, source)
-    return [f"{stem}.{ext}" for ext in _encodings(target) if f"{stem}.{ext}" in names]
+    return tuple(f"{stem}.{ext}" for ext in _encodings(target))
 
 
 def find_member(names: Iterable[str], target: str, source: int | None = None) -> str | None:

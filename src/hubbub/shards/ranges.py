@@ -70,15 +70,31 @@ class RangeReader:
                                            "the shard changed or is truncated: run `hubbub shards verify`")
         return out
 
-    def _pread(self, url: str, start: int, end: int) -> bytes:
+    def will_need(self, ranges: list[tuple[str, int, int]]) -> None:
+        """Local shards: have the kernel read ``ranges`` into the page cache in the background
+        (``posix_fadvise`` WILLNEED), so that a later :meth:`read` of them does not wait on the
+        disk; elsewhere (object stores, systems without it) nothing."""
+        if not ranges or not hasattr(os, "posix_fadvise") or not storage.is_local(ranges[0][0]):
+            return
+        for url, start, end in ranges:
+            try:
+                os.posix_fadvise(self._fd(url), start, end - start, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                return  # a hint: a shard that cannot be opened fails where it is read
+
+    def _fd(self, url: str) -> int:
+        """A descriptor of ``url`` kept open (the last ``max_open`` used)."""
         fd = self._fds.pop(url, None)
+        if fd is None:
+            fd = os.open(storage.local_path(url), os.O_RDONLY)
+            if len(self._fds) >= self._max_open:
+                os.close(self._fds.popitem(last=False)[1])
+        self._fds[url] = fd
+        return fd
+
+    def _pread(self, url: str, start: int, end: int) -> bytes:
         try:
-            if fd is None:
-                fd = os.open(storage.local_path(url), os.O_RDONLY)
-                if len(self._fds) >= self._max_open:
-                    os.close(self._fds.popitem(last=False)[1])
-            self._fds[url] = fd
-            data = os.pread(fd, end - start, start)
+            data = os.pread(self._fd(url), end - start, start)
         except OSError as exc:  # gone, a directory or a dangling link in its place, unreadable
             raise storage.StorageError(f"{url}: cannot read ({exc.strerror or exc}): the shard is missing or damaged; "
                                        "run `hubbub shards verify`") from None
