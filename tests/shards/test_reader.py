@@ -1,4 +1,5 @@
 import math
+import os
 from collections import Counter
 from itertools import islice
 
@@ -477,3 +478,40 @@ def test_worker_slots_reach_spawned_workers(wav_corpora):
         assert_same_batch(batch, collate_mixtures(items[b:b + 1]))
         ptrs.append(batch["mix"].data_ptr())
     assert len(set(ptrs)) < len(ptrs)  # the worker writes in the slots the main process handed back
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise is Linux's")
+def test_local_shards_are_read_ahead_by_the_kernel(corpus, monkeypatch):
+    # Read in the loader's own thread; each window's ranges are hinted to the kernel
+    # (WILLNEED) while the window before is read, so every range read past the first window
+    # was hinted first.
+    import threading
+
+    events, real_pread, real_advise = [], os.pread, os.posix_fadvise
+
+    def pread(fd, n, offset):
+        events.append(("read", os.fstat(fd).st_ino, offset, n, threading.current_thread().name))
+        return real_pread(fd, n, offset)
+
+    def advise(fd, offset, n, advice):
+        assert advice == os.POSIX_FADV_WILLNEED
+        events.append(("hint", os.fstat(fd).st_ino, offset, n, threading.current_thread().name))
+        return real_advise(fd, offset, n, advice)
+
+    monkeypatch.setattr(os, "pread", pread)
+    monkeypatch.setattr(os, "posix_fadvise", advise)
+    ds = ShardDataset(corpus, batch_size=2, crop_s=0.2)
+    ds.read_ahead = 3
+    assert len(list(ShardLoader(ds))) == math.ceil(ds.num_samples / 2)
+    assert {e[4] for e in events} == {threading.current_thread().name}  # no thread of its own
+    hinted, hints_before, unhinted = set(), [], []
+    for kind, *rng, _ in events:
+        if kind == "hint":
+            hinted.add(tuple(rng))
+        else:
+            hints_before.append(len(hinted))
+            if tuple(rng) not in hinted:
+                unhinted.append(len(hinted))
+    # only the first window (read once the second window is hinted) is read without a hint
+    assert len(hints_before) > 3 * 2 and unhinted and max(unhinted) == min(unhinted) == unhinted[0]
+    assert len(unhinted) < len(hints_before) / 2
