@@ -50,12 +50,14 @@ Cost: each rank and worker reads only the members it yields, of only its own sam
 sidecars record where each member's bytes lie in its shard, the writer gathers them per split
 into ``{split}.members.npz`` (keys, shard, per member ``[offset, size]``), which a process loads
 in one read; then a worker fetches exactly the wanted members of its next samples with ranged
-reads (``os.pread`` on a local disk, concurrent range requests on an object store through
-fsspec), one window of samples ahead while it decodes the current one, and decodes only the
-crop (WAV seeks to it; FLAC from the nearest seek point). With the default collation
-:class:`ShardLoader` has the dataset build whole batches (:meth:`ShardDataset.iter_batches`):
-each crop is copied once, into its batch, and 16-bit WAV is decoded there, from the shard's
-bytes, with no per-item tensors. Across the whole job each byte of a
+reads, a window of samples at a time (``os.pread`` on a local disk, the kernel asked to read
+the next window ahead; on an object store concurrent range requests through fsspec, the next
+window's in a thread while the current one is decoded), and decodes only the crop (WAV seeks to
+it; FLAC from the nearest seek point). With the default collation :class:`ShardLoader` has the
+dataset build whole batches (:meth:`ShardDataset.iter_batches`): each crop is copied once, into
+its batch, and 16-bit WAV is decoded there, from the shard's bytes, with no per-item tensors;
+batches are built in memory reused once the consumer has dropped them (in DataLoader workers,
+shared-memory slots that cross to the main process once). Across the whole job each byte of a
 wanted member is read once per epoch (plus the padding and tar header, under 1 kB, between two
 wanted members that lie next to each other, read to save a request), whatever the world size and
 worker count.
@@ -1098,7 +1100,7 @@ class ShardLoader:
     Batches by ``dataset.batch_size`` and counts the samples it has handed out, so
     :meth:`state_dict` is exact with any ``num_workers``. With the default ``collate_fn``
     (:func:`collate_mixtures`) the dataset's workers build the batches themselves
-    (:meth:`ShardDataset.iter_batches`: the same values, about twice as fast); any other
+    (:meth:`ShardDataset.iter_batches`: the same values, nearly twice as fast); any other
     ``collate_fn`` is handed the items. Workers are started afresh for every
     epoch (not persistent) because they must see the epoch and position set in this process.
     Move batches to the device in the trainer rather than handing a DataLoader over this dataset
