@@ -515,3 +515,31 @@ def test_local_shards_are_read_ahead_by_the_kernel(corpus, monkeypatch):
     # only the first window (read once the second window is hinted) is read without a hint
     assert len(hints_before) > 3 * 2 and unhinted and max(unhinted) == min(unhinted) == unhinted[0]
     assert len(unhinted) < len(hints_before) / 2
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_persistent_workers_read_each_epoch_and_position_set_in_the_main_process(wav_corpora, batched):
+    d = wav_corpora["wav16"]
+    kwargs = dict(batch_size=2, crop_s=0.2, shuffle_buffer=4)
+    collate = {} if batched else dict(collate_fn=lambda items: collate_mixtures(items))
+    fresh = ShardLoader(ShardDataset(d, **kwargs), num_workers=2, **collate)
+    kept = ShardLoader(ShardDataset(d, **kwargs), num_workers=2, persistent_workers=True, **collate)
+    workers = set()
+    for epoch, state in [(0, None), (1, None), (1, {"epoch": 1, "consumed": 2}), (3, None)]:
+        for loader in (fresh, kept):
+            loader.set_epoch(epoch)
+            if state:
+                loader.load_state_dict(state)
+        want, got = list(fresh), list(kept)
+        assert len(got) == len(want) == (4 if state is None else 3)
+        for g, w in zip(got, want):
+            assert_same_batch(g, w)
+        workers.add(tuple(w.pid for w in kept._kept[1]._iterator._workers))
+    assert len(workers) == 1  # the same two processes every epoch
+
+    kept.dataset.crop_s = 0.3  # any other setting changed: new workers that know it
+    got = list(kept)
+    assert tuple(w.pid for w in kept._kept[1]._iterator._workers) not in workers
+    want = list(ShardLoader(ShardDataset(d, **{**kwargs, "crop_s": 0.3}, epoch=3), num_workers=2, **collate))
+    for g, w in zip(got, want):
+        assert_same_batch(g, w)

@@ -59,6 +59,15 @@ def test_a_killed_run_resumes_and_logs_the_same_losses(tmp_path, corpus):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_persistent_workers_train_as_a_run_without_workers(tmp_path, corpus):
+    # three epochs of 16 samples in batches of 4: the same batches every epoch, whether the two
+    # workers are started afresh for each or kept
+    steps = ["steps=12", "eval_every=0"]
+    finetune_pit(_cfg(corpus, *steps), tmp_path / "plain")
+    finetune_pit(_cfg(corpus, *steps, "data.num_workers=2", "data.persistent_workers=true"), tmp_path / "kept")
+    assert _losses(tmp_path / "kept") == _losses(tmp_path / "plain") and len(_losses(tmp_path / "plain")) == 12
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, corpus):
     steps = 6
     finetune_pit(_cfg(corpus, f"steps={steps}", "data.batch_size=4", "log_sample_keys=true"), tmp_path / "one")

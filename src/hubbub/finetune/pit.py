@@ -87,7 +87,8 @@ class PITStage(Solver):
             return loader
         acc = self.accelerator
         self.unlabelled.rank, self.unlabelled.world_size = acc.process_index, acc.num_processes
-        return PairedLoader(loader, ShardLoader(self.unlabelled, num_workers=self.cfg.data.num_workers),
+        return PairedLoader(loader, ShardLoader(self.unlabelled, num_workers=self.cfg.data.num_workers,
+                                                persistent_workers=self.cfg.data.persistent_workers),
                             key="unlabelled")
 
     def run_step(self, model, batch, train: bool):

@@ -1078,22 +1078,43 @@ def _as_is(batch):
     return batch  # not torch's default_convert, which would walk every batch's meta
 
 
-class _Batches(IterableDataset):
-    """A :class:`ShardDataset`'s collated batches (:meth:`ShardDataset.iter_batches`) for a
-    DataLoader with ``batch_size=None``: workers hand over whole batches, in the reused slots of
-    ``flags`` (see :class:`_SharedSlots`) when it is given."""
+class _InWorkers(IterableDataset):
+    """What a ShardLoader's DataLoader iterates: the dataset's collated batches
+    (:meth:`ShardDataset.iter_batches`, ``batched``: workers hand over whole batches, in the
+    reused slots of ``flags`` when it is given, see :class:`_SharedSlots`) or its items. With
+    persistent workers ``position`` (shared memory) carries the epoch and start position the
+    main process set before each iteration to the workers' copies of the dataset."""
 
-    def __init__(self, dataset: ShardDataset, flags: torch.Tensor | None = None):
-        self.dataset, self.flags = dataset, flags
+    def __init__(self, dataset: ShardDataset, batched: bool, flags: torch.Tensor | None = None,
+                 position: torch.Tensor | None = None):
+        self.dataset, self.batched, self.flags, self.position = dataset, batched, flags, position
+        self._slots: _SharedSlots | None = None
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        if info is None or self.flags is None:
+        if info is not None and self.position is not None:
+            epoch, start = (int(v) for v in self.position)
+            self.dataset.sampler.epoch, self.dataset.sampler.start = epoch, start
+        if not self.batched:
+            yield from self.dataset
+        elif info is None or self.flags is None:
             yield from self.dataset.iter_batches()
-            return
-        slots = _SharedSlots(self.flags.numpy()[info.id], info.id)
-        for batch in self.dataset.iter_batches(slots):
-            yield slots.message(batch)
+        else:
+            if self._slots is None:  # kept for the next epochs when the worker persists
+                self._slots = _SharedSlots(self.flags.numpy()[info.id], info.id)
+            for batch in self.dataset.iter_batches(self._slots):
+                yield self._slots.message(batch)
+
+
+def _settings(dataset: ShardDataset) -> tuple:
+    """What persistent workers took from ``dataset`` when they started, but its epoch and
+    position: scalars by value, anything else by identity."""
+    def value(v):
+        return v if isinstance(v, (int, float, str, bytes, tuple, frozenset, type(None))) else id(v)
+
+    sampler = {k: value(v) for k, v in vars(dataset.sampler).items() if k not in ("epoch", "start", "consumed")}
+    return tuple(sorted({**{k: value(v) for k, v in vars(dataset).items() if k not in ("sampler", "skipped")},
+                         **{f"sampler.{k}": v for k, v in sampler.items()}}.items()))
 
 
 class ShardLoader:
@@ -1103,8 +1124,10 @@ class ShardLoader:
     :meth:`state_dict` is exact with any ``num_workers``. With the default ``collate_fn``
     (:func:`collate_mixtures`) the dataset's workers build the batches themselves
     (:meth:`ShardDataset.iter_batches`: the same values, nearly twice as fast); any other
-    ``collate_fn`` is handed the items. Workers are started afresh for every
-    epoch (not persistent) because they must see the epoch and position set in this process.
+    ``collate_fn`` is handed the items. Workers are started afresh for every epoch unless
+    ``persistent_workers``: then they live as long as the loader, the epoch and position set in
+    this process reach them through shared memory at the start of each iteration, and a change of
+    any other setting of the dataset (its world size, batch size, crop, targets...) restarts them.
     Move batches to the device in the trainer rather than handing a DataLoader over this dataset
     to ``accelerate``'s ``prepare``: the dataset already splits by rank, and prepare would wrap
     it in an ``IterableDatasetShard`` that splits it again. Example::
@@ -1116,9 +1139,11 @@ class ShardLoader:
 
     def __init__(self, dataset: ShardDataset, *, num_workers: int = 0,
                  collate_fn: Callable[[list[dict]], object] = collate_mixtures, pin_memory: bool = False,
-                 prefetch_factor: int | None = None, multiprocessing_context=None):
+                 prefetch_factor: int | None = None, multiprocessing_context=None, persistent_workers: bool = False):
         self.dataset = dataset
         self.num_workers = num_workers
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self._kept: tuple | None = None  # (settings, DataLoader, received slots) of persistent workers
         # With the default collation the dataset builds whole batches itself (each signal copied
         # once, no per-item tensors); any other collate_fn gets the items.
         self._batched = collate_fn is collate_mixtures
@@ -1138,14 +1163,8 @@ class ShardLoader:
         # Batches come out in rank-sequence order, every one full except the epoch's last after a
         # resume inside a batch, so the count is exact without looking inside the (user-collated)
         # batches.
-        # Worker slots: the batches in flight (prefetch_factor per worker), the one being built
-        # and the consumer's (which it drops when it asks for the next)
-        slots = None
-        if self._batched and self.num_workers and not self._loader_kwargs["pin_memory"]:
-            per_worker = (self._loader_kwargs["prefetch_factor"] or 2) + 3
-            slots = _ReceivedSlots(torch.zeros((self.num_workers, per_worker), dtype=torch.uint8).share_memory_())
-        data = _Batches(ds, slots and slots.shared_flags) if self._batched else ds
-        for batch in DataLoader(data, **self._loader_kwargs):
+        loader, slots = self._data_loader()
+        for batch in loader:
             if slots is not None:
                 slots.release()
                 batch = slots.open(batch)
@@ -1153,6 +1172,27 @@ class ShardLoader:
                 batch = _small_tensors(batch)
             self._consumed = min(self._consumed + ds.batch_size, ds.num_samples)
             yield batch
+
+    def _data_loader(self) -> tuple[DataLoader, _ReceivedSlots | None]:
+        ds = self.dataset
+        if self._kept is not None and self._kept[0] == _settings(ds):
+            self._kept[1].dataset.position.copy_(torch.tensor([ds.epoch, ds.start]))
+            return self._kept[1:]
+        self._kept = None  # persistent workers of other settings end with their DataLoader
+        # Worker slots: the batches in flight (prefetch_factor per worker), the one being built
+        # and the consumer's (which it drops when it asks for the next)
+        slots = None
+        if self._batched and self.num_workers and not self._loader_kwargs["pin_memory"]:
+            per_worker = (self._loader_kwargs["prefetch_factor"] or 2) + 3
+            slots = _ReceivedSlots(torch.zeros((self.num_workers, per_worker), dtype=torch.uint8).share_memory_())
+        position = None
+        if self.persistent_workers:
+            position = torch.tensor([ds.epoch, ds.start], dtype=torch.int64).share_memory_()
+        data = _InWorkers(ds, self._batched, slots and slots.shared_flags, position)
+        loader = DataLoader(data, **self._loader_kwargs, persistent_workers=self.persistent_workers)
+        if self.persistent_workers:
+            self._kept = (_settings(ds), loader, slots)
+        return loader, slots
 
     def set_epoch(self, epoch: int) -> None:
         """See :meth:`ShardDataset.set_epoch`."""

@@ -39,6 +39,7 @@ class DataConfig:
     crop_s: float = 2.0                   # random training crops
     batch_size: int = 4                   # per process
     num_workers: int = 0
+    persistent_workers: bool = False      # keep the DataLoader workers from one epoch to the next
     shuffle_buffer: int = 64
     valid_max_samples: int = 32           # evaluation during training: the first N valid samples
 

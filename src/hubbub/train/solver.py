@@ -96,7 +96,7 @@ FIXED_ON_RESUME = ("stage", "seed", "model.", "data.shards", "data.train_split",
                    "codec.model", "codec.task", "codec.source_target")
 # Changes not worth recording: bookkeeping, and what only acts when a run starts.
 NOT_RECORDED = ("log_every", "eval_every", "ckpt_every", "keep_checkpoints", "log_sample_keys", "data.num_workers",
-                "data.valid_max_samples", "init", *BATCH_FIELDS)
+                "data.persistent_workers", "data.valid_max_samples", "init", *BATCH_FIELDS)
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -155,7 +155,8 @@ class Solver:
         """The training loader over ``train_ds`` for this process: anything with ``__iter__``,
         ``set_epoch``, ``state_dict`` and ``load_state_dict`` (semi-supervised stages zip two)."""
         train_ds.rank, train_ds.world_size = self.accelerator.process_index, self.accelerator.num_processes
-        return ShardLoader(train_ds, num_workers=self.cfg.data.num_workers)
+        return ShardLoader(train_ds, num_workers=self.cfg.data.num_workers,
+                           persistent_workers=self.cfg.data.persistent_workers)
 
     def run_step(self, model, batch, train: bool) -> tuple[torch.Tensor, dict[str, Any]]:
         """One batch (:func:`~hubbub.shards.reader.collate_mixtures`' layout, on the device):
