@@ -543,3 +543,21 @@ def test_persistent_workers_read_each_epoch_and_position_set_in_the_main_process
     want = list(ShardLoader(ShardDataset(d, **{**kwargs, "crop_s": 0.3}, epoch=3), num_workers=2, **collate))
     for g, w in zip(got, want):
         assert_same_batch(g, w)
+
+
+def test_persistent_workers_reuse_their_slots_after_epochs_left_early(wav_corpora):
+    # batches a worker made for an epoch the consumer left early never reach it; their slots
+    # are handed back when the next epoch starts, so the workers still write in reused memory
+    d = wav_corpora["wav16"]
+    ds = ShardDataset(d, batch_size=1, crop_s=0.2)
+    loader = ShardLoader(ds, num_workers=1, prefetch_factor=1, persistent_workers=True)
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            break  # one batch, the prefetched ones are left in flight
+        del batch
+    loader.set_epoch(4)
+    assert sum(1 for _ in loader) == 7
+    received = loader._kept[2]
+    received.release()
+    assert not received.flags.any()  # every slot free again: none lost to a batch that never came

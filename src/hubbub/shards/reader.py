@@ -933,14 +933,18 @@ class _SharedSlots:
     the worker's slots the main process still uses: the worker sets a slot's flag when it fills
     the slot, the main process clears it once the batch it received from the slot is gone
     (:class:`_ReceivedSlots`); each flag thus has one writer per transition. A slot's segment
-    crosses to the main process once, with its first batch; later batches carry only where each
-    field lies in it. With every slot in use the batch gets a segment of its own, as without
+    crosses to the main process with the slot's first batch of an iteration; later batches carry
+    only where each field lies in it. With every slot in use the batch gets a segment of its own, as without
     slots, so a consumer that keeps batches never blocks a worker."""
 
     def __init__(self, flags: np.ndarray, worker: int):
         self.flags, self.worker = flags, worker
         self._slots: list[torch.Tensor | None] = [None] * len(flags)
-        self._taken: tuple[int, bool] | None = None  # (slot, its segment is new) of the last take
+        self._taken: tuple[int, bool] | None = None  # (slot, its segment goes along) of the last take
+        self.generation = 1  # what a filled slot's flag says: the iteration it was filled in
+        # The iteration in which each slot's segment last went along: again in each iteration,
+        # since a DataLoader drops what is in flight when an epoch is left early
+        self._sent = [0] * len(flags)
 
     def take(self, specs: Sequence[tuple[tuple, np.dtype]]) -> list[torch.Tensor]:
         offsets, nbytes = _layout(specs)
@@ -950,18 +954,19 @@ class _SharedSlots:
         if k is None:
             self._taken = None
             return _allocate(specs, shared=True)
-        new = self._slots[k] is None or self._slots[k].numel() < nbytes
-        if new:
-            self._slots[k] = _new_tensor(nbytes, torch.uint8, shared=True)
-        self.flags[k] = 1
-        self._taken = (k, new)
+        if self._slots[k] is None or self._slots[k].numel() < nbytes:
+            self._slots[k], self._sent[k] = _new_tensor(nbytes, torch.uint8, shared=True), 0
+        self.flags[k] = self.generation
+        self._taken = (k, self._sent[k] != self.generation)
+        self._sent[k] = self.generation
         flat = self._slots[k]
         return [flat[o:o + math.prod(shape) * np.dtype(dtype).itemsize].view(_torch_dtype(dtype)).view(shape)
                 for (shape, dtype), o in zip(specs, offsets)]
 
     def message(self, batch: dict) -> dict:
         """``batch`` as it crosses to the main process: if its signals are in a slot, each is
-        replaced by its place there (and the slot's segment goes along the first time)."""
+        replaced by its place there (and the slot's segment goes along, the first time in an
+        iteration)."""
         if self._taken is None:
             return batch
         k, new = self._taken
@@ -1002,6 +1007,16 @@ class _ReceivedSlots:
         for slot in [s for s in self._held if sys.getrefcount(self._owners[s]) == 2]:
             self._held.discard(slot)  # (the dict's reference and the call's: the batch is gone)
             self.flags[slot] = 0
+
+    def forget(self, generation: int) -> None:
+        """At the start of iteration ``generation`` of persistent workers: hand back the slots of
+        batches made in an earlier one that never arrived (the consumer left that epoch early
+        and the DataLoader dropped what was in flight). Batches of this iteration keep their
+        slots (filled, not yet received), and so do those the consumer still holds."""
+        stale = (self.flags != 0) & (self.flags != generation)
+        for slot in zip(*np.nonzero(stale)):
+            if (int(slot[0]), int(slot[1])) not in self._held:
+                self.flags[slot] = 0
 
     def open(self, message: dict) -> dict:
         """The batch a worker sent: as it is, or its slot's fields as tensors."""
@@ -1083,7 +1098,8 @@ class _InWorkers(IterableDataset):
     (:meth:`ShardDataset.iter_batches`, ``batched``: workers hand over whole batches, in the
     reused slots of ``flags`` when it is given, see :class:`_SharedSlots`) or its items. With
     persistent workers ``position`` (shared memory) carries the epoch and start position the
-    main process set before each iteration to the workers' copies of the dataset."""
+    main process set before each iteration to the workers' copies of the dataset, and the
+    iteration's number (1-255, cycling), which marks the slots filled in it."""
 
     def __init__(self, dataset: ShardDataset, batched: bool, flags: torch.Tensor | None = None,
                  position: torch.Tensor | None = None):
@@ -1092,8 +1108,9 @@ class _InWorkers(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
+        generation = 1
         if info is not None and self.position is not None:
-            epoch, start = (int(v) for v in self.position)
+            epoch, start, generation = (int(v) for v in self.position)
             self.dataset.sampler.epoch, self.dataset.sampler.start = epoch, start
         if not self.batched:
             yield from self.dataset
@@ -1102,6 +1119,7 @@ class _InWorkers(IterableDataset):
         else:
             if self._slots is None:  # kept for the next epochs when the worker persists
                 self._slots = _SharedSlots(self.flags.numpy()[info.id], info.id)
+            self._slots.generation = generation
             for batch in self.dataset.iter_batches(self._slots):
                 yield self._slots.message(batch)
 
@@ -1144,6 +1162,7 @@ class ShardLoader:
         self.num_workers = num_workers
         self.persistent_workers = persistent_workers and num_workers > 0
         self._kept: tuple | None = None  # (settings, DataLoader, received slots) of persistent workers
+        self._generation = 0  # persistent workers' iterations, 1-255 cycling (see _InWorkers)
         # With the default collation the dataset builds whole batches itself (each signal copied
         # once, no per-item tensors); any other collate_fn gets the items.
         self._batched = collate_fn is collate_mixtures
@@ -1164,7 +1183,10 @@ class ShardLoader:
         # resume inside a batch, so the count is exact without looking inside the (user-collated)
         # batches.
         loader, slots = self._data_loader()
-        for batch in loader:
+        batches = iter(loader)  # persistent workers have started this iteration when it returns
+        if slots is not None and self.persistent_workers:
+            slots.forget(self._generation)
+        for batch in batches:
             if slots is not None:
                 slots.release()
                 batch = slots.open(batch)
@@ -1175,8 +1197,9 @@ class ShardLoader:
 
     def _data_loader(self) -> tuple[DataLoader, _ReceivedSlots | None]:
         ds = self.dataset
+        self._generation = self._generation % 255 + 1
         if self._kept is not None and self._kept[0] == _settings(ds):
-            self._kept[1].dataset.position.copy_(torch.tensor([ds.epoch, ds.start]))
+            self._kept[1].dataset.position.copy_(torch.tensor([ds.epoch, ds.start, self._generation]))
             return self._kept[1:]
         self._kept = None  # persistent workers of other settings end with their DataLoader
         # Worker slots: the batches in flight (prefetch_factor per worker), the one being built
@@ -1187,7 +1210,7 @@ class ShardLoader:
             slots = _ReceivedSlots(torch.zeros((self.num_workers, per_worker), dtype=torch.uint8).share_memory_())
         position = None
         if self.persistent_workers:
-            position = torch.tensor([ds.epoch, ds.start], dtype=torch.int64).share_memory_()
+            position = torch.tensor([ds.epoch, ds.start, self._generation], dtype=torch.int64).share_memory_()
         data = _InWorkers(ds, self._batched, slots and slots.shared_flags, position)
         loader = DataLoader(data, **self._loader_kwargs, persistent_workers=self.persistent_workers)
         if self.persistent_workers:
