@@ -8,8 +8,9 @@ torch DataLoader and beside webdataset's own pipeline on the same shards, in one
    or takes ``--corpus``) and exports its train samples as loose files, one folder per sample
    with ``mix.wav``, ``s1.wav``, ``s2.wav`` (the reverberant sources).
 2. Throughput: samples/s of batches of 8 with 2 s random crops, target "reverberant", for each
-   worker count, best of 2 epochs after a warm-up epoch (so every path reads from a warm page
-   cache), for (a) hubbub's ShardLoader, (b) a torch Dataset over the loose files that reads
+   worker count (workers started afresh each epoch, and for each count above 0 also persistent
+   workers, "N kept"), best of 2 epochs after a warm-up epoch (so every path reads from a warm
+   page cache), for (a) hubbub's ShardLoader, (b) a torch Dataset over the loose files that reads
    only the crop with soundfile, (c) ``wds.WebDataset`` with split_by_node/split_by_worker,
    decoding the needed members with soundfile and cropping.
 3. I/O of one epoch, summed over every rank and worker, for world sizes W and workers N: ranks
