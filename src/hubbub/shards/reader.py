@@ -756,15 +756,11 @@ class ShardDataset(IterableDataset):
 class _Pcm16:
     """A 16-bit audio crop still as the int16 codes in its member's bytes (a view, no copy):
     decoded to float32 where the item or the batch puts it."""
-    __slots__ = ("codes",)
+    __slots__ = ("codes", "shape")
     dtype = np.dtype(np.float32)
 
     def __init__(self, codes: np.ndarray):
-        self.codes = codes
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.codes.shape
+        self.codes, self.shape = codes, codes.shape
 
     def decode(self, out: np.ndarray | None = None) -> np.ndarray:
         return decode_pcm16(self.codes, out)
@@ -838,20 +834,24 @@ def _stack_into(out: np.ndarray, groups: Sequence[Sequence[np.ndarray | _Pcm16]]
     """Fill ``out`` (B, S, *shape) with B groups of up to S arrays, every axis zero-padded at its
     end, and the groups to S arrays with all-zero ones: what stacking each group, then the groups,
     with :func:`stack_padded` gives, each array copied once."""
+    full = out.shape[2:]
     for b, group in enumerate(groups):
+        row = out[b]
         for s, a in enumerate(group):
-            slot = out[b, s]
-            if a.shape[:-1] == slot.shape[:-1] and a.shape[-1] < slot.shape[-1]:  # a shorter crop
-                slot[..., a.shape[-1]:] = 0
-                slot = slot[..., :a.shape[-1]]
-            elif a.shape != slot.shape:
-                slot.fill(0)
-                slot = slot[tuple(slice(0, n) for n in a.shape)]
-            if isinstance(a, _Pcm16):
-                a.decode(out=slot)
+            slot, shape = row[s], a.shape
+            if shape != full:
+                if shape[:-1] == full[:-1]:  # a shorter crop
+                    slot[..., shape[-1]:] = 0
+                    slot = slot[..., :shape[-1]]
+                else:
+                    slot.fill(0)
+                    slot = slot[tuple(slice(0, n) for n in shape)]
+            if type(a) is _Pcm16:
+                decode_pcm16(a.codes, slot)
             else:
                 slot[...] = a
-        out[b, len(group):] = 0
+        if len(group) < len(row):
+            row[len(group):] = 0
 
 
 _ALIGN = 64  # bytes: where each field of a batch's memory starts
