@@ -405,6 +405,21 @@ def hubbub_launch(config_file: str | Path, *args: str, num_processes: int | None
     return cmd + ["-m", "hubbub.cli", *args]
 
 
+# moto's server, ending with the process that started it even when that one is killed without
+# running its cleanup (a benchmark stopped with SIGKILL, a CI timeout): a thread watches the parent.
+_MOTO_SERVER = """
+import os, sys, threading, time
+parent = os.getppid()
+def watch():
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
+from moto.server import main
+main(sys.argv[1:])
+"""
+
+
 @contextlib.contextmanager
 def s3_server(bucket: str = "hubbub-test"):
     """A real S3 HTTP API on 127.0.0.1 (moto in server mode, in its own process) with one empty
@@ -416,7 +431,7 @@ def s3_server(bucket: str = "hubbub-test"):
     port = free_port()
     recording = Path(tempfile.mkdtemp(prefix="hubbub-moto-")) / "requests.jsonl"
     # The server can record every request (S3RequestLog); its log goes to a file of our own.
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    proc = subprocess.Popen([sys.executable, "-c", _MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "MOTO_RECORDER_FILEPATH": str(recording)})
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
