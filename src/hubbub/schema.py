@@ -159,7 +159,7 @@ class _Record:
         if type(data) is not dict:
             raise SchemaError([f"json is {_short(data)}, expected an object"])
         problems: list[str] = []
-        by_name = {f.name: f for f in _fields_of(cls)}
+        by_name = _fields_by_name(cls)
         values = []
         for name in names:
             f = by_name[name]
@@ -424,6 +424,11 @@ _NAMES: dict[type, frozenset] = {}
 # how a problem names them.
 _SCALARS = {str: ((str,), "a string"), int: ((int,), "an integer"), float: ((int, float), "a number"),
             bool: ((bool,), "true or false"), dict: ((dict,), "an object")}
+
+
+@functools.lru_cache(maxsize=None)
+def _fields_by_name(cls: type) -> dict[str, _Field]:
+    return {f.name: f for f in _fields_of(cls)}
 
 
 def _fields_of(cls: type) -> tuple[_Field, ...]:
