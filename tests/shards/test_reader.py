@@ -561,3 +561,18 @@ def test_persistent_workers_reuse_their_slots_after_epochs_left_early(wav_corpor
     received = loader._kept[2]
     received.release()
     assert not received.flags.any()  # every slot free again: none lost to a batch that never came
+
+
+def test_sample_json_with_nan_reads_as_pythons_json_writes_it():
+    # orjson refuses NaN and infinities, which json.dumps (the writer) writes; members may be
+    # views of a larger read
+    import json
+
+    meta = {"num_speakers": 2, "snr_db": float("nan"), "rt60_s": float("inf"), "nested": {"x": [1, 2.5]}}
+    data = json.dumps(meta).encode()
+    for given in (data, memoryview(b"xx" + data)[2:]):
+        got = reader._loads(given)
+        assert got.keys() == meta.keys() and got["nested"] == meta["nested"]
+        assert math.isnan(got["snr_db"]) and got["rt60_s"] == math.inf
+    with pytest.raises(ValueError):
+        reader._loads(memoryview(b'{"num_speakers": '))

@@ -111,7 +111,7 @@ def _loads(data: bytes) -> dict:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data)
+        return json.loads(bytes(data))  # (it takes no memoryview)
 
 
 def _key_unit(seed: int, epoch: int, tag: int, key: str) -> float:
@@ -595,7 +595,9 @@ class ShardDataset(IterableDataset):
         """Raw samples (member name -> bytes) from the ranges read for them."""
         samples = [{"__key__": self._keys[o].decode()} for o in ordinals]
         for i, j, at, size, r in parts:
-            samples[i][self._member_names[j]] = data[r] if size == len(data[r]) else data[r][at:at + size]
+            # a member read with its neighbours is a view of their bytes (no copy of the audio)
+            member = data[r] if size == len(data[r]) else memoryview(data[r])[at:at + size]
+            samples[i][self._member_names[j]] = member
         return samples
 
     def _stream_raw(self, ordinals: np.ndarray) -> Iterator[dict]:
