@@ -84,11 +84,13 @@ class RangeReader:
 
     def _fd(self, url: str) -> int:
         """A descriptor of ``url`` kept open (the last ``max_open`` used)."""
-        fd = self._fds.pop(url, None)
-        if fd is None:
-            fd = os.open(storage.local_path(url), os.O_RDONLY)
-            if len(self._fds) >= self._max_open:
-                os.close(self._fds.popitem(last=False)[1])
+        fd = self._fds.get(url)
+        if fd is not None:
+            self._fds.move_to_end(url)
+            return fd
+        fd = os.open(storage.local_path(url), os.O_RDONLY)
+        if len(self._fds) >= self._max_open:
+            os.close(self._fds.popitem(last=False)[1])
         self._fds[url] = fd
         return fd
 
